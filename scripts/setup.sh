@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up iunet-nb in ./.venv (or in the active virtual environment).
+#   bash scripts/setup.sh        # the package
+#   bash scripts/setup.sh test   # the package plus what the tests need
+# PyTorch: if a torch is already installed (e.g. a CUDA build you chose, see README), it is
+# kept. Otherwise torch==2.13.0 is installed: on this project's machines that resolves to a
+# local CPU wheel (a plain `pip install torch` would pull a 5.5 GB CUDA build). Nothing is compiled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  py=.venv/bin/python
+else
+  py=python
+fi
+"$py" -m pip install --quiet --upgrade pip
+if ! "$py" -c "import torch" 2>/dev/null; then
+  "$py" -m pip install --quiet "torch==2.13.0"
+fi
+if [ "$extra" = "test" ]; then
+  "$py" -m pip install --quiet -e ".[test]"
+else
+  "$py" -m pip install --quiet -e .
+fi
+"$py" -c "import torch, iunet_nb; print(f'iunet-nb {iunet_nb.__version__} ready (torch {torch.__version__}, CUDA available: {torch.cuda.is_available()})')"

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny synthetic volumes with anisotropic spacing, and the shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iunet_nb.volume import Geometry, Volume
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests that need it are skipped with a reason when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (see ../shared/data/README.md)")
+    return SHARED_DATA
+
+
+def make_ellipsoid(shape=(24, 32, 32), center=None, radii=(6.0, 8.0, 10.0)) -> np.ndarray:
+    """uint8 ellipsoid mask ``(z, y, x)``; radii in voxels."""
+    zz, yy, xx = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    c = center if center is not None else [(n - 1) / 2 for n in shape]
+    r = ((zz - c[0]) / radii[0]) ** 2 + ((yy - c[1]) / radii[1]) ** 2 + ((xx - c[2]) / radii[2]) ** 2
+    return (r <= 1.0).astype(np.uint8)
+
+
+@pytest.fixture
+def geometry() -> Geometry:
+    """Anisotropic, off-origin, axis-permuted geometry: catches (x, y, z) / (z, y, x) mix-ups."""
+    return Geometry(spacing_mm=(2.5, 0.8, 0.7), origin_mm=(-120.0, 35.5, 410.0),
+                    direction=(1, 0, 0, 0, -1, 0, 0, 0, 1))
+
+
+@pytest.fixture
+def ellipsoid_case(geometry: Geometry) -> tuple[Volume, Volume]:
+    """A 24 x 32 x 32 CT-like volume (HU) with a bright ellipsoid 'organ' and its mask."""
+    rng = np.random.default_rng(0)
+    mask = make_ellipsoid()
+    ct = np.full(mask.shape, -50.0, dtype=np.float32)
+    ct[mask > 0] = 120.0
+    ct += rng.normal(0, 10, size=ct.shape).astype(np.float32)
+    return Volume(ct, geometry), Volume(mask, geometry)
