@@ -498,6 +498,13 @@ def restore_probabilities(prob_working: np.ndarray, record: CropRecord, *,
         GeometryError: the spatial shape is not ``record.size_zyx``.
         InputError: the array is not 3D/4D or holds NaN.
     """
+    prob = _check_working(prob_working, record)
+    full = np.full(prob.shape[:-3] + record.original_shape_zyx, fill, dtype=np.float32)
+    full[(Ellipsis,) + record.crop.slices] = _resample(prob, record.crop.size)
+    return full
+
+
+def _check_working(prob_working: np.ndarray, record: CropRecord) -> np.ndarray:
     prob = np.asarray(prob_working)
     if prob.ndim not in (3, 4):
         raise InputError(f"expected probabilities (D, H, W) or (K, D, H, W), "
@@ -507,9 +514,7 @@ def restore_probabilities(prob_working: np.ndarray, record: CropRecord, *,
                             f"record's working grid {record.size_zyx}")
     if np.isnan(prob).any():
         raise InputError("the probabilities contain NaN; check the network output")
-    full = np.full(prob.shape[:-3] + record.original_shape_zyx, fill, dtype=np.float32)
-    full[(Ellipsis,) + record.crop.slices] = _resample(prob, record.crop.size)
-    return full
+    return prob
 
 
 def restore_mask(prob_working: np.ndarray, record: CropRecord,
@@ -529,7 +534,13 @@ def restore_mask(prob_working: np.ndarray, record: CropRecord,
     Returns:
         uint8 ``(Z, Y, X)`` of the original shape.
     """
-    full = restore_probabilities(prob_working, record, fill=0.0)
-    if full.ndim == 4:
-        return np.argmax(full, axis=0).astype(np.uint8)
-    return (full >= threshold).astype(np.uint8)
+    prob = _check_working(prob_working, record)
+    region = _resample(prob, record.crop.size)
+    # Outside the crop every probability is 0 (fill): label 0, or (0 >= threshold) for 1 channel.
+    if region.ndim == 4:
+        labels, outside = np.argmax(region, axis=0).astype(np.uint8), 0
+    else:
+        labels, outside = (region >= threshold).astype(np.uint8), int(0.0 >= threshold)
+    full = np.full(record.original_shape_zyx, outside, dtype=np.uint8)
+    full[record.crop.slices] = labels
+    return full
