@@ -109,6 +109,20 @@ def test_shift_along_fine_axis_and_border_touching_masks():
     assert hausdorff95(full, full, SPACING) == 0.0
 
 
+def test_hd95_is_the_larger_directed_percentile():
+    """An extra blob far away: only pred -> ref distances grow, and hd95 follows them."""
+    shape = (12, 30, 40)
+    ref = _box(shape, (2, 5, 5), (10, 25, 20))
+    pred = ref.copy()
+    pred[4:8, 10:20, 30:36] = 1  # blob 10 voxels (7 mm) beyond the box along x
+    hd = hausdorff95(pred, ref, SPACING)
+    golden_hd, golden_nsd = _brute_force(pred, ref, SPACING, 2.0)
+    assert hd == pytest.approx(golden_hd, abs=1e-6)
+    assert hd > 7.0  # the blob is at least 11 voxels x 0.7 mm from the box surface
+    assert hausdorff95(ref, pred, SPACING) == pytest.approx(hd)  # symmetric
+    assert surface_dice(pred, ref, SPACING, 2.0) == pytest.approx(golden_nsd, abs=1e-9)
+
+
 def test_nsd_identical_is_one_and_tolerance_behaviour():
     shape = (20, 40, 40)
     ref = _sphere(shape, (9.5, 19.5, 19.5), 10.0, SPACING)
