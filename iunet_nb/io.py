@@ -179,7 +179,8 @@ def _sitk_to_volume(image: Any, source: Path, meta: dict[str, Any]) -> Volume:
             f"{source} has {image.GetNumberOfComponentsPerPixel()} values per voxel (a colour or "
             f"vector image, shape {size_zyx}); iunet_nb needs a scalar 3D CT or mask")
     if image.GetDimension() != 3:
-        hint = ("select one 3D volume of the series (e.g. one time point)" if image.GetDimension() > 3
+        hint = ("select one 3D volume of the series (e.g. one time point)"
+                if image.GetDimension() > 3
                 else "a 2D slice cannot be segmented in 3D; use the whole 3D series")
         raise InputError(f"{source} is a {image.GetDimension()}D image with shape {size_zyx} "
                          f"(SimpleITK order reversed); expected 3D (z, y, x): {hint}")
@@ -610,7 +611,8 @@ def write_image(volume: Volume, path: str | os.PathLike) -> Path:
     elif array.dtype == np.float16:
         array = array.astype(np.float32)
     elif array.dtype.kind not in "iuf":
-        raise InputError(f"cannot write voxels of type {array.dtype}; use an integer or float array")
+        raise InputError(f"cannot write voxels of type {array.dtype}; use an integer or float "
+                         "array")
     return _write(volume, array, Path(path))
 
 

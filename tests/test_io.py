@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -173,7 +172,8 @@ def test_write_rejects_other_extensions(tmp_path, geometry, name):
 def test_check_same_grid(geometry):
     a = Volume(np.zeros((4, 5, 6), np.int16), geometry)
     check_same_grid(a, Volume(np.zeros((4, 5, 6), np.uint8), geometry))
-    with pytest.raises(GeometryError, match=r"shape \(4, 5, 6\).*reference mask has shape \(4, 5, 7\)"):
+    with pytest.raises(GeometryError,
+                       match=r"shape \(4, 5, 6\).*reference mask has shape \(4, 5, 7\)"):
         check_same_grid(a, Volume(np.zeros((4, 5, 7), np.uint8), geometry), what="reference mask")
     shifted = Geometry(geometry.spacing_mm, (-120.0, 35.5, 411.0), geometry.direction)
     with pytest.raises(GeometryError, match=r"origin \(-120.0, 35.5, 411.0\)"):
