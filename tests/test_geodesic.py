@@ -239,6 +239,7 @@ def test_falls_back_to_numpy_with_a_warning_when_numba_is_missing(tiny_case, mon
     (np.zeros((2, 3, 4)), np.ones((2, 3, 4)), (1.0, np.inf, 1), {}, GeometryError, "finite"),
     (np.zeros((2, 3, 4)), np.ones((2, 3, 4)), ("a", 1, 1), {}, GeometryError, "3 numbers"),
     (np.zeros((2, 3, 4)), np.ones((2, 3, 4)), SPACING, {"lam": 1.5}, ConfigError, r"\[0, 1\]"),
+    (np.zeros((2, 3, 4)), np.ones((2, 3, 4)), SPACING, {"lam": "high"}, ConfigError, "lam"),
     (np.zeros((2, 3, 4)), np.ones((2, 3, 4)), SPACING, {"iterations": 0}, ConfigError, ">= 1"),
     (np.zeros((2, 3, 4)), np.ones((2, 3, 4)), SPACING, {"iterations": 2.5}, ConfigError,
      "integer"),
@@ -345,3 +346,27 @@ def test_errors_share_the_package_base_class():
     with pytest.raises(IunetError):
         scribble_weight_map(np.zeros((2, 3, 4), np.float32), np.ones((2, 3, 4), np.uint8),
                             (1.0, 1.0))
+
+
+def test_geodistk_slow_diagonal_is_reproduced():
+    """GeodisTK's table split makes (+z, -y) diagonals advance ~1 voxel per iteration."""
+    img = np.zeros((6, 6, 1), np.float32)
+    seeds = np.zeros(img.shape, np.uint8)
+    seeds[0, 5, 0] = 1  # the path to (5, 0, 0) is 5 steps of (+z, -y)
+    slow = geodesic_distance(img, seeds, (1.0, 1.0, 1.0), lam=0.0, iterations=1,
+                             backend="numba")
+    assert slow[5, 0, 0] > 5 * math.sqrt(2) + 0.5
+    np.testing.assert_allclose(slow[5, 0, 0],
+                               _geodistk_transcription(img, seeds, (1, 1, 1), 0.0, 1)[5, 0, 0])
+    converged = geodesic_distance(img, seeds, (1.0, 1.0, 1.0), lam=0.0, iterations=6,
+                                  backend="numba")
+    np.testing.assert_allclose(converged[5, 0, 0], 5 * math.sqrt(2), rtol=1e-6)
+    # the mirrored diagonal (+z, +y) is exact after one iteration, and so is the plane sweep
+    seeds_mirror = np.zeros(img.shape, np.uint8)
+    seeds_mirror[0, 0, 0] = 1
+    fast = geodesic_distance(img, seeds_mirror, (1.0, 1.0, 1.0), lam=0.0, iterations=1,
+                             backend="numba")
+    np.testing.assert_allclose(fast[5, 5, 0], 5 * math.sqrt(2), rtol=1e-6)
+    sweep = geodesic_distance(img, seeds, (1.0, 1.0, 1.0), lam=0.0, iterations=1,
+                              backend="numpy")
+    np.testing.assert_allclose(sweep[5, 0, 0], 5 * math.sqrt(2), rtol=1e-6)
