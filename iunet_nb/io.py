@@ -114,35 +114,44 @@ def _check_nifti(path: Path) -> None:
         return  # not a NIfTI header we understand: let SimpleITK decide and explain
     offset, n_bytes, float_dtype = layout
     expected = offset + n_bytes
-    data = b""
-    try:
-        if float_dtype is not None:
-            with opener(path, "rb") as fh:
-                data = fh.read()
-            size = len(data)
-        elif compressed:
-            size = 0
-            with gzip.open(path, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    size += len(chunk)
-        else:
-            size = path.stat().st_size
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(
-            f"{path} is truncated or damaged ({exc}); an interrupted copy or download? "
-            "Copy the file again from its source.") from exc
+    if float_dtype is None and not compressed:
+        size, n_bad = path.stat().st_size, 0
+    else:
+        size, n_bad = _scan_nifti_voxels(path, opener, offset, n_bytes, float_dtype)
     if size < expected:
         raise InputError(
             f"{path} is truncated: it holds {size} bytes (uncompressed) but its header needs "
             f"{expected}; an interrupted copy or download? Copy the file again from its source.")
-    if float_dtype is not None:
-        voxels = np.frombuffer(data, dtype=float_dtype, count=n_bytes // float_dtype.itemsize,
-                               offset=offset)
-        n_bad = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
-        if n_bad:
-            raise InputError(
-                f"{path} has {n_bad} NaN or infinite voxel(s) of {voxels.size}; replace them "
-                "(e.g. with the background value) before using the image")
+    if n_bad:
+        raise InputError(
+            f"{path} has {n_bad} NaN or infinite voxel(s) of {n_bytes // float_dtype.itemsize}; "
+            "replace them (e.g. with the background value) before using the image")
+
+
+def _scan_nifti_voxels(path: Path, opener: Any, offset: int, n_bytes: int,
+                       float_dtype: np.dtype | None) -> tuple[int, int]:
+    """(uncompressed size, number of non-finite float voxels), streaming in 4 MiB chunks."""
+    size = n_bad = 0
+    pending = b""  # voxel bytes not yet decoded (a float split across two chunks)
+    try:
+        with opener(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                start, size = size, size + len(chunk)
+                if float_dtype is None:
+                    continue
+                lo, hi = max(offset - start, 0), min(offset + n_bytes - start, len(chunk))
+                if lo >= hi:
+                    continue
+                pending += chunk[lo:hi]
+                usable = len(pending) - len(pending) % float_dtype.itemsize
+                values = np.frombuffer(pending[:usable], dtype=float_dtype)
+                n_bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                pending = pending[usable:]
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(
+            f"{path} is truncated or damaged ({exc}); an interrupted copy or download? "
+            "Copy the file again from its source.") from exc
+    return size, n_bad
 
 
 def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
@@ -474,7 +483,8 @@ def read_mask(path: str | os.PathLike, *, label: int | None = None) -> Volume:
     mask = mask.astype(np.uint8)
     if not mask.any():
         logger.warning("mask %s is empty (label %s)", path, label)
-    return Volume(mask, volume.geometry, {**volume.meta, "label": label})
+    label_meta = None if label is None else int(label)
+    return Volume(mask, volume.geometry, {**volume.meta, "label": label_meta})
 
 
 def read_label_map(path: str | os.PathLike) -> Volume:

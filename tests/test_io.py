@@ -112,6 +112,16 @@ def test_mask_round_trip_same_physical_points(tmp_path, ellipsoid_case, ext):
                                ct.geometry.index_to_physical([12, 5, 30]), atol=1e-4)
 
 
+@pytest.mark.parametrize("ext,fmt", [(".nhdr", "nrrd"), (".mhd", "metaimage")])
+def test_header_plus_data_formats_read(tmp_path, geometry, ext, fmt):
+    array = _ct_array((3, 5, 4), seed=4)
+    sitk.WriteImage(geometry.apply_to(sitk.GetImageFromArray(array)), str(tmp_path / f"ct{ext}"))
+    assert len(list(tmp_path.iterdir())) == 2  # header and a separate data file
+    back = read_image(tmp_path / f"ct{ext}")
+    np.testing.assert_array_equal(back.array, array)
+    assert back.geometry.is_close(geometry) and back.meta["format"] == fmt
+
+
 def test_float_image_round_trip_is_float32(tmp_path, ellipsoid_case):
     ct, _ = ellipsoid_case
     back = read_image(write_image(ct, tmp_path / "ct.nii.gz"))
@@ -361,6 +371,14 @@ def test_nan_and_inf_voxels_counted(tmp_path, geometry, ext, dtype):
     array[2, 3, 4] = -np.inf
     path = write_image(Volume(array, geometry), tmp_path / f"nan{ext}")
     with pytest.raises(InputError, match=r"has 3 NaN or infinite voxel\(s\) of 60"):
+        read_image(path)
+
+
+def test_nan_count_spans_several_read_chunks(tmp_path, geometry):
+    array = np.zeros((40, 160, 170), np.float32)  # 4.35 MB: the NaN scan reads 4 MiB chunks
+    array.flat[[0, 1_048_000, 1_048_600, array.size - 1]] = np.nan
+    path = write_image(Volume(array, geometry), tmp_path / "big.nii.gz")
+    with pytest.raises(InputError, match=r"has 4 NaN or infinite voxel\(s\) of 1088000"):
         read_image(path)
 
 
