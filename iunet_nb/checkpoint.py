@@ -1,0 +1,128 @@
+"""Model weights on disk: a ``torch.save`` state dict plus a JSON :class:`ModelCard` sidecar.
+
+Weights are always loaded with ``weights_only=True`` (no pickled code runs), and a card that
+does not match the weights gives a :class:`~iunet_nb.errors.CheckpointError` that names both.
+The package ships pretrained iUnet weights for the pancreas; :func:`load_bundled_model`
+loads them without any download.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ._atomic import atomic_path
+from ._config import JsonConfig
+from .errors import CheckpointError, ConfigError
+from .nets import NetConfig, build_network
+from .preprocess import PreprocessConfig
+
+__all__ = ["ModelCard", "save_model", "load_model", "load_bundled_model", "bundled_model_path",
+           "select_device", "machine_description"]
+
+BUNDLED_MODEL = "iunet_pancreas.pt"
+
+
+@dataclass(frozen=True)
+class ModelCard(JsonConfig):
+    """What a set of weights is: the network, its input pipeline and how it was made.
+
+    Written as ``model.json`` next to ``model.pt``; the network and preprocessing configs are
+    what :func:`load_model` needs to rebuild the model, the rest is provenance.
+    """
+
+    version: int = 1
+    net: NetConfig = NetConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    structure: str = "pancreas"
+    data: str = ""
+    iterations: int = 0
+    seed: int = 0
+    train_time_s: float = 0.0
+    machine: str = ""
+    validation_dsc: float | None = None
+    notes: str = ""
+
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA when available (or when asked for and present), else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was requested but is not available; use device='cpu' or 'auto'")
+    return device
+
+
+def machine_description() -> str:
+    """A short description of the machine for cards and benchmark records."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
+    return (f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+
+
+def save_model(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
+    """Write ``path`` (state dict) and ``path.with_suffix('.json')`` (the card), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    card.to_json(path.with_suffix(".json"))
+    return path
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu",
+               ) -> tuple[torch.nn.Module, ModelCard]:
+    """Rebuild a network from ``model.pt`` + ``model.json`` (``weights_only=True``).
+
+    Raises:
+        CheckpointError: a file is missing or corrupt, or the weights do not fit the card's
+            architecture (e.g. weights of another network or channel count).
+    """
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise CheckpointError(f"model weights not found: {path}")
+    if not card_path.is_file():
+        raise CheckpointError(f"model card {card_path} is missing; it records the architecture "
+                              "the weights belong to and must sit next to the .pt file")
+    try:
+        card = ModelCard.from_json(card_path)
+    except Exception as exc:
+        raise CheckpointError(f"model card {card_path} is not valid: {exc}") from exc
+    model = build_network(card.net)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read weights {path}: {exc}") from exc
+    if isinstance(state, dict) and "model" in state and "optimizer" in state:
+        state = state["model"]  # a training checkpoint
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise CheckpointError(
+            f"weights {path} do not match the architecture in {card_path} "
+            f"({card.net.arch}, base_channels={card.net.base_channels}): {str(exc)[:300]}") from exc
+    return model.to(select_device(device)).eval(), card
+
+
+def bundled_model_path() -> Path:
+    """Path of the pretrained pancreas iUnet shipped in ``iunet_nb/assets``."""
+    return Path(str(resources.files("iunet_nb") / "assets" / BUNDLED_MODEL))
+
+
+def load_bundled_model(device: str | torch.device | None = "cpu",
+                       ) -> tuple[torch.nn.Module, ModelCard]:
+    """The shipped pancreas iUnet and its card (no download, ever)."""
+    path = bundled_model_path()
+    if not path.is_file():
+        raise CheckpointError(
+            f"the bundled weights {path} are missing from this installation; reinstall iunet-nb "
+            "or retrain them with `python scripts/train_bundled_model.py`")
+    return load_model(path, device)

@@ -1,0 +1,163 @@
+"""``iunet-nb``: the command-line face of the engine (the same functions the notebooks call)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import IunetError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("iunet_nb")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, device=args.device)
+    m = result["metrics"]
+    print(f"Segmented the bundled sample CT in {result['segment_s']:.2f} s "
+          "(box from the reference mask, as in the paper's Experiment 1).")
+    print(f"DSC {m['dice']:.3f}  Jaccard {m['jaccard']:.3f}  precision {m['precision']:.3f}  "
+          f"recall {m['recall']:.3f}  HD95 {m['hd95_mm']:.1f} mm  "
+          f"NSD@2mm {m['surface_dice']:.3f}")
+    for name, path in result["files"].items():
+        print(f"  {name:10s} {path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .augment import AugmentConfig
+    from .nets import NetConfig
+    from .preprocess import PreprocessConfig
+    from .train import TrainConfig, load_training_cases, prepare_cases, train
+
+    cfg = TrainConfig(
+        net=NetConfig(arch=args.arch, base_channels=args.base_channels),
+        preprocess=PreprocessConfig(size_zyx=tuple(args.size)),
+        augment=AugmentConfig(), iterations=args.iterations, batch_size=args.batch,
+        lr=args.lr, seed=args.seed, structure=str(args.structure),
+        checkpoint_every=min(args.checkpoint_every, args.iterations))
+    cases, description = load_training_cases(args.data, structure=args.structure,
+                                              layout=args.layout, limit=args.limit,
+                                              seed=args.seed)
+    images, masks = prepare_cases(cases, cfg.preprocess)
+    result = train(images, masks, cfg, args.out, resume=args.resume, device=args.device,
+                   data_description=description)
+    print(f"trained {cfg.net.arch} for {cfg.iterations} iterations on {len(cases)} cases; "
+          f"final loss {result.losses[-1]:.4f}; model in {Path(args.out) / 'model.pt'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_bundled_model, load_model
+    from .evaluate import evaluate_case
+    from .io import read_image, read_mask, write_mask
+    from .plots import plot_overview
+    from .predict import make_box, segment
+
+    ct = read_image(args.ct)
+    model, card = load_model(args.model) if args.model else load_bundled_model()
+    box_ref = read_mask(args.box_from) if args.box_from else None
+    box = make_box(ct, voxel=args.box, physical_mm=args.box_mm, reference=box_ref)
+    mask = segment(ct, model, box, card.preprocess, device=args.device)
+    out = write_mask(mask, args.out)
+    print(f"mask written to {out} ({int(mask.array.sum())} voxels)")
+    reference = read_mask(args.reference) if args.reference else None
+    if args.png:
+        plot_overview(ct, mask, reference, args.png)
+        print(f"overview written to {args.png}")
+    if reference is not None:
+        metrics = evaluate_case(mask.array, reference.array, ct.spacing_mm)
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_case
+    from .io import check_same_grid, read_mask
+
+    pred, ref = read_mask(args.prediction), read_mask(args.reference)
+    check_same_grid(pred, ref, what="prediction")
+    metrics = evaluate_case(pred.array, ref.array, ref.spacing_mm, tolerance_mm=args.tolerance_mm)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(prog="iunet-nb", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="segment the bundled sample CT and print its DSC")
+    d.add_argument("--out", default="iunet-nb-demo", help="output folder (default %(default)s)")
+    d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train", help="train a network (paper schedule by default)")
+    t.add_argument("--data", required=True,
+                   help="a data folder (MSD, paired images/labels, 3D-IRCADb) or "
+                        "'btcv-synth:<folder of BTCV label maps>' or 'phantom:<n cases>'")
+    t.add_argument("--layout", default="auto", help="msd | paired | ircadb | auto")
+    t.add_argument("--structure", default="pancreas", help="target structure, name or label value")
+    t.add_argument("--out", required=True, help="output folder for checkpoints and model")
+    t.add_argument("--arch", default="iunet", choices=["iunet", "cicek", "dilated_fcn"])
+    t.add_argument("--base-channels", type=int, default=16)
+    t.add_argument("--size", type=int, nargs=3, default=[24, 64, 64], metavar=("Z", "Y", "X"),
+                   help="working size (default: the paper's 24 64 64)")
+    t.add_argument("--iterations", type=int, default=2000)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--limit", type=int, default=None, help="use at most this many cases")
+    t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--device", default=None)
+    t.set_defaults(func=_cmd_train)
+
+    r = sub.add_parser("predict", help="segment a CT inside a box; mask in the CT's geometry")
+    r.add_argument("ct", help="CT: NIfTI, NRRD, MHA, a DICOM folder or a .zip of one")
+    r.add_argument("--out", required=True, help="mask path (.nii.gz, .nii, .nrrd, .mha)")
+    r.add_argument("--model", default=None, help="model.pt with its model.json (default: bundled)")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--box", type=int, nargs=6, metavar=("Z0", "Y0", "X0", "Z1", "Y1", "X1"),
+                   help="voxel box, upper bounds exclusive")
+    g.add_argument("--box-mm", type=float, nargs=6, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
+                   help="two opposite corners in physical mm (LPS)")
+    g.add_argument("--box-from", metavar="MASK", help="use the bounding box of this mask")
+    r.add_argument("--reference", default=None, help="reference mask: print metrics")
+    r.add_argument("--png", default=None, help="write an overview PNG here")
+    r.add_argument("--device", default=None)
+    r.set_defaults(func=_cmd_predict)
+
+    e = sub.add_parser("evaluate", help="metrics of a mask against a reference")
+    e.add_argument("prediction")
+    e.add_argument("reference")
+    e.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance")
+    e.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``iunet-nb`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except IunetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

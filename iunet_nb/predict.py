@@ -1,0 +1,95 @@
+"""Automatic segmentation of a CT inside a box, back in the CT's own geometry.
+
+Staged as in MONAILabel's infer tasks: pre-transform (:func:`iunet_nb.preprocess.preprocess_image`:
+smooth, window, crop box + margin, resample to the working grid), inferer (the network,
+softmax), inverse transform (:func:`iunet_nb.preprocess.restore_probabilities`: resample back to
+the crop and paste into the full grid), post-transform (threshold).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import select_device
+from .errors import InputError
+from .preprocess import Box, PreprocessConfig, preprocess_image, restore_probabilities
+from .volume import Volume
+
+__all__ = ["predict_probabilities", "segment", "make_box"]
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, image: Volume, box: Box,
+                          cfg: PreprocessConfig, device: str | torch.device | None = None,
+                          ) -> np.ndarray:
+    """Foreground probability on the CT's full grid.
+
+    Args:
+        model: a network returning logits ``(N, K, D, H, W)``; class 1 is the foreground.
+        image: CT in HU.
+        box: voxel box of the structure (before the margin, which ``cfg`` adds).
+        cfg: the preprocessing the model was trained with (its card's ``preprocess``).
+        device: None for CUDA when available, else CPU.
+
+    Returns:
+        ``float32 (z, y, x)`` probabilities on ``image``'s grid; 0 outside the crop.
+    """
+    dev = select_device(device)
+    x, record = preprocess_image(image, box, cfg)
+    model = model.to(dev).eval()
+    logits = model(torch.from_numpy(np.ascontiguousarray(x))[None, None].to(dev))
+    prob = torch.softmax(logits, dim=1)[0, 1].float().cpu().numpy()
+    return restore_probabilities(prob, record)
+
+
+def segment(image: Volume, model: torch.nn.Module, box: Box, cfg: PreprocessConfig,
+            threshold: float = 0.5, device: str | torch.device | None = None) -> Volume:
+    """Binary mask (uint8 {0, 1}) of the structure, on ``image``'s grid and geometry."""
+    prob = predict_probabilities(model, image, box, cfg, device)
+    mask = (prob >= threshold).astype(np.uint8)
+    if not mask.any():
+        logger.warning("the segmentation is empty: check the box and that the model fits the "
+                       "structure (threshold %.2f, max probability %.3f)", threshold, prob.max())
+    return Volume(mask, image.geometry, {"source": "iunet_nb.predict.segment",
+                                         "box": box.to_dict()})
+
+
+def make_box(image: Volume, *, voxel: Sequence[int] | None = None,
+             physical_mm: Sequence[float] | None = None,
+             reference: Volume | None = None) -> Box:
+    """A box from exactly one of: voxel indices, physical corners, or a reference mask.
+
+    Args:
+        voxel: ``(z0, y0, x0, z1, y1, x1)``, hi exclusive.
+        physical_mm: two opposite corners ``(x0, y0, z0, x1, y1, z1)`` in mm (LPS).
+        reference: a mask on the image's grid; its bounding box is used.
+
+    Raises:
+        InputError: none or several sources given, or a box outside the image.
+    """
+    given = [v is not None for v in (voxel, physical_mm, reference)]
+    if sum(given) != 1:
+        raise InputError("give exactly one box: voxel indices (z0 y0 x0 z1 y1 x1), physical "
+                         "corners in mm (x0 y0 z0 x1 y1 z1), or a reference mask")
+    if voxel is not None:
+        if len(voxel) != 6:
+            raise InputError(f"a voxel box needs 6 integers z0 y0 x0 z1 y1 x1, got {list(voxel)}")
+        box = Box(tuple(int(v) for v in voxel[:3]), tuple(int(v) for v in voxel[3:]))
+    elif physical_mm is not None:
+        if len(physical_mm) != 6:
+            raise InputError(f"a physical box needs 6 numbers x0 y0 z0 x1 y1 z1 (mm), got "
+                             f"{list(physical_mm)}")
+        box = Box.from_physical(physical_mm[:3], physical_mm[3:], image.geometry, image.shape)
+    else:
+        assert reference is not None
+        if reference.shape != image.shape:
+            raise InputError(f"reference mask shape {reference.shape} != image shape {image.shape}")
+        box = Box.from_mask(reference.array)
+    box.validate(image.shape)
+    return box

@@ -1,0 +1,301 @@
+"""Baseline training of a segmentation network on cropped, resampled cases (iUnet, SPEC.md).
+
+The paper's schedule is the default: Adam with lr 1e-4, 2000 iterations, batch 8, a fresh
+augmentation (translation, rotation, noise) of every sample at every iteration, soft Dice loss.
+Training is seeded end to end (batch order, augmentation, initial weights) and can be resumed
+from its last checkpoint with the identical continuation.
+
+Outputs in ``out_dir``:
+
+* ``checkpoint.pt`` — ``torch.save`` of a dict of tensors/state dicts (model, optimizer,
+  random generator state, iteration); loaded with ``weights_only=True``;
+* ``checkpoint.json`` — the :class:`TrainConfig` and the iteration reached (the sidecar);
+* ``model.pt`` + ``model.json`` — the final weights and their :class:`ModelCard` (what
+  :func:`iunet_nb.checkpoint.load_model` reads);
+* ``loss.jsonl`` — one JSON line per iteration: iteration, loss, elapsed_s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._atomic import atomic_path, atomic_write_text
+from ._config import JsonConfig
+from .augment import AugmentConfig, augment_batch
+from .checkpoint import ModelCard, machine_description, save_model, select_device
+from .errors import CheckpointError, ConfigError, InputError
+from .losses import soft_dice_loss
+from .nets import NetConfig, build_network
+from .preprocess import Box, PreprocessConfig, crop_mask, preprocess_image
+from .volume import Volume
+
+__all__ = ["TrainConfig", "TrainResult", "load_training_cases", "prepare_cases", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig(JsonConfig):
+    """Everything that defines a training run (saved beside its outputs).
+
+    Args:
+        net: architecture (iUnet by default).
+        preprocess: crop/resample/window settings; the working size is ``preprocess.size_zyx``.
+        augment: per-iteration augmentation.
+        iterations: optimiser steps (paper: 2000).
+        batch_size: samples per step (paper: 8).
+        lr: Adam learning rate (paper: 1e-4).
+        seed: seeds the initial weights, the batch order and the augmentation.
+        checkpoint_every: write ``checkpoint.pt`` every so many iterations (and at the end).
+        structure: name of the target structure (recorded in the model card).
+    """
+
+    version: int = 1
+    net: NetConfig = NetConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    augment: AugmentConfig = AugmentConfig()
+    iterations: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-4
+    seed: int = 0
+    checkpoint_every: int = 100
+    structure: str = "pancreas"
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            raise ConfigError(f"TrainConfig.lr must be in (0, 1), got {self.lr!r}")
+
+
+@dataclass
+class TrainResult:
+    """The trained model and its history."""
+
+    model: torch.nn.Module
+    card: ModelCard
+    losses: list[float]
+    out_dir: Path | None
+
+
+def prepare_cases(cases: Iterable[tuple[Volume, Volume]], cfg: PreprocessConfig,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop every case to its reference box (+ margin) and resample to the working grid.
+
+    As in the paper's training, the box comes from the reference mask.
+
+    Args:
+        cases: ``(image, mask)`` pairs; image in HU, mask uint8 {0, 1} on the image's grid.
+        cfg: preprocessing settings.
+
+    Returns:
+        images ``float32 (N, 1, D, H, W)`` in [-1, 1] and masks ``float32 (N, D, H, W)`` in {0, 1}.
+
+    Raises:
+        InputError: no cases, or a case with an empty mask or a mismatching grid.
+    """
+    images, masks = [], []
+    for i, (image, mask) in enumerate(cases):
+        if image.shape != mask.shape:
+            raise InputError(f"case {i}: image shape {image.shape} != mask shape {mask.shape}")
+        box = Box.from_mask(mask.array)
+        x, record = preprocess_image(image, box, cfg)
+        y = crop_mask(mask.array, record)
+        images.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        masks.append(torch.from_numpy((y >= 0.5).astype(np.float32)))
+    if not images:
+        raise InputError("no training cases were given")
+    return torch.stack(images)[:, None], torch.stack(masks)
+
+
+def _one_hot(mask: torch.Tensor, n_classes: int) -> torch.Tensor:
+    return F.one_hot(mask.long(), n_classes).permute(0, 4, 1, 2, 3).float()
+
+
+def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = TrainConfig(),
+          out_dir: str | os.PathLike | None = None, *, resume: bool = False,
+          device: str | torch.device | None = None, progress: bool = True,
+          data_description: str = "") -> TrainResult:
+    """Train a network from scratch (or resume) on prepared working-grid cases.
+
+    Args:
+        images: ``float32 (N, 1, D, H, W)`` from :func:`prepare_cases`.
+        masks: ``float32 (N, D, H, W)`` in {0, 1}.
+        config: the run's settings.
+        out_dir: where checkpoints, the loss log and the final model go (None: nothing written).
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists; the continuation is the
+            same as an uninterrupted run (the random generator state is restored too).
+        device: "cpu", "cuda" or None for automatic.
+        progress: show a tqdm progress bar.
+        data_description: recorded in the model card.
+
+    Returns:
+        A :class:`TrainResult`; the model is in eval mode on the CPU.
+    """
+    from tqdm.auto import tqdm
+
+    if images.ndim != 5 or masks.ndim != 4 or images.shape[0] != masks.shape[0]:
+        raise InputError(f"expected images (N, 1, D, H, W) and masks (N, D, H, W), got "
+                         f"{tuple(images.shape)} and {tuple(masks.shape)}")
+    if tuple(images.shape[2:]) != tuple(config.preprocess.size_zyx):
+        raise ConfigError(f"images are {tuple(images.shape[2:])} but the config's working size is "
+                          f"{tuple(config.preprocess.size_zyx)}; prepare them with the same config")
+    dev = select_device(device)
+    torch.manual_seed(config.seed)  # initial weights; the rest uses `gen`
+    model = build_network(config.net).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    start, losses, elapsed_before = 0, [], 0.0
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        config.to_json(out / "train_config.json")
+        ckpt_path = out / "checkpoint.pt"
+        if resume and ckpt_path.exists():
+            state = _load_checkpoint(ckpt_path, config)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            start = int(state["iteration"])
+            elapsed_before = float(state["elapsed_s"])
+            losses = _read_losses(out / "loss.jsonl", start)
+            logger.info("resumed from %s at iteration %d", ckpt_path, start)
+        elif (out / "loss.jsonl").exists():
+            (out / "loss.jsonl").unlink()
+    n = images.shape[0]
+    model.train()
+    t0 = time.perf_counter() - elapsed_before
+    bar = tqdm(range(start, config.iterations), total=config.iterations, initial=start,
+               desc="Training", unit="it", disable=not progress)
+    log = open(out / "loss.jsonl", "a", encoding="utf-8") if out is not None else None
+    try:
+        for it in bar:
+            idx = torch.randint(0, n, (config.batch_size,), generator=gen)
+            x, y = augment_batch(images[idx], masks[idx], config.augment, gen)
+            x, y = x.to(dev), y.to(dev)
+            if y.ndim == 5:
+                y = y[:, 0]
+            probs = torch.softmax(model(x), dim=1)
+            loss = soft_dice_loss(probs, _one_hot(y, config.net.n_classes))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+            losses.append(value)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if log is not None:
+                log.write(json.dumps({"iteration": it + 1, "loss": value,
+                                      "elapsed_s": round(time.perf_counter() - t0, 3)}) + "\n")
+                log.flush()
+                if (it + 1) % config.checkpoint_every == 0 or it + 1 == config.iterations:
+                    _save_checkpoint(out, model, optimizer, gen, it + 1,
+                                     time.perf_counter() - t0, config)
+    finally:
+        if log is not None:
+            log.close()
+        bar.close()
+    model = model.cpu().eval()
+    card = ModelCard(net=config.net, preprocess=config.preprocess, structure=config.structure,
+                     data=data_description, iterations=config.iterations, seed=config.seed,
+                     train_time_s=round(time.perf_counter() - t0, 1),
+                     machine=machine_description())
+    if out is not None:
+        save_model(model, card, out / "model.pt")
+    return TrainResult(model=model, card=card, losses=losses, out_dir=out)
+
+
+def _save_checkpoint(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     gen: torch.Generator, iteration: int, elapsed_s: float,
+                     config: TrainConfig) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "generator": gen.get_state(), "iteration": iteration, "elapsed_s": elapsed_s}
+    with atomic_path(out / "checkpoint.pt") as tmp:
+        torch.save(state, tmp)
+    atomic_write_text(out / "checkpoint.json", json.dumps(
+        {"iteration": iteration, "config": config.to_dict()}, indent=2) + "\n")
+
+
+def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        saved = json.loads(sidecar.read_text(encoding="utf-8"))["config"]
+        mine = config.to_dict()
+        differ = sorted(k for k in mine if k not in ("iterations", "checkpoint_every")
+                        and saved.get(k) != mine[k])
+        if differ:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained with different settings ({differ}); "
+                "use the same config, or a new output folder to start afresh")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def _read_losses(path: Path, upto: int) -> list[float]:
+    """Losses of the first ``upto`` iterations; later lines (after the checkpoint) are dropped."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    rows = [r for r in rows if r["iteration"] <= upto]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return [r["loss"] for r in rows]
+
+
+def load_training_cases(data: str, *, structure: str | int = "pancreas", layout: str = "auto",
+                        limit: int | None = None, seed: int = 0,
+                        ) -> tuple[list[tuple[Volume, Volume]], str]:
+    """Training cases ``(CT, mask)`` from a data source string, and a description of it.
+
+    Sources:
+        ``<folder>``: a data set in a layout :func:`iunet_nb.datasets.find_cases` reads.
+        ``btcv-synth:<folder>``: synthetic CT made from each BTCV label map in the folder
+        (:func:`iunet_nb.synth.synthesize_ct`, case ``i`` seeded with ``seed + i``).
+        ``phantom:<n>``: ``n`` procedural phantoms (:func:`iunet_nb.synth.make_phantom`).
+    """
+    from tqdm.auto import tqdm
+
+    from . import datasets, io, synth
+
+    if data.startswith("phantom:"):
+        try:
+            n = int(data.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"'phantom:<n>' needs a number of cases, got {data!r}") from None
+        cases = [synth.make_phantom(rng=seed + i) for i in range(n)]
+        return cases, f"{n} procedural phantoms (seeds {seed}..{seed + n - 1})"
+    if data.startswith("btcv-synth:"):
+        root = data.split(":", 1)[1]
+        label_cases = datasets.find_cases(root, structure=structure, layout="btcv")[:limit]
+        value = label_cases[0].label_value if label_cases else None
+        cases = []
+        for i, case in enumerate(tqdm(label_cases, desc="Synthesising CT", unit="case")):
+            labels = io.read_label_map(case.label_path)
+            ct = synth.synthesize_ct(labels, rng=seed + i)
+            mask = labels.with_array((labels.array == value).astype(np.uint8))
+            cases.append((ct, mask))
+        ids = [c.case_id for c in label_cases]
+        return cases, (f"synthetic CT from {len(ids)} BTCV label maps ({ids[0]}..{ids[-1]}), "
+                       f"seeds {seed}..{seed + len(ids) - 1}, target label {value}")
+    found = datasets.find_cases(data, structure=structure, layout=layout)[:limit]
+    cases = []
+    for case in tqdm(found, desc="Loading cases", unit="case"):
+        image, mask = case.load()
+        if image is None:
+            raise InputError(f"case {case.case_id} has no image (label maps only); use "
+                             f"'btcv-synth:{data}' to synthesise CT from its label maps")
+        cases.append((image, mask))
+    return cases, f"{len(cases)} cases from {data} ({found[0].source if found else layout})"

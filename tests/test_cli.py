@@ -1,0 +1,67 @@
+"""The command line: the same engine calls, errors as messages with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from iunet_nb.checkpoint import ModelCard, save_model
+from iunet_nb.cli import main
+from iunet_nb.io import read_mask, write_image, write_mask
+from iunet_nb.nets import NetConfig, build_network
+from iunet_nb.preprocess import PreprocessConfig
+
+
+@pytest.fixture
+def files(tmp_path, ellipsoid_case):
+    ct, ref = ellipsoid_case
+    net = NetConfig(base_channels=4)
+    model_path = save_model(build_network(net), ModelCard(
+        net=net, preprocess=PreprocessConfig(size_zyx=(8, 16, 16))), tmp_path / "model.pt")
+    return {"ct": write_image(ct, tmp_path / "ct.nrrd"), "ref": write_mask(ref, tmp_path / "ref.nii.gz"),
+            "model": model_path, "tmp": tmp_path, "geometry": ct.geometry}
+
+
+def test_predict_writes_a_mask_in_the_ct_geometry(files, capsys):
+    out = files["tmp"] / "pred.mha"
+    png = files["tmp"] / "overview.png"
+    rc = main(["predict", str(files["ct"]), "--model", str(files["model"]), "--box-from",
+               str(files["ref"]), "--out", str(out), "--png", str(png), "--reference",
+               str(files["ref"])])
+    assert rc == 0
+    mask = read_mask(out)
+    assert mask.geometry.is_close(files["geometry"]) and mask.shape == (24, 32, 32)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed[printed.index("{"):])
+    assert 0.0 <= metrics["dice"] <= 1.0
+
+
+def test_evaluate_prints_metrics_of_identical_masks(files, capsys):
+    assert main(["evaluate", str(files["ref"]), str(files["ref"])]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["dice"] == pytest.approx(1.0) and metrics["hd95_mm"] == pytest.approx(0.0)
+
+
+def test_errors_become_messages_and_exit_code_2(files, capsys):
+    rc = main(["predict", str(files["tmp"] / "missing.nii.gz"), "--box", "0", "0", "0", "4", "4",
+               "4", "--out", str(files["tmp"] / "x.nii.gz")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing.nii.gz" in err
+    rc = main(["predict", str(files["ct"]), "--model", str(files["model"]), "--box", "0", "0", "0",
+               "99", "4", "4", "--out", str(files["tmp"] / "x.nii.gz")])
+    assert rc == 2 and "box" in capsys.readouterr().err.lower()
+    assert not (files["tmp"] / "x.nii.gz").exists()
+
+
+def test_train_from_phantoms_then_predict(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--data", "phantom:2", "--out", str(out), "--iterations", "2", "--batch",
+               "1", "--base-channels", "4", "--size", "8", "16", "16"])
+    assert rc == 0
+    card = json.loads((out / "model.json").read_text())
+    assert card["iterations"] == 2 and "phantom" in card["data"]
+    assert len((out / "loss.jsonl").read_text().splitlines()) == 2

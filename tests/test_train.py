@@ -1,0 +1,107 @@
+"""Training: seeded, checkpointed, resumable with the identical continuation; model cards."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from iunet_nb.augment import AugmentConfig
+from iunet_nb.checkpoint import ModelCard, load_model, save_model
+from iunet_nb.errors import CheckpointError, ConfigError, InputError
+from iunet_nb.nets import NetConfig, build_network
+from iunet_nb.preprocess import PreprocessConfig
+from iunet_nb.train import TrainConfig, prepare_cases, train
+
+TINY = TrainConfig(net=NetConfig(base_channels=4), preprocess=PreprocessConfig(size_zyx=(8, 16, 16)),
+                   iterations=4, batch_size=2, lr=1e-3, seed=3, checkpoint_every=2)
+
+
+@pytest.fixture
+def prepared(ellipsoid_case):
+    ct, mask = ellipsoid_case
+    return prepare_cases([(ct, mask), (ct, mask)], TINY.preprocess)
+
+
+def test_prepare_cases_crops_to_reference_box(prepared, ellipsoid_case):
+    images, masks = prepared
+    assert images.shape == (2, 1, 8, 16, 16) and masks.shape == (2, 8, 16, 16)
+    assert float(images.min()) >= -1 and float(images.max()) <= 1
+    # the crop is the reference box plus a 5 % margin (ceil: 2 voxels per side here), so the
+    # organ's share of the working grid is its share of that crop
+    ref = ellipsoid_case[1].array
+    extent = [np.ptp(ax) + 1 + 2 * 2 for ax in np.nonzero(ref)]
+    assert float(masks.mean()) == pytest.approx(ref.sum() / np.prod(extent), rel=0.1)
+    assert set(np.unique(masks.numpy())) == {0.0, 1.0}
+
+
+def test_prepare_cases_rejects_empty_mask(ellipsoid_case):
+    ct, mask = ellipsoid_case
+    with pytest.raises(InputError, match="empty"):
+        prepare_cases([(ct, mask.with_array(np.zeros_like(mask.array)))], TINY.preprocess)
+
+
+def test_train_writes_checkpoint_model_and_loss_log(prepared, tmp_path):
+    result = train(*prepared, TINY, tmp_path, progress=False, data_description="ellipsoids")
+    lines = (tmp_path / "loss.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3, 4]
+    assert all(np.isfinite(result.losses))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 4
+    model, card = load_model(tmp_path / "model.pt")
+    assert card.data == "ellipsoids" and card.iterations == 4
+    x = prepared[0][:1]
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model(x))
+
+
+def test_same_seed_same_weights_and_resume_is_identical(prepared, tmp_path):
+    straight = train(*prepared, TINY, tmp_path / "a", progress=False)
+    half = TrainConfig.from_dict({**TINY.to_dict(), "iterations": 2})
+    train(*prepared, half, tmp_path / "b", progress=False)
+    resumed = train(*prepared, TINY, tmp_path / "b", resume=True, progress=False)
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-5)
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(p.float(), q.float(), atol=1e-6), name
+    other = train(*prepared, TrainConfig.from_dict({**TINY.to_dict(), "seed": 4}), None,
+                  progress=False)
+    assert other.losses != straight.losses
+
+
+def test_resume_with_other_settings_is_refused(prepared, tmp_path):
+    train(*prepared, TINY, tmp_path, progress=False)
+    changed = TrainConfig.from_dict({**TINY.to_dict(), "lr": 5e-4})
+    with pytest.raises(CheckpointError, match="different settings"):
+        train(*prepared, changed, tmp_path, resume=True, progress=False)
+
+
+def test_training_reduces_the_loss(prepared):
+    cfg = TrainConfig.from_dict({**TINY.to_dict(), "iterations": 16, "lr": 1e-2,
+                                 "augment": AugmentConfig().to_dict()})
+    result = train(*prepared, cfg, None, progress=False)
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.1
+
+
+def test_config_validation_and_size_mismatch(prepared):
+    with pytest.raises(ConfigError, match="iterations"):
+        TrainConfig(iterations=0)
+    wrong = TrainConfig.from_dict({**TINY.to_dict(), "preprocess": {"size_zyx": [8, 32, 32]}})
+    with pytest.raises(ConfigError, match="working size"):
+        train(*prepared, wrong, None, progress=False)
+
+
+def test_load_model_rejects_weights_of_another_architecture(tmp_path):
+    model = build_network(NetConfig(base_channels=4))
+    save_model(model, ModelCard(net=NetConfig(base_channels=4)), tmp_path / "m.pt")
+    ModelCard(net=NetConfig(base_channels=8)).to_json(tmp_path / "m.json")
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(tmp_path / "m.pt")
+    (tmp_path / "m.json").unlink()
+    with pytest.raises(CheckpointError, match="card"):
+        load_model(tmp_path / "m.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    ModelCard(net=NetConfig(base_channels=4)).to_json(tmp_path / "bad.json")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_model(tmp_path / "bad.pt")
