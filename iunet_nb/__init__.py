@@ -1,14 +1,51 @@
-"""iunet-nb: interactive 3D segmentation of CT in Jupyter (iUnet, Boers et al. 2020)."""
+"""iunet-nb: interactive 3D segmentation of CT in Jupyter (iUnet, Boers et al. 2020).
 
+The engine is headless (no widget imports): ``io`` (read/write with geometry), ``preprocess``
+(window, smooth, crop, resample and inverse), ``nets``, ``losses``, ``augment``, ``train``,
+``predict``, ``evaluate``, ``geodesic``, ``datasets``, ``checkpoint``.
+"""
+
+from .augment import AugmentConfig, augment_batch
+from .checkpoint import ModelCard, load_bundled_model, load_model, save_model
+from .datasets import BTCV_LABELS, Case, find_cases, load_folds, make_folds, save_folds
 from .errors import (CheckpointError, ConfigError, GeometryError, InputError, IunetError,
                      SessionError)
+from .evaluate import (dice, evaluate_case, hausdorff95, jaccard, precision, recall, summarize,
+                       surface_dice, volume_difference, volume_ml)
+from .geodesic import geodesic_distance, scribble_weight_map
+from .io import (check_same_grid, list_dicom_mask_organs, read_dicom_mask_series, read_image,
+                 read_label_map, read_mask, write_image, write_mask)
+from .losses import interactive_loss, soft_dice_loss, tanimoto_ce_loss
+from .nets import NetConfig, build_network
+from .predict import make_box, predict_probabilities, segment
+from .preprocess import (Box, CropRecord, PreprocessConfig, crop_mask, preprocess_image,
+                         restore_mask, restore_probabilities)
+from .train import TrainConfig, prepare_cases, train
 from .volume import Geometry, Volume
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    # errors
     "IunetError", "InputError", "GeometryError", "ConfigError", "CheckpointError",
     "SessionError",
+    # data
     "Geometry", "Volume",
+    "read_image", "read_mask", "read_label_map", "read_dicom_mask_series",
+    "list_dicom_mask_organs", "write_image", "write_mask", "check_same_grid",
+    "BTCV_LABELS", "Case", "find_cases", "make_folds", "save_folds", "load_folds",
+    # preprocessing
+    "PreprocessConfig", "Box", "CropRecord", "preprocess_image", "crop_mask",
+    "restore_probabilities", "restore_mask",
+    # networks and training
+    "NetConfig", "build_network", "soft_dice_loss", "interactive_loss", "tanimoto_ce_loss",
+    "AugmentConfig", "augment_batch", "TrainConfig", "prepare_cases", "train",
+    "ModelCard", "save_model", "load_model", "load_bundled_model",
+    # prediction and metrics
+    "make_box", "predict_probabilities", "segment",
+    "dice", "jaccard", "precision", "recall", "volume_ml", "volume_difference",
+    "hausdorff95", "surface_dice", "evaluate_case", "summarize",
+    # interactive
+    "geodesic_distance", "scribble_weight_map",
 ]

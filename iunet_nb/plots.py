@@ -7,13 +7,15 @@ they neither depend on nor change the global backend and are displayed inline by
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ._atomic import atomic_path
 from .volume import Volume
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_overview", "plot_loss"]
 
@@ -28,7 +30,7 @@ def _slices(arr: np.ndarray, center: Sequence[int]) -> list[np.ndarray]:
 
 def plot_overview(ct: Volume, mask: Volume | None = None, reference: Volume | None = None,
                   path: str | os.PathLike | None = None, *, window: tuple[float, float] = (-160, 240),
-                  center: Sequence[int] | None = None, title: str = "") -> "matplotlib.figure.Figure":
+                  center: Sequence[int] | None = None, title: str = "") -> "Figure":
     """Three orthogonal slices through ``center`` with the mask (red) and reference (green) contours.
 
     Pixel aspect follows the voxel spacing, so a coronal view of 2.5 mm slices is not squashed.
@@ -76,7 +78,7 @@ def plot_overview(ct: Volume, mask: Volume | None = None, reference: Volume | No
 
 
 def plot_loss(losses: Sequence[float], path: str | os.PathLike | None = None,
-              smooth: int = 20) -> "matplotlib.figure.Figure":
+              smooth: int = 20) -> "Figure":
     """Training loss per iteration with a running mean over ``smooth`` iterations."""
     from matplotlib.figure import Figure
 

@@ -17,25 +17,23 @@ Outputs in ``out_dir``:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ._atomic import atomic_path, atomic_write_text
 from ._config import JsonConfig
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import ModelCard, machine_description, save_model, select_device
 from .errors import CheckpointError, ConfigError, InputError
-from .losses import soft_dice_loss
+from .losses import one_hot, soft_dice_loss
 from .nets import NetConfig, build_network
 from .preprocess import Box, PreprocessConfig, crop_mask, preprocess_image
 from .volume import Volume
@@ -121,10 +119,6 @@ def prepare_cases(cases: Iterable[tuple[Volume, Volume]], cfg: PreprocessConfig,
     return torch.stack(images)[:, None], torch.stack(masks)
 
 
-def _one_hot(mask: torch.Tensor, n_classes: int) -> torch.Tensor:
-    return F.one_hot(mask.long(), n_classes).permute(0, 4, 1, 2, 3).float()
-
-
 def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = TrainConfig(),
           out_dir: str | os.PathLike | None = None, *, resume: bool = False,
           device: str | torch.device | None = None, progress: bool = True,
@@ -189,7 +183,7 @@ def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = Train
             if y.ndim == 5:
                 y = y[:, 0]
             probs = torch.softmax(model(x), dim=1)
-            loss = soft_dice_loss(probs, _one_hot(y, config.net.n_classes))
+            loss = soft_dice_loss(probs, one_hot(y.long(), config.net.n_classes))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
