@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -56,6 +57,8 @@ __all__ = [
     "build_network",
     "count_parameters",
 ]
+
+logger = logging.getLogger(__name__)
 
 ARCHITECTURES: tuple[str, ...] = ("iunet", "cicek", "dilated_fcn")
 _NORMS: tuple[str, ...] = ("batch", "instance")
@@ -216,6 +219,11 @@ class SegmentationNet(nn.Module):
             :class:`EncodedFeatures` to pass (repeatedly) to :meth:`decode_trainable`.
         """
         self.check_input(x)
+        if self.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                 for m in self.modules()):
+            logger.warning("encode_frozen in training mode updates batch-norm running "
+                           "statistics and normalises with batch statistics; call "
+                           "model.eval() before refining")
         with torch.no_grad():
             return self._encode(x)
 

@@ -251,3 +251,15 @@ def test_instance_norm_variant_trains():
     assert net.encoder[0][0].conv.weight.grad is not None
     with pytest.raises(InputError, match="1x1x1 bottleneck"):
         net(torch.randn(1, 1, 8, 8, 8))
+
+
+def test_encode_frozen_in_training_mode_warns(caplog):
+    net = _net("iunet").train()
+    with caplog.at_level("WARNING", logger="iunet_nb.nets"):
+        net.encode_frozen(torch.randn(1, 1, 8, 16, 16))
+    assert "call model.eval()" in caplog.text
+    caplog.clear()
+    net.eval()
+    with caplog.at_level("WARNING", logger="iunet_nb.nets"):
+        net.encode_frozen(torch.randn(1, 1, 8, 16, 16))
+    assert caplog.text == ""
