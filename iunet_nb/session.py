@@ -1,0 +1,1767 @@
+"""The interactive engine: one headless :class:`Session` per CT that everything drives.
+
+A session holds one CT, a private copy of a segmentation network, a box, the current mask,
+the user's scribbles, an undo/redo history, an autosave folder and an event log. The
+widgets, the CLI, notebooks, the tests and the simulated annotator all call the same
+methods, so anything a person can do a script can do too::
+
+    s = Session(ct, model, card, box, folder="sessions/case07", case_id="case07")
+    s.predict()                                            # initial mask on the CT grid
+    s.add_scribble("fg", [(40, 50), (44, 58)], view="axial", slice_index=61, radius_mm=3)
+    s.refine()                                             # iUnet interactive mode
+    s.undo(); s.redo()
+    s.export("case07_pancreas.nii.gz")
+
+Array conventions (SPEC.md): every array is ``(z, y, x)``. A *view* names a family of 2D
+slices, and a 2D point on a slice is ``(row, col)`` in array indices (floats allowed):
+
+* ``"axial"``: slice ``k`` is ``array[k, :, :]``; ``(row, col) = (y, x)``;
+* ``"coronal"``: slice ``k`` is ``array[:, k, :]``; ``(row, col) = (z, x)``;
+* ``"sagittal"``: slice ``k`` is ``array[:, :, k]``; ``(row, col) = (z, y)``.
+
+A widget flips or transposes for display; the session only ever sees array indices.
+
+Refinement (Boers et al. 2020, sections 2.5-2.6; :meth:`Session.refine`): all network
+weights are frozen except the last layer and one bottleneck layer
+(``SegmentationNet.interactive_parameters``); the target is the current mask on the working
+grid with every scribble voxel set to its label; the weight map is 1, 3 on scribbles and 0
+where the normalised geodesic distance to a scribble is below 0.2
+(:func:`iunet_nb.geodesic.scribble_weight_map`); the loss is eq. 3
+(:func:`iunet_nb.losses.interactive_loss`); ``iterations`` Adam steps run on this one image
+in eval mode, the frozen encoder evaluated once (``encode_frozen``) and only the trainable
+tail at each step (``decode_trainable``).
+
+Autosave folder layout (every file written atomically; ``state.json`` last)::
+
+    state.json            manifest: CT hash, file names + SHA-256, undo/redo order, state
+    state.prev.json       the previous manifest (its files are kept until the next save)
+    config.json card.json RefineConfig and ModelCard
+    mask-<n>.nii.gz       the mask in the CT's geometry (opens in ITK-SNAP / 3D Slicer)
+    scribbles-<n>.npz     the scribbles (ids, labels, voxel indices; compressed)
+    params-<n>.pt         the unfrozen parameters' values (torch.save; weights_only loading)
+    prob-<n>.npy          the last network probabilities on the working grid
+    history/<uid>.npz     one file per undo/redo entry (diffs; written once)
+    events.jsonl          the event log (append, flush, fsync)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import copy
+import dataclasses
+import datetime
+import hashlib
+import io as _io
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ._atomic import atomic_write_bytes, atomic_write_text
+from ._config import JsonConfig
+from .checkpoint import ModelCard, select_device
+from .errors import ConfigError, InputError, IunetError, SessionError
+from .geodesic import NORMALISATIONS, scribble_weight_map
+from .losses import interactive_loss
+from .nets import EncodedFeatures, SegmentationNet
+from .preprocess import Box, CropRecord, crop_mask, preprocess_image, restore_probabilities
+from .volume import Volume
+
+__all__ = [
+    "VIEWS",
+    "RefineConfig",
+    "Session",
+    "stroke_to_voxels",
+    "fine_tune",
+]
+
+logger = logging.getLogger(__name__)
+
+#: view name -> (axis fixed by the slice index, (row axis, column axis)) in (z, y, x).
+VIEWS: dict[str, tuple[int, tuple[int, int]]] = {
+    "axial": (0, (1, 2)),
+    "coronal": (1, (0, 2)),
+    "sagittal": (2, (0, 1)),
+}
+_FG, _BG = 1, 2
+_FORMAT = "iunet-nb-session"
+_FORMAT_VERSION = 1
+_BOX_FALLBACKS = ("error", "whole")
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RefineConfig(JsonConfig):
+    """Settings of interactive refinement and of the session around it.
+
+    Paper values where the paper gives one; the others were chosen by measurement
+    (``benchmarks/bench_session.py``; numbers in ``benchmarks/RESULTS.md``).
+
+    Args:
+        version: format version of this config (1).
+        iterations: Adam steps per refine round. The paper says "a few"; 5 keeps one round
+            under 1 s on 2 CPU cores at 24 x 64 x 64 with the 16-base iUnet.
+        lr: Adam learning rate of the refinement. The paper gives 1e-4 for baseline training
+            only. Measured (``/benchmarks/bench_session.py``, 5 steps, foreground scribbles
+            in a region the network missed): 1e-3 moved the scribbled voxels' probability by
+            0.005, 1e-2 by 0.024, 3e-2 by 0.06; 1e-2 is the default. Provisional: measured on
+            an untrained network; re-tune with the simulated annotator on trained weights.
+        lam: lambda of eq. 3 (volume term), not given in the paper. Default 0: measured on the
+            same scenario, every lambda >= 0.05 made the probability at *foreground*
+            scribbles go down (0.363 -> 0.338 at lambda 0.05, lr 1e-2), because the target
+            (current mask + scribbles) holds far less foreground than the prediction and the
+            volume term, normalised by sum(T), then dominates the Adam step: the paper's
+            "under-segments after refinement". Set it > 0 to keep the paper's loss.
+        threshold: geodesic threshold of the uncertain band (0.2, the paper's value), on the
+            distance normalised by ``normalisation``.
+        normalisation: ``"max"`` (distance / its maximum over the working grid; default),
+            ``"diagonal"`` or ``"none"``; see :func:`iunet_nb.geodesic.scribble_weight_map`.
+        geodesic_lam: image weight of the geodesic distance in [0, 1] (GeodisTK's lambda;
+            1.0 = purely intensity-driven, so the uncertain band follows the organ's edges).
+        geodesic_iterations: raster-scan passes of the geodesic distance (GeodisTK's usual 4).
+        scribble_weight: loss weight of scribble voxels (3, the paper's value).
+        keep_weights_between_rounds: True: each round starts from the previous round's
+            weights (cumulative, as in the paper's flowchart); False: from the loaded weights.
+        cached_encoder: evaluate the frozen front of the network once per image and only the
+            trainable tail at each step (same result as the naive path, faster).
+        force_scribbles: after predict/refine, scribble voxels are set to their label in the
+            output mask (foreground 1, background 0), on the CT grid, so what the user drew is
+            always honoured even where the network disagrees.
+        mask_threshold: foreground probability threshold of the mask (on the CT grid, after
+            resampling the probabilities).
+        box_fallback: what :meth:`Session.predict` does without a box: ``"error"`` (default)
+            raises :class:`SessionError` asking for one (the bundled models were trained on
+            organ boxes and give poor masks on a whole CT); ``"whole"`` uses the whole image.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        seed: base seed; round ``k`` runs under ``torch.manual_seed(seed + k)``.
+        max_history_mb: bound on the undo/redo history in memory (MiB); the oldest entries
+            are dropped beyond it (the newest entry is always kept). A refine entry of the
+            16-base iUnet at 24 x 64 x 64 takes about 4 MiB (two copies of the 0.44 M
+            trainable parameters plus two probability maps); a stroke a few kB.
+
+    Raises:
+        ConfigError: a value is out of range or of the wrong type.
+    """
+
+    version: int = 1
+    iterations: int = 5
+    lr: float = 1e-2
+    lam: float = 0.0
+    threshold: float = 0.2
+    normalisation: str = "max"
+    geodesic_lam: float = 1.0
+    geodesic_iterations: int = 4
+    scribble_weight: float = 3.0
+    keep_weights_between_rounds: bool = True
+    cached_encoder: bool = True
+    force_scribbles: bool = True
+    mask_threshold: float = 0.5
+    box_fallback: str = "error"
+    device: str = "auto"
+    seed: int = 0
+    max_history_mb: float = 256.0
+
+    def __post_init__(self) -> None:
+        if self.version != 1:
+            raise ConfigError(f"RefineConfig version {self.version} is not supported (this "
+                              "iunet_nb reads version 1)")
+        for name, low in (("iterations", 1), ("geodesic_iterations", 1), ("seed", 0)):
+            v = getattr(self, name)
+            if not _is_int(v) or v < low:
+                raise ConfigError(f"RefineConfig.{name} must be an integer >= {low}, got {v!r}")
+        for name, low, high, open_low in (("lr", 0.0, math.inf, True), ("lam", 0.0, math.inf, False),
+                                          ("threshold", 0.0, math.inf, False),
+                                          ("geodesic_lam", 0.0, 1.0, False),
+                                          ("scribble_weight", 0.0, math.inf, False),
+                                          ("mask_threshold", 0.0, 1.0, True),
+                                          ("max_history_mb", 0.0, math.inf, False)):
+            v = getattr(self, name)
+            ok = _is_real(v) and math.isfinite(float(v)) and low <= v <= high
+            if ok and open_low and v == low:
+                ok = False
+            if not ok:
+                rng = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
+                raise ConfigError(f"RefineConfig.{name} must be a finite number in {rng}, "
+                                  f"got {v!r}")
+            object.__setattr__(self, name, float(v))
+        if self.normalisation not in NORMALISATIONS:
+            raise ConfigError(f"RefineConfig.normalisation must be one of {list(NORMALISATIONS)}, "
+                              f"got {self.normalisation!r}")
+        if self.box_fallback not in _BOX_FALLBACKS:
+            raise ConfigError(f"RefineConfig.box_fallback must be one of {list(_BOX_FALLBACKS)}, "
+                              f"got {self.box_fallback!r}")
+        for name in ("keep_weights_between_rounds", "cached_encoder", "force_scribbles"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"RefineConfig.{name} must be true or false, "
+                                  f"got {getattr(self, name)!r}")
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu")
+                                                     or self.device.startswith("cuda")):
+            raise ConfigError(f"RefineConfig.device must be 'auto', 'cpu' or 'cuda[:n]', "
+                              f"got {self.device!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure functions: stroke rasterisation and the fine-tuning loop
+# ----------------------------------------------------------------------------------------------
+def _check_view(view: str, slice_index: Any, shape: Sequence[int]) -> tuple[int, int, int, int]:
+    if view not in VIEWS:
+        raise InputError(f"unknown view {view!r}; use one of {list(VIEWS)} (axial: slice k = "
+                         "array[k], (row, col) = (y, x); coronal: array[:, k], (z, x); "
+                         "sagittal: array[:, :, k], (z, y))")
+    axis, (ra, ca) = VIEWS[view]
+    if not _is_int(slice_index) or not 0 <= int(slice_index) < shape[axis]:
+        raise InputError(f"slice_index {slice_index!r} is outside the {view} slices "
+                         f"0..{shape[axis] - 1} of the image of shape {tuple(shape)} (z, y, x)")
+    return axis, ra, ca, int(slice_index)
+
+
+def stroke_to_voxels(shape: Sequence[int], spacing_mm: Sequence[float],
+                     stroke: Sequence[Sequence[float]] | np.ndarray, view: str,
+                     slice_index: int, *, radius_mm: float | None = None,
+                     radius_vox: float | None = None) -> np.ndarray:
+    """Voxels painted by a brush stroke on one slice of a view.
+
+    The stroke is a polyline of 2D points ``(row, col)`` on slice ``slice_index`` of ``view``
+    (see the module docstring for the view conventions). A voxel of that slice is painted
+    when its centre lies within the brush radius of the polyline (the exact distance to the
+    nearest segment, not a sampled approximation); a single point paints a disc. With
+    ``radius_mm`` the distance is measured in mm with the slice's two spacings, so the disc
+    is an ellipse in voxels on an anisotropic slice (e.g. 3 mm on a coronal slice of 2.5 mm
+    slices and 0.7 mm columns reaches 1 voxel along z and 4 along x); with ``radius_vox`` it
+    is measured in voxel units. Neither given: ``radius_vox=0.5``, a thin one-voxel line.
+
+    Args:
+        shape: image shape ``(z, y, x)``.
+        spacing_mm: voxel size ``(z, y, x)`` in mm.
+        stroke: ``(N, 2)`` points ``(row, col)`` in array indices, N >= 1; every point must lie
+            on the slice (``-0.5 <= row <= n_rows - 0.5``, same for col).
+        view: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        slice_index: index along the view's fixed axis.
+        radius_mm: brush radius in mm (>= 0).
+        radius_vox: brush radius in voxels (>= 0); give at most one of the two.
+
+    Returns:
+        int64 sorted unique flat indices into the ``(z, y, x)`` array (``np.ravel_multi_index``).
+
+    Raises:
+        InputError: unknown view, slice out of range, empty stroke, points not ``(N, 2)``
+            finite numbers or off the slice, both or a negative radius.
+
+    Example:
+        >>> idx = stroke_to_voxels((3, 5, 5), (2.0, 1.0, 1.0), [(2, 2)], "axial", 1,
+        ...                        radius_vox=1)
+        >>> [tuple(int(v) for v in np.unravel_index(i, (3, 5, 5))) for i in idx]
+        [(1, 1, 2), (1, 2, 1), (1, 2, 2), (1, 2, 3), (1, 3, 2)]
+    """
+    shape = tuple(int(s) for s in shape)
+    axis, ra, ca, k = _check_view(view, slice_index, shape)
+    pts = _as_points(stroke, 2, "stroke")
+    n_r, n_c = shape[ra], shape[ca]
+    off = ((pts[:, 0] < -0.5) | (pts[:, 0] > n_r - 0.5) | (pts[:, 1] < -0.5)
+           | (pts[:, 1] > n_c - 0.5))
+    if off.any():
+        bad = pts[np.flatnonzero(off)[0]].tolist()
+        raise InputError(f"stroke point (row, col) = {bad} lies outside the {view} slice of "
+                         f"{n_r} x {n_c} voxels (rows 0..{n_r - 1}, cols 0..{n_c - 1}); clip "
+                         "the stroke to the image")
+    scale_r, scale_c, radius = _brush_scale(spacing_mm, ra, ca, radius_mm, radius_vox)
+    plane = np.zeros((n_r, n_c), dtype=bool)
+    segments = [(pts[0], pts[0])] if len(pts) == 1 else list(zip(pts[:-1], pts[1:]))
+    for a, b in segments:
+        r0 = max(int(math.floor(min(a[0], b[0]) - radius / scale_r)), 0)
+        r1 = min(int(math.ceil(max(a[0], b[0]) + radius / scale_r)) + 1, n_r)
+        c0 = max(int(math.floor(min(a[1], b[1]) - radius / scale_c)), 0)
+        c1 = min(int(math.ceil(max(a[1], b[1]) + radius / scale_c)) + 1, n_c)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        rr = (np.arange(r0, r1, dtype=float)[:, None] - a[0]) * scale_r
+        cc = (np.arange(c0, c1, dtype=float)[None, :] - a[1]) * scale_c
+        dr, dc = (b[0] - a[0]) * scale_r, (b[1] - a[1]) * scale_c
+        length2 = dr * dr + dc * dc
+        t = np.clip((rr * dr + cc * dc) / length2, 0.0, 1.0) if length2 > 0 else 0.0
+        d2 = (rr - t * dr) ** 2 + (cc - t * dc) ** 2
+        plane[r0:r1, c0:c1] |= d2 <= radius * radius + 1e-9
+    rows, cols = np.nonzero(plane)
+    index = [None, None, None]
+    index[axis] = np.full(rows.shape, k, dtype=np.int64)
+    index[ra], index[ca] = rows.astype(np.int64), cols.astype(np.int64)
+    return np.sort(np.ravel_multi_index(tuple(index), shape)).astype(np.int64)
+
+
+def _as_points(points: Any, dim: int, what: str) -> np.ndarray:
+    try:
+        pts = np.asarray(points, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must be a list of {dim}-number points, got {points!r}") from exc
+    if pts.size == 0:
+        raise InputError(f"the {what} is empty: give at least one point")
+    if pts.ndim == 1 and pts.size == dim:
+        pts = pts[None]
+    if pts.ndim != 2 or pts.shape[1] != dim:
+        raise InputError(f"{what} must be (N, {dim}) points, got an array of shape {pts.shape}")
+    if not np.all(np.isfinite(pts)):
+        raise InputError(f"{what} contains NaN or infinite coordinates")
+    return pts
+
+
+def _brush_scale(spacing_mm: Sequence[float], ra: int, ca: int, radius_mm: float | None,
+                 radius_vox: float | None) -> tuple[float, float, float]:
+    if radius_mm is not None and radius_vox is not None:
+        raise InputError("give the brush radius either in mm (radius_mm) or in voxels "
+                         "(radius_vox), not both")
+    if radius_mm is None and radius_vox is None:
+        radius_vox = 0.5
+    value = radius_mm if radius_mm is not None else radius_vox
+    if not _is_real(value) or not math.isfinite(float(value)) or value < 0:
+        raise InputError(f"the brush radius must be a finite number >= 0, got {value!r}")
+    if radius_mm is not None:
+        return float(spacing_mm[ra]), float(spacing_mm[ca]), float(radius_mm)
+    return 1.0, 1.0, float(radius_vox)  # type: ignore[arg-type]
+
+
+def _points_to_voxels(shape: Sequence[int], points: Any) -> np.ndarray:
+    pts = _as_points(points, 3, "points")
+    if not np.array_equal(pts, np.round(pts)):
+        raise InputError("points must be integer voxel indices (z, y, x)")
+    idx = pts.astype(np.int64)
+    bad = np.any((idx < 0) | (idx >= np.asarray(shape)), axis=1)
+    if bad.any():
+        raise InputError(f"point {idx[np.flatnonzero(bad)[0]].tolist()} (z, y, x) lies outside "
+                         f"the image of shape {tuple(shape)}")
+    return np.unique(np.ravel_multi_index(tuple(idx.T), tuple(shape))).astype(np.int64)
+
+
+def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
+              weight: np.ndarray, config: RefineConfig, *,
+              encoded: EncodedFeatures | None = None,
+              should_stop: Callable[[], bool] | None = None,
+              ) -> tuple[np.ndarray, list[float], EncodedFeatures | None] | None:
+    """The iUnet interactive training loop on one image; updates ``model`` in place.
+
+    Freezes all but ``model.interactive_parameters()``, puts the model in eval mode (batch
+    norm uses and keeps its running statistics) and runs ``config.iterations`` Adam steps
+    (``config.lr``) on eq. 3 (``config.lam``) with the voxel weights ``weight``; then
+    predicts once more with the updated weights.
+
+    Args:
+        model: the network to update (a private copy; its device is used).
+        image: preprocessed image, float32 ``(D, H, W)`` on the working grid.
+        target: uint8 ``(D, H, W)`` {0, 1}: current mask with the scribbles burnt in.
+        weight: float32 ``(D, H, W)`` voxel weights (1 / 3 on scribbles / 0 uncertain).
+        config: iterations, lr, lam, cached_encoder.
+        encoded: features of ``image`` from ``model.encode_frozen`` (reused when given and
+            ``config.cached_encoder``).
+        should_stop: called before every step; when it returns True the loop stops and
+            the function returns None (the model is then half-trained: discard it).
+
+    Returns:
+        ``(prob, losses, encoded)``: float32 ``(D, H, W)`` foreground probability after the
+        last step, the loss before each step, and the encoder cache (None on the naive path);
+        or None when ``should_stop`` stopped it.
+    """
+    dev = next(model.parameters()).device
+    model.eval()
+    params = model.freeze_for_refinement()
+    optimiser = torch.optim.Adam(params, lr=config.lr)
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(dev)
+    t = torch.from_numpy(np.ascontiguousarray(target).astype(np.int64)).to(dev)
+    t1 = (t == 1).to(torch.float32)
+    target_oh = torch.stack([1.0 - t1, t1])[None]
+    w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))[None].to(dev)
+    if config.cached_encoder:
+        if encoded is None:
+            encoded = model.encode_frozen(x)
+        run: Callable[[], torch.Tensor] = lambda: model.decode_trainable(encoded)  # noqa: E731
+    else:
+        encoded = None
+        run = lambda: model(x)  # noqa: E731
+    losses = []
+    for _ in range(config.iterations):
+        if should_stop is not None and should_stop():
+            return None
+        probs = torch.softmax(run(), dim=1)
+        loss = interactive_loss(probs, target_oh, w, config.lam)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    if should_stop is not None and should_stop():
+        return None
+    with torch.no_grad():
+        prob = torch.softmax(run(), dim=1)[0, 1].float().cpu().numpy()
+    return prob, losses, encoded
+
+
+class _Superseded(Exception):
+    """Raised inside a refine computation that a newer action made obsolete."""
+
+
+# ----------------------------------------------------------------------------------------------
+# History building blocks
+# ----------------------------------------------------------------------------------------------
+def _zip(array: np.ndarray) -> bytes:
+    return zlib.compress(np.ascontiguousarray(array).tobytes(), 1)
+
+
+def _unzip(blob: bytes, dtype: Any) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), dtype=dtype)
+
+
+@dataclass(frozen=True)
+class _Diff:
+    """Changed voxels of a uint8 array: delta-coded sorted flat indices, old and new values."""
+
+    n: int
+    idx: bytes
+    old: bytes
+    new: bytes
+
+    @classmethod
+    def make(cls, indices: np.ndarray, old: np.ndarray, new: np.ndarray) -> "_Diff":
+        keep = old != new
+        indices, old, new = indices[keep], old[keep], new[keep]
+        deltas = np.diff(indices, prepend=np.int64(0)).astype(np.int64)
+        return cls(int(indices.size), _zip(deltas), _zip(old.astype(np.uint8)),
+                   _zip(new.astype(np.uint8)))
+
+    @classmethod
+    def between(cls, before: np.ndarray, after: np.ndarray, region: Box | None = None) -> "_Diff":
+        """Diff of two whole arrays, optionally only inside ``region`` (the rest is equal)."""
+        if region is None:
+            idx = np.flatnonzero(before != after)
+            return cls.make(idx, before.ravel()[idx], after.ravel()[idx])
+        sub_b, sub_a = before[region.slices], after[region.slices]
+        local = np.nonzero(sub_b != sub_a)
+        glob = tuple(l + o for l, o in zip(local, region.lo_zyx))
+        idx = np.ravel_multi_index(glob, before.shape).astype(np.int64)
+        order = np.argsort(idx)
+        return cls.make(idx[order], sub_b[local][order], sub_a[local][order])
+
+    def indices(self) -> np.ndarray:
+        return np.cumsum(_unzip(self.idx, np.int64))
+
+    def apply(self, array: np.ndarray, forward: bool) -> None:
+        if self.n:
+            array.ravel()[self.indices()] = _unzip(self.new if forward else self.old, np.uint8)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.idx) + len(self.old) + len(self.new) + 64
+
+
+@dataclass(frozen=True)
+class _Scribble:
+    """One scribble: its id, label (1 fg / 2 bg) and voxels (sorted flat int64 indices)."""
+
+    id: int
+    label: int
+    indices: np.ndarray
+    info: dict[str, Any]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.indices.nbytes) + 200
+
+
+@dataclass
+class _Entry:
+    """One undoable action: everything it changed, before and after."""
+
+    uid: str
+    action: str
+    details: dict[str, Any]
+    mask: _Diff | None = None
+    scribbles_before: dict[int, _Scribble | None] = dataclasses.field(default_factory=dict)
+    scribbles_after: dict[int, _Scribble | None] = dataclasses.field(default_factory=dict)
+    params_before: dict[str, np.ndarray] | None = None
+    params_after: dict[str, np.ndarray] | None = None
+    prob_before: np.ndarray | None = None
+    prob_after: np.ndarray | None = None
+    state_before: dict[str, Any] = dataclasses.field(default_factory=dict)
+    state_after: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        n = 256 + (self.mask.nbytes if self.mask is not None else 0)
+        for side in (self.scribbles_before, self.scribbles_after):
+            n += sum(s.nbytes for s in side.values() if s is not None)
+        for params in (self.params_before, self.params_after):
+            if params:
+                n += sum(int(a.nbytes) for a in params.values())
+        for prob in (self.prob_before, self.prob_after):
+            if prob is not None:
+                n += int(prob.nbytes)
+        return n
+
+    # -- serialisation (one .npz per entry, no pickles) --------------------------------------
+    def to_npz_bytes(self) -> bytes:
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {"uid": self.uid, "action": self.action, "details": self.details,
+                                "state_before": self.state_before,
+                                "state_after": self.state_after, "mask_n": None,
+                                "scribbles": {}, "params": {}}
+        if self.mask is not None:
+            meta["mask_n"] = self.mask.n
+            for part in ("idx", "old", "new"):
+                arrays[f"mask_{part}"] = np.frombuffer(getattr(self.mask, part), np.uint8)
+        for side, entries in (("before", self.scribbles_before), ("after", self.scribbles_after)):
+            side_meta = []
+            for sid, s in entries.items():
+                side_meta.append({"id": sid, "present": s is not None,
+                                  "label": s.label if s else 0, "info": s.info if s else {}})
+                if s is not None:
+                    arrays[f"scrib_{side}_{sid}"] = s.indices
+            meta["scribbles"][side] = side_meta
+        for side, params in (("before", self.params_before), ("after", self.params_after)):
+            if params is not None:
+                meta["params"][side] = list(params)
+                for i, a in enumerate(params.values()):
+                    arrays[f"param_{side}_{i}"] = a
+        for side, prob in (("before", self.prob_before), ("after", self.prob_after)):
+            if prob is not None:
+                arrays[f"prob_{side}"] = prob
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
+        buf = _io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz_bytes(cls, data: bytes) -> "_Entry":
+        with np.load(_io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        mask = None
+        if meta["mask_n"] is not None:
+            mask = _Diff(int(meta["mask_n"]), *(arrays[f"mask_{p}"].tobytes()
+                                                for p in ("idx", "old", "new")))
+        sides: dict[str, dict[int, _Scribble | None]] = {}
+        for side in ("before", "after"):
+            sides[side] = {}
+            for m in meta["scribbles"].get(side, []):
+                sid = int(m["id"])
+                sides[side][sid] = (_Scribble(sid, int(m["label"]),
+                                              arrays[f"scrib_{side}_{sid}"].astype(np.int64),
+                                              m["info"]) if m["present"] else None)
+        params: dict[str, dict[str, np.ndarray] | None] = {"before": None, "after": None}
+        for side, names in meta["params"].items():
+            params[side] = {n: arrays[f"param_{side}_{i}"] for i, n in enumerate(names)}
+        return cls(meta["uid"], meta["action"], meta["details"], mask,
+                   sides["before"], sides["after"], params["before"], params["after"],
+                   arrays.get("prob_before"), arrays.get("prob_after"),
+                   meta["state_before"], meta["state_after"])
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _array_hash(volume: Volume) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    arr = np.ascontiguousarray(volume.array)
+    h.update(f"{arr.shape}|{arr.dtype.str}|{volume.geometry.to_dict()}".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def _model_hash(model: torch.nn.Module) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _parse_label(label: Any, *, for_mask: bool) -> int:
+    names = ({"fg": 1, "foreground": 1, "bg": 0, "background": 0, "erase": 0} if for_mask
+             else {"fg": _FG, "foreground": _FG, "bg": _BG, "background": _BG})
+    allowed = (0, 1) if for_mask else (_FG, _BG)
+    if isinstance(label, str) and label.lower() in names:
+        return names[label.lower()]
+    if _is_int(label) and int(label) in allowed:
+        return int(label)
+    what = ("a mask label: 1 / 'fg' (paint) or 0 / 'bg' (erase)" if for_mask
+            else "a scribble label: 1 / 'fg' (foreground) or 2 / 'bg' (background)")
+    raise InputError(f"{label!r} is not {what}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Session
+# ----------------------------------------------------------------------------------------------
+class Session:
+    """One interactive segmentation of one CT (headless; thread-safe).
+
+    Args:
+        volume: the CT in HU, ``(z, y, x)`` with its geometry.
+        model: a trained :class:`~iunet_nb.nets.SegmentationNet` with 2 classes (background,
+            structure). The session works on a deep copy; the caller's model never changes.
+        card: the model's :class:`~iunet_nb.checkpoint.ModelCard` (its ``preprocess`` config
+            is the pipeline the model was trained with).
+        box: the structure's voxel box on ``volume`` (before the card's margin). None: give
+            it later to :meth:`predict`; without any box :meth:`predict` follows
+            ``config.box_fallback`` (by default it raises :class:`SessionError` asking for a
+            box; an automatic detector is planned).
+        config: refinement and session settings.
+        folder: autosave folder (created; must not already hold a session: resume one with
+            :meth:`load`). None: nothing is written, events stay in :attr:`events`.
+        case_id: case identifier for the event log.
+        reader_id: reader (annotator) identifier for the event log.
+        session_id: identifier of this session; default a new ``uuid4().hex``.
+        reference: a reference mask on the CT's grid; when given, every event records the
+            DSC of the current mask against it.
+
+    Raises:
+        SessionError: the folder already holds a session; the model is not a 2-class
+            ``SegmentationNet``.
+        InputError / GeometryError: box outside the image, reference on another grid.
+
+    Thread safety: every public method takes one re-entrant lock. :meth:`refine` and
+    :meth:`refine_async` compute outside the lock on snapshots and commit under it only if no
+    other action happened meanwhile. Any state-changing action (scribble, erase, paint,
+    predict, reset, undo, redo, another refine) *supersedes* a refine in flight: it stops at
+    its next iteration and changes nothing (no mask change, no history entry, no event, the
+    session's network untouched, since the computation trains a private copy).
+    """
+
+    # -- construction ------------------------------------------------------------------------
+    def __init__(self, volume: Volume, model: SegmentationNet, card: ModelCard,
+                 box: Box | None = None, *, config: RefineConfig | None = None,
+                 folder: str | os.PathLike | None = None, case_id: str = "",
+                 reader_id: str = "", session_id: str | None = None,
+                 reference: Volume | None = None) -> None:
+        self._setup(volume, model, card, box, config or RefineConfig(), case_id, reader_id,
+                    session_id or uuid.uuid4().hex, reference)
+        if folder is not None:
+            folder = Path(folder)
+            if (folder / "state.json").exists():
+                raise SessionError(f"{folder} already holds a session (state.json); resume it "
+                                   "with Session.load(folder, volume, model, card) or choose "
+                                   "another folder")
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folder = folder
+        with self._lock:
+            t0 = time.perf_counter()
+            autosave_s = self._autosave()
+            self._log("open", t0, {"shape": list(volume.shape), "box": _box_dict(self._box),
+                                   "config": self._config.to_dict(), "autosave_s": autosave_s})
+
+    def _setup(self, volume: Volume, model: Any, card: ModelCard, box: Box | None,
+               config: RefineConfig, case_id: str, reader_id: str, session_id: str,
+               reference: Volume | None) -> None:
+        if not isinstance(volume, Volume):
+            raise InputError(f"volume must be an iunet_nb Volume (CT in HU with its geometry), "
+                             f"got {type(volume).__name__}; read one with iunet_nb.io.read_image")
+        if not isinstance(model, SegmentationNet):
+            raise SessionError(f"the model must be an iunet_nb SegmentationNet (build_network or "
+                               f"load_model), got {type(model).__name__}")
+        if model.cfg.n_classes != 2:
+            raise SessionError(f"interactive sessions segment one structure: the model must have "
+                               f"2 classes (background, structure), it has {model.cfg.n_classes}")
+        if not isinstance(card, ModelCard):
+            raise SessionError(f"card must be a ModelCard, got {type(card).__name__}")
+        if not isinstance(config, RefineConfig):
+            raise ConfigError(f"config must be a RefineConfig, got {type(config).__name__}")
+        if box is not None:
+            box.validate(volume.shape)
+        if reference is not None:
+            from .io import check_same_grid
+            check_same_grid(volume, reference, "reference")
+            if not np.any(reference.array):
+                raise InputError("the reference mask is empty; DSC against it is undefined")
+        self._lock = threading.RLock()
+        self._volume = volume
+        self._card = card
+        self._config = config
+        self._device = select_device(config.device)
+        self._model_hash = _model_hash(model)
+        self._model: SegmentationNet = copy.deepcopy(model).to(self._device).eval()
+        self._model.freeze_for_refinement()
+        names = {id(p): n for n, p in self._model.named_parameters()}
+        self._param_names = [names[id(p)] for p in self._model.interactive_parameters()]
+        self._initial_params = self._get_params()
+        self._ct_hash = _array_hash(volume)
+        self._case_id, self._reader_id, self._session_id = str(case_id), str(reader_id), session_id
+        self._reference_idx = (None if reference is None
+                               else np.flatnonzero(reference.array))
+        self._box = box
+        self._predicted = False
+        self._refine_round = 0
+        self._mask = np.zeros(volume.shape, dtype=np.uint8)
+        self._scribbles = np.zeros(volume.shape, dtype=np.uint8)
+        self._registry: dict[int, _Scribble] = {}
+        self._next_id = 1
+        self._prob: np.ndarray | None = None
+        self._undo: list[_Entry] = []
+        self._redo: list[_Entry] = []
+        self._events: list[dict[str, Any]] = []
+        self._folder: Path | None = None
+        self._working: tuple[Box, np.ndarray, CropRecord] | None = None
+        self._encoded: tuple[Box, EncodedFeatures] | None = None
+        self._generation = 0
+        self._pending: set[concurrent.futures.Future] = set()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
+        # autosave bookkeeping: component -> (file name, sha256); dirty components get new files
+        self._files: dict[str, tuple[str, str]] = {}
+        self._dirty = {"mask", "scribbles", "params", "prob", "config", "card"}
+        self._history_files: dict[str, tuple[str, str]] = {}
+        self._save_seq = 0
+        self._manifest_text: str | None = None
+
+    # -- read-only state ------------------------------------------------------------------------
+    @property
+    def volume(self) -> Volume:
+        """The CT this session segments."""
+        return self._volume
+
+    @property
+    def mask(self) -> Volume:
+        """A copy of the current mask, uint8 {0, 1} ``(z, y, x)`` in the CT's geometry."""
+        with self._lock:
+            return Volume(self._mask.copy(), self._volume.geometry, {"session_id": self._session_id})
+
+    @property
+    def scribbles(self) -> Volume:
+        """A copy of the scribble map, uint8 ``(z, y, x)``: 0 none, 1 foreground, 2 background."""
+        with self._lock:
+            return Volume(self._scribbles.copy(), self._volume.geometry)
+
+    def slice_of(self, layer: str, view: str, slice_index: int) -> np.ndarray:
+        """A copy of one 2D slice ``(row, col)`` of ``"mask"``, ``"scribbles"`` or ``"image"``."""
+        layers = {"mask": self._mask, "scribbles": self._scribbles, "image": self._volume.array}
+        if layer not in layers:
+            raise InputError(f"unknown layer {layer!r}; use one of {list(layers)}")
+        with self._lock:
+            axis, _, _, k = _check_view(view, slice_index, self._volume.shape)
+            return np.take(layers[layer], k, axis=axis).copy()
+
+    @property
+    def box(self) -> Box | None:
+        """The current box (None until one is given)."""
+        return self._box
+
+    @property
+    def config(self) -> RefineConfig:
+        return self._config
+
+    @property
+    def card(self) -> ModelCard:
+        return self._card
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @property
+    def folder(self) -> Path | None:
+        return self._folder
+
+    @property
+    def refine_round(self) -> int:
+        """Number of committed refinements since the last predict/reset (seeds the next one)."""
+        return self._refine_round
+
+    @property
+    def scribble_ids(self) -> list[int]:
+        """Ids of the current scribbles, oldest first."""
+        with self._lock:
+            return sorted(self._registry)
+
+    def scribble_info(self, scribble_id: int) -> dict[str, Any]:
+        """Label, voxel count, view, slice and radius of one scribble."""
+        with self._lock:
+            s = self._get_scribble(scribble_id)
+            return {"id": s.id, "label": s.label, "n_voxels": int(s.indices.size), **s.info}
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """A copy of the event log (also in ``events.jsonl`` when there is a folder)."""
+        with self._lock:
+            return [dict(e) for e in self._events]
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    @property
+    def history_nbytes(self) -> int:
+        """Bytes held by the undo and redo history (bounded by ``config.max_history_mb``)."""
+        with self._lock:
+            return sum(e.nbytes for e in self._undo) + sum(e.nbytes for e in self._redo)
+
+    @property
+    def history(self) -> list[str]:
+        """Action names on the undo stack, oldest first."""
+        with self._lock:
+            return [e.action for e in self._undo]
+
+    def probabilities(self) -> Volume:
+        """The last network output on the CT grid, float32 ``(z, y, x)`` (0 outside the crop).
+
+        Raises:
+            SessionError: nothing predicted yet.
+        """
+        with self._lock:
+            if self._prob is None or self._box is None:
+                raise SessionError("no prediction yet: call predict() first")
+            _, _, record = self._working_grid(self._box)
+            return Volume(restore_probabilities(self._prob, record), self._volume.geometry)
+
+    # -- actions: prediction ---------------------------------------------------------------------
+    def predict(self, box: Box | None = None) -> Volume:
+        """Segment the structure in the box with the network's current weights.
+
+        The whole mask is replaced by the thresholded, resampled prediction (0 outside the
+        crop); scribbles present are then forced (``config.force_scribbles``). Undoable.
+
+        Args:
+            box: a new box (replaces the session's); None keeps the current one.
+
+        Returns:
+            the mask (a copy), uint8 ``(z, y, x)`` in the CT's geometry.
+
+        Raises:
+            SessionError: no box given anywhere and ``config.box_fallback == "error"``.
+            InputError: the box lies outside the image.
+        """
+        with self._lock:
+            t0 = time.perf_counter()
+            self._supersede()
+            if box is not None:
+                box.validate(self._volume.shape)
+            elif self._box is None:
+                if self._config.box_fallback == "error":
+                    raise SessionError(
+                        "no box: draw a box around the structure and pass it to predict(box) "
+                        "(or Session(..., box=...)); iunet_nb.predict.make_box builds one from "
+                        "voxel or physical corners. RefineConfig(box_fallback='whole') uses "
+                        "the whole image instead")
+                box = Box((0, 0, 0), self._volume.shape)
+            new_box = box if box is not None else self._box
+            assert new_box is not None
+            prob = self._forward(new_box)
+            full = self._restore_crop(prob, new_box)
+            new_mask = np.zeros_like(self._mask)
+            _, _, record = self._working_grid(new_box)
+            new_mask[record.crop.slices] = full
+            self._force(new_mask)
+            entry = _Entry(uuid.uuid4().hex, "predict", {"box": new_box.to_dict()},
+                           mask=_Diff.between(self._mask, new_mask),
+                           prob_before=self._prob, prob_after=prob,
+                           state_before=self._scalars(),
+                           state_after={**self._scalars(), "box": new_box.to_dict(),
+                                        "predicted": True, "refine_round": 0})
+            self._apply(entry, forward=True)
+            self._commit(entry, t0, {"box": new_box.to_dict(),
+                                     "n_mask_voxels": int(np.count_nonzero(self._mask))})
+            return self.mask
+
+    def reset(self, *, keep_scribbles: bool = False) -> Volume:
+        """Back to the initial prediction: original weights, their mask, no scribbles. Undoable.
+
+        Args:
+            keep_scribbles: keep the scribbles (they are then forced into the mask).
+
+        Raises:
+            SessionError: nothing predicted yet.
+        """
+        with self._lock:
+            t0 = time.perf_counter()
+            self._supersede()
+            self._require_prediction("reset")
+            assert self._box is not None
+            current = self._get_params()
+            self._set_params(self._initial_params)
+            try:
+                prob = self._forward(self._box)
+            finally:
+                self._set_params(current)
+            before_scrib: dict[int, _Scribble | None] = {}
+            after_scrib: dict[int, _Scribble | None] = {}
+            if not keep_scribbles:
+                before_scrib = dict(self._registry)
+                after_scrib = {sid: None for sid in self._registry}
+            new_mask = np.zeros_like(self._mask)
+            _, _, record = self._working_grid(self._box)
+            new_mask[record.crop.slices] = self._restore_crop(prob, self._box)
+            self._force(new_mask, None if keep_scribbles else np.zeros_like(self._scribbles))
+            entry = _Entry(uuid.uuid4().hex, "reset", {"keep_scribbles": keep_scribbles},
+                           mask=_Diff.between(self._mask, new_mask),
+                           scribbles_before=before_scrib, scribbles_after=after_scrib,
+                           params_before=current, params_after=self._initial_params,
+                           prob_before=self._prob, prob_after=prob,
+                           state_before=self._scalars(),
+                           state_after={**self._scalars(), "refine_round": 0})
+            self._apply(entry, forward=True)
+            self._commit(entry, t0, {"keep_scribbles": keep_scribbles})
+            return self.mask
+
+    # -- actions: scribbles ------------------------------------------------------------------------
+    def add_scribble(self, label: int | str, stroke: Sequence[Sequence[float]] | None = None, *,
+                     view: str = "axial", slice_index: int | None = None,
+                     radius_mm: float | None = None, radius_vox: float | None = None,
+                     points: Sequence[Sequence[int]] | np.ndarray | None = None) -> int:
+        """Add a foreground or background scribble; returns its id. Undoable.
+
+        Either a ``stroke`` on one slice of a view (a polyline of ``(row, col)`` points,
+        painted with a disc brush, see :func:`stroke_to_voxels`) or ``points``: exact voxel
+        indices ``(N, 3)`` ``(z, y, x)``. Scribbles live on the CT grid; where two overlap the
+        newer one wins. Adding a scribble supersedes a refinement in flight.
+
+        Args:
+            label: 1 / ``"fg"`` (foreground) or 2 / ``"bg"`` (background).
+            stroke: ``(N, 2)`` points ``(row, col)`` on the slice.
+            view: ``"axial"``, ``"coronal"`` or ``"sagittal"`` (for ``stroke``).
+            slice_index: slice of the view (for ``stroke``).
+            radius_mm: brush radius in mm; or ``radius_vox`` in voxels (default 0.5 voxel).
+            points: exact voxels instead of a stroke.
+
+        Returns:
+            the new scribble's id (int, never reused in this session).
+
+        Raises:
+            InputError: bad label, view, slice, radius, an empty or off-image stroke, both
+                or neither of ``stroke`` and ``points``.
+        """
+        with self._lock:
+            t0 = time.perf_counter()
+            value = _parse_label(label, for_mask=False)
+            indices, info = self._brush(stroke, points, view, slice_index, radius_mm, radius_vox)
+            self._supersede()
+            sid = self._next_id
+            scribble = _Scribble(sid, value, indices, info)
+            entry = _Entry(uuid.uuid4().hex, "scribble", {"id": sid, "label": value, **info},
+                           scribbles_before={sid: None}, scribbles_after={sid: scribble},
+                           state_before=self._scalars(),
+                           state_after={**self._scalars(), "next_id": sid + 1})
+            self._apply(entry, forward=True)
+            self._commit(entry, t0, {"id": sid, "label": value, "n_voxels": int(indices.size),
+                                     **info})
+            return sid
+
+    def erase_scribble(self, scribble_id: int) -> None:
+        """Remove one scribble by id. Undoable.
+
+        Raises:
+            InputError: no scribble with that id.
+        """
+        with self._lock:
+            t0 = time.perf_counter()
+            s = self._get_scribble(scribble_id)
+            self._supersede()
+            entry = _Entry(uuid.uuid4().hex, "erase", {"id": s.id},
+                           scribbles_before={s.id: s}, scribbles_after={s.id: None},
+                           state_before=self._scalars(), state_after=self._scalars())
+            self._apply(entry, forward=True)
+            self._commit(entry, t0, {"id": s.id, "n_voxels": int(s.indices.size)})
+
+    def erase_scribbles(self, stroke: Sequence[Sequence[float]], view: str, slice_index: int, *,
+                        radius_mm: float | None = None, radius_vox: float | None = None) -> int:
+        """Erase scribble voxels under a brush stroke (any scribble); returns voxels erased.
+
+        Scribbles left without voxels are removed. Undoable (when something was erased).
+
+        Raises:
+            InputError: as :func:`stroke_to_voxels`.
+        """
+        with self._lock:
+            t0 = time.perf_counter()
+            brush, info = self._brush(stroke, None, view, slice_index, radius_mm, radius_vox)
+            self._supersede()
+            before: dict[int, _Scribble | None] = {}
+            after: dict[int, _Scribble | None] = {}
+            n_erased = 0
+            for sid, s in self._registry.items():
+                hit = np.isin(s.indices, brush, assume_unique=True)
+                if hit.any():
+                    before[sid] = s
+                    left = s.indices[~hit]
+                    after[sid] = _Scribble(sid, s.label, left, s.info) if left.size else None
+            if before:
+                old = self._scribbles.ravel()[brush]
+                n_erased = int(np.count_nonzero(old))
+                entry = _Entry(uuid.uuid4().hex, "erase", {"stroke": True, **info},
+                               scribbles_before=before, scribbles_after=after,
+                               state_before=self._scalars(), state_after=self._scalars())
+                self._apply(entry, forward=True)
+                self._commit(entry, t0, {"ids": sorted(before), "n_erased": n_erased, **info})
+            else:
+                self._log("erase", t0, {"ids": [], "n_erased": 0, **info})
+            return n_erased
+
+    # -- actions: manual editing ------------------------------------------------------------------
+    def paint(self, label: int | str, stroke: Sequence[Sequence[float]] | None = None, *,
+              view: str = "axial", slice_index: int | None = None,
+              radius_mm: float | None = None, radius_vox: float | None = None,
+              points: Sequence[Sequence[int]] | np.ndarray | None = None) -> int:
+        """Paint (label 1) or erase (label 0) directly on the mask: the paper's manual mode.
+
+        Same brush as :meth:`add_scribble`; the network is not involved. Undoable.
+
+        Returns:
+            the number of mask voxels changed.
+        """
+        with self._lock:
+            t0 = time.perf_counter()
+            value = _parse_label(label, for_mask=True)
+            indices, info = self._brush(stroke, points, view, slice_index, radius_mm, radius_vox)
+            self._supersede()
+            old = self._mask.ravel()[indices]
+            diff = _Diff.make(indices, old, np.full_like(old, value))
+            entry = _Entry(uuid.uuid4().hex, "paint", {"label": value, **info}, mask=diff,
+                           state_before=self._scalars(), state_after=self._scalars())
+            if diff.n:
+                self._apply(entry, forward=True)
+                self._commit(entry, t0, {"label": value, "n_changed": diff.n, **info})
+            else:
+                self._log("paint", t0, {"label": value, "n_changed": 0, **info})
+            return diff.n
+
+    # -- actions: refinement ----------------------------------------------------------------------
+    def refine(self) -> Volume:
+        """One round of iUnet interactive refinement; blocks until done. Undoable.
+
+        Steps: the target is the current mask on the working grid (crop, resample, >= 0.5)
+        with the scribble voxels (mapped to their nearest working voxel; background wins
+        where both land) set to their label; the weight map comes from
+        :func:`~iunet_nb.geodesic.scribble_weight_map` on the preprocessed image with the
+        working grid's spacing; :func:`fine_tune` trains the two interactive layers of a copy
+        of the session's network (from the previous round's weights, or from the loaded ones
+        when ``keep_weights_between_rounds`` is False) under ``torch.manual_seed(seed +
+        refine_round)``; the new probabilities are resampled to the crop on the CT grid and
+        thresholded. Inside the crop the mask is replaced; outside it (where only manual
+        painting can have put voxels) it is kept. Finally scribble voxels are forced to their
+        label (``force_scribbles``).
+
+        Returns:
+            the new mask (a copy).
+
+        Raises:
+            SessionError: nothing predicted yet; no scribbles; no scribble inside the crop;
+                the refinement was superseded by another action (from another thread).
+        """
+        job = self._start_refine()
+        result = self._run_refine(job, None)
+        if result is None:
+            raise SessionError("this refinement was superseded by a newer action and was "
+                               "discarded; call refine() again")
+        return result
+
+    def refine_async(self) -> concurrent.futures.Future:
+        """Start a refinement on the session's worker thread and return at once.
+
+        The future's result is the new mask (:class:`Volume`). A newer action (a scribble, a
+        new ``refine_async``, ...) or :meth:`cancel` supersedes it: it stops at its next
+        iteration, changes nothing, and the future is cancelled. The future stays pending
+        while it computes and ``cancel()`` on it works until it commits.
+
+        Raises:
+            SessionError: as :meth:`refine` (checked now, before any work); session closed.
+        """
+        job = self._start_refine()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self._pending.add(future)
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="iunet-refine")
+            executor = self._executor
+
+        def work() -> None:
+            try:
+                result = self._run_refine(job, future)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
+                logger.exception("asynchronous refinement failed")
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    if not future.cancelled():
+                        future.set_exception(exc)
+            else:
+                if result is None:
+                    future.cancel()
+                else:
+                    with contextlib.suppress(concurrent.futures.InvalidStateError):
+                        future.set_result(result)
+            finally:
+                with self._lock:
+                    self._pending.discard(future)
+
+        executor.submit(work)
+        return future
+
+    def cancel(self) -> None:
+        """Supersede any refinement in flight (it changes nothing)."""
+        with self._lock:
+            self._supersede()
+
+    def close(self) -> None:
+        """Cancel refinements in flight and shut the worker thread down (idempotent)."""
+        with self._lock:
+            self._supersede()
+            executor, self._executor = self._executor, None
+            self._closed = True
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- undo / redo -------------------------------------------------------------------------------
+    def undo(self) -> Volume:
+        """Undo the last action (scribble, erase, paint, predict, refine, reset).
+
+        Returns:
+            the mask after undoing (a copy).
+
+        Raises:
+            SessionError: nothing to undo.
+        """
+        return self._undo_redo(undo=True)
+
+    def redo(self) -> Volume:
+        """Redo the last undone action.
+
+        Raises:
+            SessionError: nothing to redo (or a new action cleared the redo history).
+        """
+        return self._undo_redo(undo=False)
+
+    def _undo_redo(self, undo: bool) -> Volume:
+        with self._lock:
+            t0 = time.perf_counter()
+            source, target = (self._undo, self._redo) if undo else (self._redo, self._undo)
+            if not source:
+                raise SessionError("nothing to undo" if undo else
+                                   "nothing to redo (a new action clears the redo history)")
+            self._supersede()
+            entry = source.pop()
+            self._apply(entry, forward=not undo)
+            target.append(entry)
+            autosave_s = self._autosave()
+            self._log("undo" if undo else "redo", t0, {"action": entry.action, "uid": entry.uid,
+                                                       "autosave_s": autosave_s})
+            return self.mask
+
+    # -- export and save ----------------------------------------------------------------------------
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write the mask in the CT's geometry (any format :func:`iunet_nb.io.write_mask` knows).
+
+        Returns:
+            the path written.
+
+        Raises:
+            InputError: unsupported extension.
+        """
+        from .io import write_mask
+
+        with self._lock:
+            t0 = time.perf_counter()
+            out = write_mask(Volume(self._mask, self._volume.geometry), path)
+            self._log("export", t0, {"path": str(out)})
+            return Path(out)
+
+    def save(self) -> None:
+        """Autosave now (it happens after every action anyway) and log a ``save`` event.
+
+        Raises:
+            SessionError: the session has no folder.
+        """
+        with self._lock:
+            if self._folder is None:
+                raise SessionError("this session has no folder; create it with "
+                                   "Session(..., folder=...) to save")
+            t0 = time.perf_counter()
+            self._dirty |= {"mask", "scribbles", "params", "prob"}
+            autosave_s = self._autosave()
+            self._log("save", t0, {"autosave_s": autosave_s})
+
+    # ============================================================================================
+    # internals
+    # ============================================================================================
+    def _require_prediction(self, what: str) -> None:
+        if not self._predicted or self._box is None:
+            raise SessionError(f"cannot {what} before the initial segmentation: call predict() "
+                               "first")
+
+    def _supersede(self) -> None:
+        """Make every refinement in flight obsolete (lock held)."""
+        self._generation += 1
+        for f in list(self._pending):
+            f.cancel()
+
+    def _scalars(self) -> dict[str, Any]:
+        return {"box": _box_dict(self._box), "predicted": self._predicted,
+                "refine_round": self._refine_round, "next_id": self._next_id}
+
+    def _get_scribble(self, scribble_id: Any) -> _Scribble:
+        if not _is_int(scribble_id) or int(scribble_id) not in self._registry:
+            raise InputError(f"no scribble with id {scribble_id!r}; current ids: "
+                             f"{sorted(self._registry)}")
+        return self._registry[int(scribble_id)]
+
+    def _brush(self, stroke: Any, points: Any, view: str, slice_index: Any,
+               radius_mm: float | None, radius_vox: float | None,
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+        shape = self._volume.shape
+        if (stroke is None) == (points is None):
+            raise InputError("give either a stroke (with view and slice_index) or points "
+                             "(voxel indices z, y, x), not both and not neither")
+        if points is not None:
+            if radius_mm is not None or radius_vox is not None:
+                raise InputError("points are painted exactly; a brush radius applies to strokes")
+            idx = _points_to_voxels(shape, points)
+            return idx, {"kind": "points", "n_points": int(len(np.atleast_2d(points)))}
+        if slice_index is None:
+            raise InputError(f"a stroke needs the slice_index of the {view!r} slice it is on")
+        idx = stroke_to_voxels(shape, self._volume.spacing_mm, stroke, view, slice_index,
+                               radius_mm=radius_mm, radius_vox=radius_vox)
+        info = {"kind": "stroke", "view": view, "slice_index": int(slice_index),
+                "radius_mm": radius_mm, "radius_vox": radius_vox,
+                "n_points": int(len(_as_points(stroke, 2, "stroke")))}
+        return idx, info
+
+    # -- state changes (lock held) ------------------------------------------------------------------
+    def _apply(self, entry: _Entry, forward: bool) -> None:
+        """Move the state across ``entry`` (forward = do/redo, backward = undo)."""
+        if entry.mask is not None and entry.mask.n:
+            entry.mask.apply(self._mask, forward)
+            self._dirty.add("mask")
+        scribs = entry.scribbles_after if forward else entry.scribbles_before
+        if scribs:
+            for sid, s in scribs.items():
+                if s is None:
+                    self._registry.pop(sid, None)
+                else:
+                    self._registry[sid] = s
+            self._replay_scribbles()
+            self._dirty.add("scribbles")
+        params = entry.params_after if forward else entry.params_before
+        if params is not None:
+            self._set_params(params)
+            self._dirty.add("params")
+        if entry.prob_after is not None or entry.prob_before is not None:
+            self._prob = entry.prob_after if forward else entry.prob_before
+            self._dirty.add("prob")
+        state = entry.state_after if forward else entry.state_before
+        if state:
+            self._box = Box.from_dict(state["box"]) if state["box"] is not None else None
+            self._predicted = bool(state["predicted"])
+            self._refine_round = int(state["refine_round"])
+            self._next_id = max(self._next_id, int(state["next_id"]))
+
+    def _replay_scribbles(self) -> None:
+        arr = np.zeros(self._volume.shape, dtype=np.uint8)
+        flat = arr.ravel()
+        for sid in sorted(self._registry):
+            s = self._registry[sid]
+            flat[s.indices] = s.label
+        self._scribbles = arr
+
+    def _force(self, mask: np.ndarray, scribbles: np.ndarray | None = None) -> None:
+        if not self._config.force_scribbles:
+            return
+        scribbles = self._scribbles if scribbles is None else scribbles
+        mask[scribbles == _FG] = 1
+        mask[scribbles == _BG] = 0
+
+    def _commit(self, entry: _Entry, t0: float, details: dict[str, Any]) -> None:
+        """Push an applied entry on the undo stack, bound the history, autosave, log."""
+        self._undo.append(entry)
+        self._redo.clear()
+        self._bound_history()
+        details = {**details, "autosave_s": self._autosave()}
+        self._log(entry.action, t0, details)
+
+    def _bound_history(self) -> None:
+        limit = self._config.max_history_mb * 2 ** 20
+        total = sum(e.nbytes for e in self._undo) + sum(e.nbytes for e in self._redo)
+        while total > limit and len(self._undo) > 1:
+            dropped = self._undo.pop(0)
+            total -= dropped.nbytes
+            logger.debug("history over %.1f MiB: dropped the oldest entry (%s)",
+                         self._config.max_history_mb, dropped.action)
+
+    # -- network ---------------------------------------------------------------------------------
+    def _get_params(self, model: SegmentationNet | None = None) -> dict[str, np.ndarray]:
+        model = self._model if model is None else model
+        return {n: p.detach().cpu().numpy().copy()
+                for n, p in zip(self._param_names, model.interactive_parameters())}
+
+    def _set_params(self, params: dict[str, np.ndarray], model: SegmentationNet | None = None,
+                    ) -> None:
+        model = self._model if model is None else model
+        with torch.no_grad():
+            for n, p in zip(self._param_names, model.interactive_parameters()):
+                p.copy_(torch.from_numpy(np.asarray(params[n])).to(p.device))
+
+    def _working_grid(self, box: Box) -> tuple[Box, np.ndarray, CropRecord]:
+        """(box, preprocessed image, record), cached for the last box."""
+        if self._working is None or self._working[0] != box:
+            x, record = preprocess_image(self._volume, box, self._card.preprocess)
+            self._working = (box, x, record)
+            self._encoded = None
+        return self._working
+
+    def _forward(self, box: Box) -> np.ndarray:
+        _, x, _ = self._working_grid(box)
+        with torch.no_grad():
+            t = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(self._device)
+            return torch.softmax(self._model(t), dim=1)[0, 1].float().cpu().numpy()
+
+    def _restore_crop(self, prob: np.ndarray, box: Box) -> np.ndarray:
+        """uint8 mask of the crop region (CT resolution) from working-grid probabilities."""
+        _, _, record = self._working_grid(box)
+        local = _local_record(record)
+        return (restore_probabilities(prob, local) >= self._config.mask_threshold).astype(np.uint8)
+
+    # -- refinement machinery ---------------------------------------------------------------------
+    def _start_refine(self) -> dict[str, Any]:
+        """Check the preconditions and take the snapshots, under the lock."""
+        with self._lock:
+            if self._closed:
+                raise SessionError("the session is closed")
+            self._require_prediction("refine")
+            if not self._registry:
+                raise SessionError("refine needs at least one scribble: add a foreground "
+                                   "scribble inside missed organ or a background scribble "
+                                   "inside a leak (add_scribble), then refine")
+            self._supersede()
+            assert self._box is not None
+            box, x, record = self._working_grid(self._box)
+            crop = record.crop
+            target = (crop_mask(self._mask[crop.slices], _local_record(record)) >= 0.5).astype(np.uint8)
+            scrib_w = self._scribbles_on_working_grid(record)
+            if not scrib_w.any():
+                raise SessionError(
+                    f"none of the {len(self._registry)} scribble(s) lies inside the crop "
+                    f"{crop.to_dict()} (the box plus margin) that the network sees; draw "
+                    "inside the box, or predict(box=...) with a box that covers the scribbles")
+            start = (self._get_params() if self._config.keep_weights_between_rounds
+                     else self._initial_params)
+            model = copy.deepcopy(self._model)
+            self._set_params(start, model)
+            encoded = self._encoded[1] if (self._encoded and self._encoded[0] == box) else None
+            return {"generation": self._generation, "box": box, "x": x, "record": record,
+                    "target": target, "scribbles": scrib_w, "model": model,
+                    "params_before": self._get_params(), "encoded": encoded,
+                    "round": self._refine_round, "t0": time.perf_counter()}
+
+    def _scribbles_on_working_grid(self, record: CropRecord) -> np.ndarray:
+        """uint8 working-grid scribbles: each CT scribble voxel -> nearest working voxel."""
+        out = np.zeros(record.size_zyx, dtype=np.uint8)
+        if not self._registry:
+            return out
+        idx = np.unique(np.concatenate([s.indices for s in self._registry.values()]))
+        labels = self._scribbles.ravel()[idx]  # the visible label (newest scribble wins)
+        zyx = np.stack(np.unravel_index(idx, self._volume.shape), axis=1)
+        w = np.rint(record.original_to_working_index(zyx)).astype(np.int64)
+        inside = np.all((w >= 0) & (w < np.asarray(record.size_zyx)), axis=1)
+        for label in (_FG, _BG):  # background written last: it wins where both land
+            sel = w[inside & (labels == label)]
+            out[sel[:, 0], sel[:, 1], sel[:, 2]] = label
+        return out
+
+    def _run_refine(self, job: dict[str, Any], future: concurrent.futures.Future | None,
+                    ) -> Volume | None:
+        """Compute outside the lock; commit under it unless superseded. None if superseded."""
+        gen = job["generation"]
+        cfg = self._config
+
+        def stale() -> bool:
+            return self._generation != gen or (future is not None and future.cancelled())
+
+        t_compute = time.perf_counter()
+        try:
+            if stale():
+                raise _Superseded()
+            record: CropRecord = job["record"]
+            spacing = record.working_geometry(self._volume.geometry).spacing_mm
+            weight = scribble_weight_map(job["x"], job["scribbles"], spacing,
+                                         threshold=cfg.threshold,
+                                         scribble_weight=cfg.scribble_weight,
+                                         lam=cfg.geodesic_lam, iterations=cfg.geodesic_iterations,
+                                         normalisation=cfg.normalisation)  # type: ignore[arg-type]
+            target = job["target"].copy()
+            target[job["scribbles"] == _FG] = 1
+            target[job["scribbles"] == _BG] = 0
+            seed = cfg.seed + job["round"]
+            devices = [self._device.index or 0] if self._device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                out = fine_tune(job["model"], job["x"], target, weight, cfg,
+                                encoded=job["encoded"], should_stop=stale)
+            if out is None:
+                raise _Superseded()
+            prob, losses, encoded = out
+            crop_mask_new = self._restore_crop(prob, job["box"])
+        except _Superseded:
+            logger.debug("refinement superseded; discarded")
+            return None
+        compute_s = time.perf_counter() - t_compute
+        with self._lock:
+            if stale():
+                return None
+            if future is not None and not future.set_running_or_notify_cancel():
+                return None
+            new_params = self._get_params(job["model"])
+            new_mask = self._mask.copy()
+            crop = job["record"].crop
+            new_mask[crop.slices] = crop_mask_new
+            self._force(new_mask)
+            if encoded is not None:
+                self._encoded = (job["box"], encoded)
+            entry = _Entry(uuid.uuid4().hex, "refine", {"round": job["round"], "seed": seed},
+                           mask=_Diff.between(self._mask, new_mask, crop),
+                           params_before=job["params_before"], params_after=new_params,
+                           prob_before=self._prob, prob_after=prob,
+                           state_before=self._scalars(),
+                           state_after={**self._scalars(), "refine_round": job["round"] + 1})
+            self._apply(entry, forward=True)
+            n_uncertain = int(np.count_nonzero(weight == 0))
+            self._commit(entry, job["t0"], {
+                "round": job["round"], "seed": seed, "iterations": cfg.iterations,
+                "losses": [round(v, 6) for v in losses], "compute_s": round(compute_s, 4),
+                "n_changed": entry.mask.n if entry.mask else 0,
+                "n_scribble_working": int(np.count_nonzero(job["scribbles"])),
+                "n_uncertain_working": n_uncertain, "async": future is not None})
+            return self.mask
+
+    # -- event log ---------------------------------------------------------------------------------
+    def _log(self, event: str, t0: float, details: dict[str, Any]) -> dict[str, Any]:
+        dsc = None
+        if self._reference_idx is not None:
+            inter = np.count_nonzero(self._mask.ravel()[self._reference_idx])
+            denom = np.count_nonzero(self._mask) + self._reference_idx.size
+            dsc = round(2.0 * inter / denom, 6)
+        record = {"seq": len(self._events), "t_monotonic": time.monotonic(), "t_wall": _utc_now(),
+                  "session_id": self._session_id, "case_id": self._case_id,
+                  "reader_id": self._reader_id, "event": event,
+                  "duration_s": round(time.perf_counter() - t0, 6), "dsc": dsc,
+                  "n_scribble_voxels": int(np.count_nonzero(self._scribbles)),
+                  "details": _jsonable(details)}
+        self._events.append(record)
+        if self._folder is not None:
+            line = json.dumps(record, sort_keys=True) + "\n"
+            with open(self._folder / "events.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+        return record
+
+    # -- autosave ----------------------------------------------------------------------------------
+    def _autosave(self) -> float | None:
+        """Write what changed, then the manifest; returns seconds (None without a folder)."""
+        if self._folder is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            self._write_snapshot()
+        except IunetError:
+            raise
+        except Exception as exc:
+            raise SessionError(f"autosave to {self._folder} failed ({exc}); the change is in "
+                               "memory and the folder still holds the previous state. Free "
+                               "disk space or fix permissions, then call save()") from exc
+        return round(time.perf_counter() - t0, 6)
+
+    def _write_snapshot(self) -> None:
+        from .io import write_mask
+
+        folder = self._folder
+        assert folder is not None
+        self._save_seq += 1
+        seq = self._save_seq
+        files = dict(self._files)
+
+        def put(component: str, name: str, data: bytes) -> None:
+            atomic_write_bytes(folder / name, data)
+            files[component] = (name, _sha256(data))
+
+        if "config" in self._dirty or "config" not in files:
+            put("config", "config.json", (self._config.to_json() + "\n").encode())
+        if "card" in self._dirty or "card" not in files:
+            put("card", "card.json", (self._card.to_json() + "\n").encode())
+        if "mask" in self._dirty or "mask" not in files:
+            name = f"mask-{seq:06d}.nii.gz"
+            write_mask(Volume(self._mask, self._volume.geometry), folder / name)
+            files["mask"] = (name, _sha256((folder / name).read_bytes()))
+        if "scribbles" in self._dirty or "scribbles" not in files:
+            put("scribbles", f"scribbles-{seq:06d}.npz", self._registry_bytes())
+        if "params" in self._dirty or "params" not in files:
+            buf = _io.BytesIO()
+            torch.save({n: torch.from_numpy(a) for n, a in self._get_params().items()}, buf)
+            put("params", f"params-{seq:06d}.pt", buf.getvalue())
+        if "prob" in self._dirty or "prob" not in files:
+            if self._prob is None:
+                files.pop("prob", None)
+            else:
+                buf = _io.BytesIO()
+                np.save(buf, self._prob, allow_pickle=False)
+                put("prob", f"prob-{seq:06d}.npy", buf.getvalue())
+        history_dir = folder / "history"
+        history_dir.mkdir(exist_ok=True)
+        for entry in self._undo + self._redo:
+            if entry.uid not in self._history_files:
+                data = entry.to_npz_bytes()
+                name = f"history/{entry.uid}.npz"
+                atomic_write_bytes(folder / name, data)
+                self._history_files[entry.uid] = (name, _sha256(data))
+        manifest = {
+            "format": _FORMAT, "version": _FORMAT_VERSION, "saved_at": _utc_now(), "seq": seq,
+            "session_id": self._session_id, "case_id": self._case_id,
+            "reader_id": self._reader_id,
+            "ct": {"hash": self._ct_hash, "shape": list(self._volume.shape),
+                   "dtype": str(self._volume.array.dtype),
+                   "geometry": self._volume.geometry.to_dict()},
+            "model_hash": self._model_hash,
+            "files": {k: {"name": n, "sha256": h} for k, (n, h) in sorted(files.items())},
+            "undo": [self._history_ref(e) for e in self._undo],
+            "redo": [self._history_ref(e) for e in self._redo],
+            "state": {**self._scalars(), "n_events": len(self._events)},
+        }
+        text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+        if self._manifest_text is not None:
+            atomic_write_text(folder / "state.prev.json", self._manifest_text)
+        atomic_write_text(folder / "state.json", text)
+        previous = self._manifest_text
+        self._manifest_text = text
+        self._files = files
+        self._dirty.clear()
+        self._cleanup(folder, [text] + ([previous] if previous else []))
+
+    def _history_ref(self, entry: _Entry) -> dict[str, str]:
+        name, digest = self._history_files[entry.uid]
+        return {"name": name, "sha256": digest, "action": entry.action}
+
+    def _cleanup(self, folder: Path, manifests: list[str]) -> None:
+        """Delete session files that neither the current nor the previous manifest names."""
+        keep: set[str] = set()
+        for text in manifests:
+            m = json.loads(text)
+            keep |= {f["name"] for f in m["files"].values()}
+            keep |= {f["name"] for f in m["undo"] + m["redo"]}
+        live = {e.uid for e in self._undo + self._redo}
+        for uid in list(self._history_files):
+            if uid not in live and self._history_files[uid][0] not in keep:
+                del self._history_files[uid]
+        candidates = [p for pattern in ("mask-*.nii.gz", "scribbles-*.npz", "params-*.pt",
+                                        "prob-*.npy", "history/*.npz")
+                      for p in folder.glob(pattern)]
+        for p in candidates:
+            rel = p.relative_to(folder).as_posix()
+            if rel not in keep:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    def _registry_bytes(self) -> bytes:
+        ids = sorted(self._registry)
+        arrays: dict[str, np.ndarray] = {
+            "ids": np.asarray(ids, dtype=np.int64),
+            "labels": np.asarray([self._registry[i].label for i in ids], dtype=np.uint8),
+            "info": np.frombuffer(json.dumps([self._registry[i].info for i in ids]).encode(),
+                                  np.uint8)}
+        for i in ids:
+            arrays[f"idx_{i}"] = self._registry[i].indices
+        buf = _io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    # -- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder: str | os.PathLike, volume: Volume, model: SegmentationNet,
+             card: ModelCard, *, reference: Volume | None = None, device: str | None = None,
+             use_previous: bool = False) -> "Session":
+        """Resume a session from its autosave folder with the identical state.
+
+        Restores the mask, scribbles, trained parameters, last probabilities, undo/redo
+        history, box, refine round and event log, so the next :meth:`refine` gives the same
+        result as it would have in the original session (same seed, same weights). Nothing
+        in the folder is modified unless the load succeeds (it then logs a ``load`` event).
+
+        Args:
+            folder: the session folder.
+            volume: the same CT (checked by a hash of its voxels and geometry).
+            model: the same network weights the session was created with (checked by hash).
+            card: the model's card (its network and preprocessing must match the saved one).
+            reference: optional reference mask for DSC in the event log.
+            device: override the saved ``config.device``.
+            use_previous: load ``state.prev.json`` (the state one action earlier) instead,
+                e.g. when the latest autosave is damaged.
+
+        Raises:
+            SessionError: no session in the folder; a missing, truncated or corrupt file (the
+                message names it); another CT or other weights than the saved session's.
+        """
+        folder = Path(folder)
+        manifest_name = "state.prev.json" if use_previous else "state.json"
+        path = folder / manifest_name
+        hint = ("; the previous state is intact: load it with use_previous=True"
+                if not use_previous and (folder / "state.prev.json").is_file() else "")
+        if not path.is_file():
+            raise SessionError(f"{path} does not exist: {folder} holds no saved session")
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            if manifest.get("format") != _FORMAT:
+                raise ValueError(f"format {manifest.get('format')!r}")
+            if manifest.get("version") != _FORMAT_VERSION:
+                raise ValueError(f"version {manifest.get('version')!r}, expected {_FORMAT_VERSION}")
+            files = {k: (v["name"], v["sha256"]) for k, v in manifest["files"].items()}
+            state = manifest["state"]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SessionError(f"{path} is corrupt or truncated ({exc}){hint}") from exc
+        if manifest["ct"]["hash"] != _array_hash(volume):
+            raise SessionError(
+                f"the session in {folder} was saved for another CT (shape "
+                f"{tuple(manifest['ct']['shape'])}, {manifest['ct']['dtype']}); this CT has "
+                f"shape {volume.shape}, {volume.array.dtype}, or different voxels/geometry. "
+                "Open the CT the session was made for")
+        if manifest["model_hash"] != _model_hash(model):
+            raise SessionError(f"the session in {folder} was made with other network weights; "
+                               "load it with the model it was created with")
+
+        def read(name: str, digest: str) -> bytes:
+            p = folder / name
+            try:
+                data = p.read_bytes()
+            except OSError as exc:
+                raise SessionError(f"session file {p} is missing or unreadable ({exc}){hint}") \
+                    from exc
+            if _sha256(data) != digest:
+                raise SessionError(f"session file {p} is corrupt or truncated (checksum "
+                                   f"mismatch){hint}")
+            return data
+
+        blobs = {k: read(n, h) for k, (n, h) in files.items()}
+        try:
+            config = RefineConfig.from_json(blobs["config"].decode("utf-8"))
+            saved_card = ModelCard.from_json(blobs["card"].decode("utf-8"))
+        except IunetError as exc:
+            raise SessionError(f"the saved configs in {folder} cannot be read ({exc})") from exc
+        if (saved_card.net.to_dict() != card.net.to_dict()
+                or saved_card.preprocess.to_dict() != card.preprocess.to_dict()):
+            raise SessionError(f"the card given does not match the session's card in {folder} "
+                               "(network or preprocessing differ)")
+        if device is not None:
+            config = dataclasses.replace(config, device=device)
+        try:
+            undo = [_Entry.from_npz_bytes(read(r["name"], r["sha256"])) for r in manifest["undo"]]
+            redo = [_Entry.from_npz_bytes(read(r["name"], r["sha256"])) for r in manifest["redo"]]
+            registry = _registry_from_bytes(blobs["scribbles"])
+            params = torch.load(_io.BytesIO(blobs["params"]), map_location="cpu",
+                                weights_only=True)
+            prob = (np.load(_io.BytesIO(blobs["prob"]), allow_pickle=False)
+                    if "prob" in blobs else None)
+        except SessionError:
+            raise
+        except Exception as exc:
+            raise SessionError(f"a file of the session in {folder} cannot be decoded "
+                               f"({type(exc).__name__}: {exc}){hint}") from exc
+        from .io import read_mask
+        try:
+            mask_vol = read_mask(folder / files["mask"][0])
+        except IunetError as exc:
+            raise SessionError(f"the saved mask cannot be read ({exc}){hint}") from exc
+        if mask_vol.shape != volume.shape or not mask_vol.geometry.is_close(volume.geometry):
+            raise SessionError(f"the saved mask is not on the CT's grid{hint}")
+
+        self = cls.__new__(cls)
+        self._setup(volume, model, card, None, config, manifest["case_id"],
+                    manifest["reader_id"], manifest["session_id"], reference)
+        with self._lock:
+            self._mask = np.ascontiguousarray(mask_vol.array, dtype=np.uint8)
+            self._registry = registry
+            self._replay_scribbles()
+            self._set_params({n: t.numpy() for n, t in params.items()})
+            self._prob = prob
+            self._box = Box.from_dict(state["box"]) if state["box"] is not None else None
+            self._predicted = bool(state["predicted"])
+            self._refine_round = int(state["refine_round"])
+            self._next_id = int(state["next_id"])
+            self._undo, self._redo = undo, redo
+            self._files = files
+            self._history_files = {e.uid: (r["name"], r["sha256"]) for e, r in
+                                   zip(undo + redo, manifest["undo"] + manifest["redo"])}
+            self._dirty = set()
+            self._save_seq = int(manifest["seq"])
+            self._manifest_text = path.read_text(encoding="utf-8")
+            self._events = _read_events(folder / "events.jsonl")
+            self._folder = folder
+            t0 = time.perf_counter()
+            autosave_s = self._autosave()
+            self._log("load", t0, {"manifest": manifest_name, "autosave_s": autosave_s})
+        return self
+
+
+def _local_record(record: CropRecord) -> CropRecord:
+    """A record whose 'original image' is just the crop: restores/crops the crop region only."""
+    size = record.crop.size
+    return CropRecord(size, Box((0, 0, 0), size), Box((0, 0, 0), size), record.size_zyx)
+
+
+def _registry_from_bytes(data: bytes) -> dict[int, _Scribble]:
+    with np.load(_io.BytesIO(data), allow_pickle=False) as z:
+        ids = [int(i) for i in z["ids"]]
+        labels = [int(v) for v in z["labels"]]
+        infos = json.loads(z["info"].tobytes().decode("utf-8"))
+        return {i: _Scribble(i, lab, z[f"idx_{i}"].astype(np.int64), info)
+                for i, lab, info in zip(ids, labels, infos)}
+
+
+def _read_events(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    events = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("%s line %d is not valid JSON (interrupted write?); skipped", path, n)
+    return events
+
+
+def _box_dict(box: Box | None) -> dict[str, list[int]] | None:
+    return None if box is None else box.to_dict()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

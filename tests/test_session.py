@@ -1,0 +1,478 @@
+"""Tests of the interactive Session: strokes, refine, undo/redo, autosave/load, events, async."""
+
+from __future__ import annotations
+
+import json
+import datetime
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import iunet_nb.session as session_mod
+from iunet_nb.checkpoint import ModelCard
+from iunet_nb.errors import ConfigError, InputError, SessionError
+from iunet_nb.io import read_mask
+from iunet_nb.nets import NetConfig, build_network
+from iunet_nb.preprocess import Box, PreprocessConfig
+from iunet_nb.session import RefineConfig, Session, stroke_to_voxels
+from iunet_nb.volume import Volume
+
+EVENT_FIELDS = {"t_monotonic", "t_wall", "session_id", "case_id", "reader_id", "event",
+                "duration_s", "dsc", "n_scribble_voxels", "details"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine's 2 cores are shared: tiny convolutions are 20x slower with 2 threads.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def card() -> ModelCard:
+    return ModelCard(net=NetConfig(base_channels=4),
+                     preprocess=PreprocessConfig(size_zyx=(8, 16, 16)))
+
+
+@pytest.fixture
+def model(card: ModelCard):
+    torch.manual_seed(0)
+    return build_network(card.net).eval()
+
+
+@pytest.fixture
+def cfg() -> RefineConfig:
+    return RefineConfig(device="cpu", iterations=3, lr=1e-2)
+
+
+@pytest.fixture
+def case(ellipsoid_case):
+    ct, ref = ellipsoid_case
+    return ct, ref, Box.from_mask(ref.array)
+
+
+def _session(case, model, card, cfg, **kw) -> Session:
+    ct, ref, box = case
+    return Session(ct, model, card, box, config=cfg, **kw)
+
+
+def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- strokes
+def _brute_disc(shape2, center, spacing2, radius_mm):
+    rr, cc = np.meshgrid(np.arange(shape2[0]), np.arange(shape2[1]), indexing="ij")
+    d2 = ((rr - center[0]) * spacing2[0]) ** 2 + ((cc - center[1]) * spacing2[1]) ** 2
+    return d2 <= radius_mm ** 2
+
+
+@pytest.mark.parametrize("view, k, center, radius, count, extent", [
+    # spacing (z, y, x) = (2.5, 0.8, 0.7); counts and half-extents worked out by hand
+    ("axial", 5, (10, 12), 2.0, 21, (2, 2)),     # rows y: |dy|*0.8 <= 2; cols x: |dx|*0.7 <= 2
+    ("coronal", 7, (12, 15), 3.0, 19, (1, 4)),   # rows z: |dz|*2.5 <= 3; cols x: 4 * 0.7 <= 3
+    ("sagittal", 9, (12, 15), 3.0, 17, (1, 3)),  # rows z; cols y: 3 * 0.8 <= 3
+])
+def test_stroke_on_each_view_lands_on_the_right_voxels(case, model, card, cfg, view, k, center,
+                                                       radius, count, extent):
+    s = _session(case, model, card, cfg)
+    sid = s.add_scribble("bg", [center], view=view, slice_index=k, radius_mm=radius)
+    scrib = s.scribbles.array
+    axis, (ra, ca) = session_mod.VIEWS[view]
+    plane = np.take(scrib, k, axis=axis)
+    spacing = s.volume.spacing_mm
+    expected = _brute_disc(plane.shape, center, (spacing[ra], spacing[ca]), radius)
+    assert np.array_equal(plane == 2, expected)
+    assert int(np.count_nonzero(scrib)) == count == s.scribble_info(sid)["n_voxels"]
+    rows, cols = np.nonzero(plane)
+    assert (rows.min(), rows.max()) == (center[0] - extent[0], center[0] + extent[0])
+    assert (cols.min(), cols.max()) == (center[1] - extent[1], center[1] + extent[1])
+    assert np.count_nonzero(np.delete(scrib, k, axis=axis)) == 0  # nothing on other slices
+
+
+def test_polyline_stroke_is_the_distance_to_segments():
+    shape, spacing = (4, 20, 30), (3.0, 1.0, 0.5)
+    idx = stroke_to_voxels(shape, spacing, [(2, 2), (2, 20), (15, 20)], "axial", 1,
+                           radius_mm=1.5)
+    vol = np.zeros(shape, bool)
+    vol.ravel()[idx] = True
+    # independent check: dense sampling of the polyline (points every 0.01 voxel)
+    t = np.linspace(0, 1, 2001)[:, None]
+    pts = np.concatenate([(1 - t) * np.array([2, 2]) + t * np.array([2, 20]),
+                          (1 - t) * np.array([2, 20]) + t * np.array([15, 20])])
+    rr, cc = np.meshgrid(np.arange(20), np.arange(30), indexing="ij")
+    grid = np.stack([rr.ravel(), cc.ravel()], 1).astype(float)
+    d = np.min(np.hypot((grid[:, None, 0] - pts[None, :, 0]) * 1.0,
+                        (grid[:, None, 1] - pts[None, :, 1]) * 0.5), axis=1).reshape(20, 30)
+    assert np.array_equal(vol[1], d <= 1.5 + 1e-4)  # sampling error < 1e-5; ties at 1.5 count
+    assert not vol[[0, 2, 3]].any()
+    thin = stroke_to_voxels(shape, spacing, [(5, 3), (5, 9)], "axial", 0)  # default 0.5 voxel
+    assert sorted(np.unravel_index(thin, shape)[2].tolist()) == list(range(3, 10))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"stroke": [(3, 100)], "view": "axial", "slice_index": 2}, "outside the axial slice"),
+    ({"stroke": [(3, 3)], "view": "axial", "slice_index": 24}, "outside the axial slices"),
+    ({"stroke": [(3, 3)], "view": "oblique", "slice_index": 2}, "unknown view"),
+    ({"stroke": [], "view": "axial", "slice_index": 2}, "empty"),
+    ({"stroke": [(3, 3)], "view": "axial", "slice_index": 2, "radius_mm": 1, "radius_vox": 1},
+     "not both"),
+    ({"stroke": [(3, 3)], "view": "axial", "slice_index": 2, "radius_mm": -1}, ">= 0"),
+    ({"stroke": [(3, np.nan)], "view": "axial", "slice_index": 2}, "NaN"),
+    ({"stroke": [(3, 3)], "view": "axial"}, "slice_index"),
+    ({"points": [(0, 0, 40)]}, "outside the image"),
+    ({}, "either a stroke"),
+])
+def test_bad_scribbles_are_refused(case, model, card, cfg, kwargs, match):
+    s = _session(case, model, card, cfg)
+    with pytest.raises(InputError, match=match):
+        s.add_scribble("fg", **kwargs)
+    assert not s.can_undo and not s.scribbles.array.any()
+
+
+def test_bad_labels_and_ids(case, model, card, cfg):
+    s = _session(case, model, card, cfg)
+    with pytest.raises(InputError, match="not a scribble label"):
+        s.add_scribble(3, points=[(1, 1, 1)])
+    with pytest.raises(InputError, match="not a mask label"):
+        s.paint("maybe", points=[(1, 1, 1)])
+    with pytest.raises(InputError, match="no scribble with id 7"):
+        s.erase_scribble(7)
+    with pytest.raises(SessionError, match="nothing to undo"):
+        s.undo()
+    with pytest.raises(SessionError, match="nothing to redo"):
+        s.redo()
+
+
+def test_refine_preconditions(case, model, card, cfg):
+    ct, ref, box = case
+    s = Session(ct, model, card, None, config=cfg)
+    with pytest.raises(SessionError, match="no box"):
+        s.predict()
+    with pytest.raises(SessionError, match="call predict"):
+        s.refine()
+    s.predict(box)
+    with pytest.raises(SessionError, match="at least one scribble"):
+        s.refine()
+    s.add_scribble("fg", points=[(0, 0, 0)])  # far outside the box + margin
+    with pytest.raises(SessionError, match="inside the crop"):
+        s.refine()
+    whole = Session(ct, model, card, None, config=RefineConfig(device="cpu",
+                                                               box_fallback="whole"))
+    whole.predict()
+    assert whole.box == Box((0, 0, 0), ct.shape)
+
+
+def test_config_validation_and_json_round_trip():
+    cfg = RefineConfig(iterations=7, lam=0.25, keep_weights_between_rounds=False)
+    assert RefineConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="iterations"):
+        RefineConfig(iterations=0)
+    with pytest.raises(ConfigError, match="normalisation"):
+        RefineConfig(normalisation="mean")
+    with pytest.raises(ConfigError, match="lr"):
+        RefineConfig(lr=0.0)
+    with pytest.raises(ConfigError, match="device"):
+        RefineConfig(device="tpu")
+
+
+# ----------------------------------------------------------------------------- refine
+def test_refine_changes_only_the_unfrozen_parameters(case, model, card, cfg):
+    caller_before = _params(model)
+    s = _session(case, model, card, cfg)
+    s.predict()
+    s.add_scribble("fg", [(16, 10), (16, 20)], view="axial", slice_index=12, radius_mm=2)
+    before = _params(s._model)
+    s.refine()
+    after = _params(s._model)
+    trainable = {"bottleneck2.0.weight", "bottleneck2.0.bias", "head.weight", "head.bias"}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == trainable
+    for k, v in _params(model).items():  # the caller's model is untouched
+        assert torch.equal(v, caller_before[k]), k
+
+
+def test_fg_scribble_in_a_missed_region_grows_the_mask(case, model, card):
+    with torch.no_grad():  # make the network miss everything: strongly favour background
+        model.head.bias.copy_(torch.tensor([0.15, -0.15]))
+    cfg = RefineConfig(device="cpu", iterations=10, lr=3e-2, force_scribbles=False)
+    s = _session(case, model, card, cfg)
+    s.predict()
+    region = case[1].array.astype(bool)
+    assert s.mask.array[region].sum() == 0  # missed
+    s.add_scribble("fg", [(16, 8), (16, 24)], view="axial", slice_index=12, radius_mm=3)
+    s.add_scribble("fg", [(10, 16), (22, 16)], view="axial", slice_index=10, radius_mm=3)
+    scribbled = s.scribbles.array == 1
+    p_before = s.probabilities().array[scribbled].mean()
+    s.refine()
+    grown = s.mask.array
+    assert s.probabilities().array[scribbled].mean() > p_before + 0.05
+    assert grown[scribbled].mean() > 0.5      # not forced: the network learnt it
+    assert grown[region].sum() > 2 * scribbled.sum()
+
+
+def test_scribbles_are_forced_into_the_output(case, model, card, cfg):
+    s = _session(case, model, card, cfg)
+    s.predict()
+    s.add_scribble("fg", [(16, 16)], view="axial", slice_index=12, radius_mm=3)
+    s.add_scribble("bg", [(16, 16)], view="axial", slice_index=13, radius_mm=3)
+    mask = s.refine().array
+    scrib = s.scribbles.array
+    assert np.all(mask[scrib == 1] == 1) and np.all(mask[scrib == 2] == 0)
+
+
+def test_cached_and_naive_refinement_agree(case, model, card, cfg):
+    import dataclasses
+    masks, probs = [], []
+    for cached in (True, False):
+        s = _session(case, model, card, dataclasses.replace(cfg, cached_encoder=cached))
+        s.predict()
+        s.add_scribble("fg", [(16, 10), (16, 20)], view="axial", slice_index=12, radius_mm=2)
+        masks.append(s.refine().array)
+        probs.append(s._prob)
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- undo / redo
+def _state(s: Session):
+    return (s.mask.array, s.scribbles.array, {k: v.copy() for k, v in s._get_params().items()})
+
+
+def _same(a, b) -> bool:
+    return (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+            and all(np.array_equal(a[2][k], b[2][k]) for k in a[2]))
+
+
+def _mixed_actions(s: Session) -> list:
+    states = [_state(s)]
+    s.predict(); states.append(_state(s))
+    sid = s.add_scribble("fg", [(16, 10), (16, 20)], view="axial", slice_index=12, radius_mm=2)
+    states.append(_state(s))
+    s.add_scribble("bg", [(5, 3), (20, 3)], view="coronal", slice_index=16, radius_vox=1)
+    states.append(_state(s))
+    s.refine(); states.append(_state(s))
+    s.paint(1, [(2, 2), (2, 8)], view="axial", slice_index=3, radius_vox=1.5)
+    states.append(_state(s))
+    s.erase_scribble(sid); states.append(_state(s))
+    s.erase_scribbles([(10, 3)], "coronal", 16, radius_vox=2); states.append(_state(s))
+    s.paint("bg", [(3, 2)], view="sagittal", slice_index=5, radius_vox=1)  # (3, 2, 5) painted
+    states.append(_state(s))
+    s.refine(); states.append(_state(s))
+    s.reset(); states.append(_state(s))
+    return states
+
+
+def test_undo_redo_restore_every_state_exactly(case, model, card, cfg):
+    s = _session(case, model, card, cfg)
+    states = _mixed_actions(s)
+    assert s.history == ["predict", "scribble", "scribble", "refine", "paint", "erase", "erase",
+                         "paint", "refine", "reset"]
+    assert len({int(st[0].sum()) for st in states}) > 3  # the actions really changed the mask
+    for expected in reversed(states[:-1]):
+        s.undo()
+        assert _same(_state(s), expected)
+    assert not s.can_undo and s.can_redo
+    for expected in states[1:]:
+        s.redo()
+        assert _same(_state(s), expected)
+    s.undo()
+    s.paint(1, points=[(0, 0, 0)])  # a new action clears the redo history
+    assert not s.can_redo
+
+
+def test_history_memory_is_bounded(case, model, card):
+    cfg = RefineConfig(device="cpu", iterations=1, max_history_mb=0.005)  # 5 KiB
+    s = _session(case, model, card, cfg)
+    s.predict()
+    for i in range(30):
+        s.paint(1 - i % 2, [(16, 16)], view="axial", slice_index=i // 2, radius_mm=3)
+    assert s.history_nbytes <= 0.005 * 2 ** 20
+    assert 1 <= len(s.history) < 31
+    n = len(s.history)
+    for _ in range(n):
+        s.undo()
+    with pytest.raises(SessionError, match="nothing to undo"):
+        s.undo()
+    unbounded = _session(case, model, card, RefineConfig(device="cpu"))
+    unbounded.predict()
+    for i in range(30):
+        unbounded.paint(1 - i % 2, [(16, 16)], view="axial", slice_index=i // 2, radius_mm=3)
+    assert len(unbounded.history) == 31 and unbounded.history_nbytes > 0.005 * 2 ** 20
+
+
+# ----------------------------------------------------------------------------- autosave / load
+def test_autosave_and_load_resume_identically(case, model, card, cfg, tmp_path):
+    ct, ref, _ = case
+    folder = tmp_path / "s1"
+    s = _session(case, model, card, cfg, folder=folder, case_id="c1", reader_id="r1")
+    _mixed_actions(s)
+    s.undo()  # leave one entry on the redo stack
+    t = _session(case, model, card, cfg)  # a control that never saw the folder
+    loaded = Session.load(folder, ct, model, card)
+    assert _same(_state(loaded), _state(s))
+    assert loaded.history == s.history and loaded.can_redo
+    assert loaded.session_id == s.session_id and loaded.box == s.box
+    # the same undo history: undoing both gives identical states all the way down
+    for _ in range(3):
+        assert np.array_equal(loaded.undo().array, s.undo().array)
+    for _ in range(3):
+        s.redo(); loaded.redo()
+    # the same next refine result
+    s.add_scribble("fg", [(12, 12)], view="axial", slice_index=11, radius_mm=2)
+    loaded.add_scribble("fg", [(12, 12)], view="axial", slice_index=11, radius_mm=2)
+    assert np.array_equal(s.refine().array, loaded.refine().array)
+    assert _same(_state(s), _state(loaded))
+    assert t.history == []
+    # the mask file is the mask in the CT's geometry
+    state = json.loads((folder / "state.json").read_text())
+    on_disk = read_mask(folder / state["files"]["mask"]["name"])
+    assert on_disk.geometry.is_close(ct.geometry)
+
+
+def test_load_with_another_ct_or_model_is_refused(case, model, card, cfg, tmp_path):
+    ct, ref, _ = case
+    s = _session(case, model, card, cfg, folder=tmp_path / "s")
+    s.predict()
+    other = Volume(ct.array + np.float32(1.0), ct.geometry)
+    with pytest.raises(SessionError, match="another CT"):
+        Session.load(tmp_path / "s", other, model, card)
+    other_model = build_network(card.net).eval()
+    with pytest.raises(SessionError, match="other network weights"):
+        Session.load(tmp_path / "s", ct, other_model, card)
+    with pytest.raises(SessionError, match="already holds a session"):
+        _session(case, model, card, cfg, folder=tmp_path / "s")
+    with pytest.raises(SessionError, match="holds no saved session"):
+        Session.load(tmp_path / "nothing", ct, model, card)
+
+
+def test_truncated_autosave_is_refused_and_the_previous_state_survives(case, model, card, cfg,
+                                                                       tmp_path):
+    ct, _, _ = case
+    folder = tmp_path / "s"
+    s = _session(case, model, card, cfg, folder=folder)
+    s.predict()
+    s.add_scribble("fg", [(16, 10), (16, 20)], view="axial", slice_index=12, radius_mm=2)
+    before_last = s.mask.array
+    s.refine()
+    state = json.loads((folder / "state.json").read_text())
+    newest = folder / state["undo"][-1]["name"]
+    newest.write_bytes(newest.read_bytes()[:100])  # a crash mid-write of the newest entry
+    files_before = sorted(p.name for p in folder.rglob("*"))
+    with pytest.raises(SessionError, match="corrupt or truncated.*use_previous=True"):
+        Session.load(folder, ct, model, card)
+    assert sorted(p.name for p in folder.rglob("*")) == files_before  # nothing touched
+    previous = Session.load(folder, ct, model, card, use_previous=True)
+    assert np.array_equal(previous.mask.array, before_last)
+    assert previous.history == ["predict", "scribble"]
+    # a truncated manifest is refused too
+    (folder / "state.json").write_text((folder / "state.json").read_text()[:50])
+    with pytest.raises(SessionError, match="corrupt or truncated"):
+        Session.load(folder, ct, model, card)
+
+
+# ----------------------------------------------------------------------------- events
+def test_event_log_has_one_line_per_action(case, model, card, cfg, tmp_path):
+    ct, ref, _ = case
+    folder = tmp_path / "s"
+    s = _session(case, model, card, cfg, folder=folder, case_id="case7", reader_id="reader2",
+                 reference=ref)
+    _mixed_actions(s)
+    s.undo(); s.redo()
+    s.export(tmp_path / "out.nii.gz")
+    lines = (folder / "events.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["event"] for e in events] == [
+        "open", "predict", "scribble", "scribble", "refine", "paint", "erase", "erase", "paint",
+        "refine", "reset", "undo", "redo", "export"]
+    assert events == s.events
+    for e in events:
+        assert EVENT_FIELDS <= set(e)
+        assert e["session_id"] == s.session_id and e["case_id"] == "case7"
+        assert e["reader_id"] == "reader2" and e["duration_s"] >= 0
+        assert datetime.datetime.fromisoformat(e["t_wall"]).utcoffset() == datetime.timedelta(0)
+    assert all(a["t_monotonic"] <= b["t_monotonic"] for a, b in zip(events, events[1:]))
+    # DSC recomputed independently for the exported mask
+    out = read_mask(tmp_path / "out.nii.gz").array.astype(bool)
+    r = ref.array.astype(bool)
+    assert events[-1]["dsc"] == pytest.approx(2 * (out & r).sum() / (out.sum() + r.sum()),
+                                              abs=1e-6)
+    assert events[2]["n_scribble_voxels"] == int(np.count_nonzero(_stroke_count(s)))
+    assert events[4]["details"]["iterations"] == cfg.iterations
+
+
+def _stroke_count(s: Session) -> np.ndarray:
+    return stroke_to_voxels(s.volume.shape, s.volume.spacing_mm, [(16, 10), (16, 20)], "axial",
+                            12, radius_mm=2)
+
+
+def test_events_kept_in_memory_without_folder(case, model, card, cfg):
+    s = _session(case, model, card, cfg)
+    s.predict()
+    assert [e["event"] for e in s.events] == ["open", "predict"]
+    assert s.events[1]["dsc"] is None
+    with pytest.raises(SessionError, match="no folder"):
+        s.save()
+
+
+# ----------------------------------------------------------------------------- async
+def test_refine_async_gives_the_same_result_as_refine(case, model, card, cfg):
+    results = []
+    for use_async in (False, True):
+        with _session(case, model, card, cfg) as s:
+            s.predict()
+            s.add_scribble("fg", [(16, 10), (16, 20)], view="axial", slice_index=12, radius_mm=2)
+            results.append(s.refine_async().result(timeout=60).array if use_async
+                           else s.refine().array)
+            assert s.history[-1] == "refine"
+    assert np.array_equal(results[0], results[1])
+
+
+def test_superseded_refine_async_leaves_no_trace(case, model, card, cfg, monkeypatch):
+    started, release = threading.Event(), threading.Event()
+    original = session_mod.fine_tune
+
+    def slow_fine_tune(*args, **kwargs):
+        started.set()
+        release.wait(10)  # hold the refinement between its snapshot and its first step
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(session_mod, "fine_tune", slow_fine_tune)
+    with _session(case, model, card, cfg) as s:
+        s.predict()
+        s.add_scribble("fg", [(16, 10), (16, 20)], view="axial", slice_index=12, radius_mm=2)
+        mask, params = s.mask.array, _params(s._model)
+        n_events = len(s.events)
+        future = s.refine_async()
+        assert started.wait(10)
+        s.add_scribble("bg", [(3, 3)], view="axial", slice_index=2)  # supersedes it
+        release.set()
+        with pytest.raises(Exception) as info:
+            future.result(timeout=30)
+        assert type(info.value).__name__ == "CancelledError"
+        assert future.cancelled()
+        s.close()
+        assert np.array_equal(s.mask.array, mask)
+        assert all(torch.equal(v, params[k]) for k, v in _params(s._model).items())
+        assert s.history == ["predict", "scribble", "scribble"]
+        assert [e["event"] for e in s.events[n_events:]] == ["scribble"]
+        with pytest.raises(SessionError, match="closed"):
+            s.refine_async()
+
+
+# ----------------------------------------------------------------------------- misc
+def test_paint_and_export_in_ct_geometry(case, model, card, cfg, tmp_path):
+    ct, _, _ = case
+    s = _session(case, model, card, cfg)
+    n = s.paint("fg", [(4, 4), (4, 9)], view="axial", slice_index=3, radius_vox=0.5)
+    assert n == 6
+    assert set(zip(*np.nonzero(s.mask.array))) == {(3, 4, c) for c in range(4, 10)}
+    assert s.paint(1, [(4, 4)], view="axial", slice_index=3) == 0  # no change, no history
+    assert s.history == ["paint"]
+    out = read_mask(s.export(tmp_path / "m.nrrd"))
+    assert np.array_equal(out.array, s.mask.array) and out.geometry.is_close(ct.geometry)
+    with pytest.raises(InputError, match="extension"):
+        s.export(tmp_path / "m.png")
