@@ -47,8 +47,13 @@ from torch import Tensor
 from ._config import JsonConfig
 from .errors import ConfigError, InputError
 
-__all__ = ["AugmentConfig", "AugmentParams", "draw_augment_params", "warp_batch",
-           "augment_batch"]
+__all__ = [
+    "AugmentConfig",
+    "AugmentParams",
+    "augment_batch",
+    "draw_augment_params",
+    "warp_batch",
+]
 
 # Number of uniform numbers drawn per sample (apply flag, 3 angles, 3 shifts, noise sigma).
 _DRAWS_PER_SAMPLE = 8

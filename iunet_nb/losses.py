@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .errors import InputError
 
-__all__ = ["soft_dice_loss", "interactive_loss", "tanimoto_ce_loss", "one_hot"]
+__all__ = ["interactive_loss", "one_hot", "soft_dice_loss", "tanimoto_ce_loss"]
 
 
 def _check_pair(probs: Tensor, target: Tensor, what: str) -> None:

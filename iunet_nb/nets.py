@@ -37,8 +37,8 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,13 +47,13 @@ from ._config import JsonConfig
 from .errors import ConfigError, InputError
 
 __all__ = [
-    "NetConfig",
     "ARCHITECTURES",
-    "EncodedFeatures",
-    "SegmentationNet",
-    "IUNet",
     "CicekUNet3D",
     "DilatedFCN3D",
+    "EncodedFeatures",
+    "IUNet",
+    "NetConfig",
+    "SegmentationNet",
     "build_network",
     "count_parameters",
 ]

@@ -7,10 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_ellipsoid
-from iunet_nb.augment import (AugmentConfig, AugmentParams, augment_batch, draw_augment_params,
-                              warp_batch)
+
+from iunet_nb.augment import (
+    AugmentConfig,
+    AugmentParams,
+    augment_batch,
+    draw_augment_params,
+    warp_batch,
+)
 from iunet_nb.errors import ConfigError, InputError
 
 SHAPE = (24, 64, 64)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.nets import (ARCHITECTURES, CicekUNet3D, DilatedFCN3D, EncodedFeatures, IUNet,
-                           NetConfig, build_network, count_parameters)
+from iunet_nb.nets import (
+    ARCHITECTURES,
+    CicekUNet3D,
+    DilatedFCN3D,
+    EncodedFeatures,
+    IUNet,
+    NetConfig,
+    build_network,
+    count_parameters,
+)
 
 SMALL = (1, 1, 24, 64, 64)
 
