@@ -280,7 +280,8 @@ def compare(real_stats: pd.DataFrame, synth_stats: pd.DataFrame) -> pd.DataFrame
         r, s = real_stats.loc[t], synth_stats.loc[t]
         rows.append({"tissue": t, "mean_real": r.mean_hu, "mean_synth": s.mean_hu,
                      "mean_diff_hu": s.mean_hu - r.mean_hu, "sd_real": r.sd_hu,
-                     "sd_synth": s.sd_hu, "sd_ratio": s.sd_hu / r.sd_hu, "p50_real": r.p50,
+                     "sd_synth": s.sd_hu,
+                     "sd_ratio": s.sd_hu / r.sd_hu if r.sd_hu > 0 else float("nan"), "p50_real": r.p50,
                      "p50_synth": s.p50, "overlap": overlap_coefficient(r["hist"], s["hist"])})
     return pd.DataFrame(rows).set_index("tissue")
 

@@ -139,7 +139,7 @@ class SynthConfig(JsonConfig):
     slice_sigma_mm: Range = (0.6, 1.2)
     noise_sd_hu: Range = (10.0, 20.0)
     noise_sigma_mm: Range = (0.5, 0.9)
-    min_noise_sigma_vox: float = 0.7
+    min_noise_sigma_vox: float = 0.6
 
     def __post_init__(self) -> None:
         for f in self.__dataclass_fields__:
