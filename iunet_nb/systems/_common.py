@@ -1,0 +1,188 @@
+"""Helpers shared by the seed papers' systems: working grids, windowing, saving, seeding.
+
+Private to :mod:`iunet_nb.systems`; every public name of a system lives in its own module.
+
+Grid convention (the same as :mod:`iunet_nb.preprocess`): resampling a ``(z, y, x)`` array of
+``n`` voxels to ``m`` voxels uses ``torch.nn.functional.interpolate(..., align_corners=False)``
+with an explicit size, so the first and last voxel *edges* of both grids coincide and the
+inverse resampling maps every voxel centre back to the same physical point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._atomic import atomic_path, atomic_write_text
+from ..checkpoint import machine_description, select_device
+from ..errors import CheckpointError, ConfigError, InputError
+from ..volume import Volume
+
+__all__: list[str] = []
+
+
+def _check_volume(image: Any, what: str = "image") -> Volume:
+    if not isinstance(image, Volume):
+        raise InputError(f"{what} must be an iunet_nb.Volume (array + geometry), got "
+                         f"{type(image).__name__}; read it with iunet_nb.read_image")
+    arr = image.array
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise InputError(f"{what} must be real-valued, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{what} holds NaN or infinite values; fill them (e.g. with -1024 HU) "
+                         "first")
+    return image
+
+
+def _check_pair(ct: Any, mask: Any, i: int) -> tuple[Volume, Volume]:
+    _check_volume(ct, f"case {i} CT")
+    if not isinstance(mask, Volume):
+        raise InputError(f"case {i}: the mask must be a Volume, got {type(mask).__name__}")
+    if ct.shape != mask.shape:
+        raise InputError(f"case {i}: CT shape {ct.shape} != mask shape {mask.shape}; give "
+                         "each CT with the mask drawn on its own grid")
+    return ct, mask
+
+
+def _working_shape(shape: Sequence[int], spacing_mm: Sequence[float],
+                   voxel_mm: Sequence[float] | None,
+                   scale: Sequence[float] | None = None) -> tuple[int, int, int]:
+    """Shape of the working grid: ``voxel_mm`` (z, y, x) spacing, or ``scale`` per axis."""
+    if voxel_mm is not None:
+        out = [max(1, int(round(n * s / v))) for n, s, v in zip(shape, spacing_mm, voxel_mm)]
+    elif scale is not None:
+        out = [max(1, int(round(n * f))) for n, f in zip(shape, scale)]
+    else:
+        out = [int(n) for n in shape]
+    return (out[0], out[1], out[2])
+
+
+def _resample(array: np.ndarray | torch.Tensor, size: Sequence[int],
+              mode: str = "trilinear") -> torch.Tensor:
+    """Resample the last 3 axes of a float array to ``size`` (align_corners=False)."""
+    t = torch.as_tensor(np.ascontiguousarray(array) if isinstance(array, np.ndarray) else array)
+    t = t.float()
+    size = tuple(int(s) for s in size)
+    lead = t.shape[:-3]
+    if tuple(t.shape[-3:]) == size:
+        return t.clone()
+    x = t.reshape(1, -1, *t.shape[-3:])
+    kw = {"align_corners": False} if mode == "trilinear" else {}
+    out = F.interpolate(x, size=size, mode=mode, **kw)
+    return out.reshape(*lead, *size)
+
+
+def _window(array: np.ndarray, hu_window: Sequence[float]) -> np.ndarray:
+    """Clip HU to ``hu_window`` and map it linearly to [-1, 1] (float32)."""
+    low, high = float(hu_window[0]), float(hu_window[1])
+    out = np.clip(np.asarray(array, dtype=np.float32), low, high)
+    return (out - low) * np.float32(2.0 / (high - low)) - np.float32(1.0)
+
+
+def _check_window(name: str, window: Sequence[float]) -> None:
+    w = tuple(window)
+    if len(w) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in w) \
+            or not w[0] < w[1]:
+        raise ConfigError(f"{name} must be two finite numbers (low, high) with low < high, "
+                          f"got {window!r}")
+
+
+def _check_positive_int(owner: str, **values: Any) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{owner}.{name} must be a positive integer, got {value!r}")
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    """DSC of two binary arrays; 1.0 when both are empty."""
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def _bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``(lo, hi)`` (hi exclusive) of the non-zero voxels, or None when empty."""
+    nz = np.nonzero(mask)
+    if nz[0].size == 0:
+        return None
+    return tuple(int(a.min()) for a in nz), tuple(int(a.max()) + 1 for a in nz)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global generator inside the block only (initial weights), then restore."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
+@dataclass(frozen=True)
+class _Provenance:
+    """How a system's weights were made (written to the JSON card)."""
+
+    data: str = ""
+    train_time_s: float = 0.0
+    machine: str = ""
+    iterations: dict[str, int] = field(default_factory=dict)
+    notes: str = ""
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def _save_system(system: str, model: torch.nn.Module, config: Any, path: str | os.PathLike,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """``path`` (state dict) + ``path.with_suffix('.json')`` (config + provenance), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    card = {"system": system, "config": config.to_dict(), **(extra or {})}
+    if "machine" not in card:
+        card["machine"] = machine_description()
+    atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _load_card(system: str, path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise CheckpointError(f"{system} weights not found: {path}")
+    if not card_path.is_file():
+        raise CheckpointError(f"{system} card {card_path} is missing; it must sit next to the "
+                              ".pt file (it records the configuration the weights belong to)")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"card {card_path} is not valid JSON: {exc}") from exc
+    if card.get("system") != system:
+        raise CheckpointError(f"{path} holds a {card.get('system')!r} model, not a {system!r} "
+                              "one; load it with the matching system's loader")
+    return path, card
+
+
+def _load_state(model: torch.nn.Module, path: Path, system: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {system} weights {path}: {exc}") from exc
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"weights {path} do not match the {system} configuration in its "
+                              f"card: {str(exc)[:300]}") from exc
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    return select_device(device)

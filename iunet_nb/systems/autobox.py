@@ -1,0 +1,139 @@
+"""Automatic bounding box for iUnet: a detector's probability map -> a voxel :class:`Box`.
+
+iUnet needs a box around the organ (Boers et al. 2020: "the user must give the bounding box",
+one of its weaknesses). :func:`detect_box` takes it from any detector that returns a
+foreground probability on the CT's grid: the coarse stage of Zhou et al.
+(:class:`iunet_nb.systems.zhou.ZhouModel`, ``stage="coarse"`` or ``"fine"``), the Roth
+multi-organ FCN (:class:`iunet_nb.systems.roth.RothModel` for one of its organs), or a plain
+function ``volume -> probability``.
+
+The probability is thresholded; small connected components (false positives far from the
+organ would blow the box up) are dropped unless they hold at least ``min_component_frac`` of
+the largest one's voxels; the box is the bounding box of what is left, grown by
+``margin_vox`` and clipped to the image. iUnet's own preprocessing then adds its 5 % margin.
+
+Example:
+    >>> model = load_zhou("zhou/model.pt")                      # doctest: +SKIP
+    >>> box = detect_box(ct, model)                             # doctest: +SKIP
+    >>> session.predict(box)                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..errors import ConfigError, InputError
+from ..preprocess import Box
+from ..volume import Volume
+from ._common import _check_volume
+
+__all__ = ["BoxDetector", "detect_box", "box_recall", "box_contains"]
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class BoxDetector(Protocol):
+    """Anything that maps a CT to a foreground probability on its own grid."""
+
+    def organ_probability(self, image: Volume,
+                          device: str | torch.device | None = None) -> np.ndarray:
+        """float32 ``(z, y, x)`` probability of the organ, on ``image``'s grid."""
+        ...  # pragma: no cover
+
+
+def _probability(volume: Volume, detector: Any, device: str | torch.device | None
+                 ) -> np.ndarray:
+    if isinstance(detector, BoxDetector):
+        prob = detector.organ_probability(volume, device)
+    elif callable(detector):
+        prob = detector(volume)
+    else:
+        raise InputError(f"the detector must have an organ_probability(volume, device) method "
+                         f"(e.g. a ZhouModel or RothModel) or be a function volume -> "
+                         f"probability; got {type(detector).__name__}")
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.shape != volume.shape:
+        raise InputError(f"the detector returned probabilities of shape {prob.shape} for an image "
+                         f"of shape {volume.shape}; it must return them on the image's grid")
+    return prob
+
+
+def detect_box(volume: Volume, detector: BoxDetector | Callable[[Volume], np.ndarray], *,
+               threshold: float = 0.5, min_component_frac: float = 0.1,
+               margin_vox: Sequence[int] = (0, 0, 0), min_probability: float = 0.05,
+               device: str | torch.device | None = None) -> Box:
+    """A voxel box around the organ, found by a detector (no user input).
+
+    Args:
+        volume: CT in HU.
+        detector: a :class:`BoxDetector` (``organ_probability(volume, device)``) or a
+            function ``volume -> float32 (z, y, x)`` probability.
+        threshold: foreground threshold. When nothing reaches it but the maximum probability
+            is at least ``min_probability``, half the maximum is used instead (logged).
+        min_component_frac: keep 26-connected components with at least this fraction of the
+            largest component's voxels (0 keeps all, 1 only the largest).
+        margin_vox: voxels added on each side ``(z, y, x)`` before clipping to the image.
+        min_probability: below this maximum probability the organ counts as not found.
+        device: passed to the detector.
+
+    Returns:
+        A :class:`~iunet_nb.preprocess.Box` inside the image (``hi`` exclusive).
+
+    Raises:
+        InputError: the detector finds nothing (max probability < ``min_probability``), or
+            returns probabilities on another grid.
+        ConfigError: a threshold or fraction out of range.
+    """
+    _check_volume(volume, "volume")
+    if not 0 < threshold < 1:
+        raise ConfigError(f"threshold must be in (0, 1), got {threshold!r}")
+    if not 0 <= min_component_frac <= 1:
+        raise ConfigError(f"min_component_frac must be in [0, 1], got {min_component_frac!r}")
+    margin = tuple(int(m) for m in margin_vox)
+    if len(margin) != 3 or min(margin) < 0:
+        raise ConfigError(f"margin_vox must be three voxel counts >= 0 (z, y, x), got "
+                          f"{margin_vox!r}")
+    prob = _probability(volume, detector, device)
+    peak = float(prob.max())
+    mask = prob >= threshold
+    if not mask.any():
+        if peak < min_probability:
+            raise InputError(f"the detector found no organ in this image (maximum probability "
+                             f"{peak:.3f} < {min_probability}); draw the box by hand")
+        logger.warning("no voxel reaches probability %.2f (max %.3f); using %.3f instead",
+                       threshold, peak, peak / 2)
+        mask = prob >= peak / 2
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = np.flatnonzero(sizes >= min_component_frac * sizes.max()) + 1
+        mask = np.isin(labels, keep)
+        logger.debug("detect_box: kept %d of %d components", len(keep), n)
+    return Box.from_mask(mask).expand(margin).clip(volume.shape)
+
+
+def box_recall(box: Box, mask: np.ndarray) -> float:
+    """Fraction of the mask's voxels inside ``box`` (1.0 = the whole organ is inside).
+
+    Raises:
+        InputError: the mask is not 3D or is empty.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise InputError(f"box_recall expects a 3D mask (z, y, x), got shape {mask.shape}")
+    total = int(np.count_nonzero(mask))
+    if total == 0:
+        raise InputError("box_recall: the reference mask is empty")
+    inside = int(np.count_nonzero(mask[box.clip(mask.shape).slices]))
+    return inside / total
+
+
+def box_contains(box: Box, mask: np.ndarray) -> bool:
+    """True when every non-zero voxel of ``mask`` lies inside ``box``."""
+    return box_recall(box, mask) == 1.0

@@ -1,0 +1,97 @@
+"""Automatic box for iUnet: detector probabilities -> Box, component filtering, recall."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from iunet_nb.errors import ConfigError, InputError
+from iunet_nb.preprocess import Box
+from iunet_nb.systems import zhou
+from iunet_nb.systems.autobox import BoxDetector, box_contains, box_recall, detect_box
+from iunet_nb.volume import Geometry, Volume
+
+from conftest import make_ellipsoid
+
+
+@pytest.fixture
+def ct():
+    return Volume(np.zeros((20, 30, 40), np.float32), Geometry(spacing_mm=(2.0, 1.0, 1.0)))
+
+
+def _prob(shape, organ, blob=None, p=0.9):
+    prob = np.zeros(shape, np.float32)
+    prob[organ] = p
+    if blob is not None:
+        prob[blob] = p
+    return prob
+
+
+ORGAN = (slice(5, 12), slice(10, 20), slice(8, 25))
+BLOB = (slice(17, 19), slice(1, 3), slice(35, 37))   # 8 voxels, far away
+
+
+def test_box_is_the_organ_and_small_far_components_are_dropped(ct):
+    prob = _prob(ct.shape, ORGAN, BLOB)
+    box = detect_box(ct, lambda v: prob)
+    assert box == Box((5, 10, 8), (12, 20, 25))
+    assert detect_box(ct, lambda v: prob, min_component_frac=0.0) == Box((5, 1, 8), (19, 20, 37))
+
+
+def test_margin_is_added_and_clipped(ct):
+    prob = _prob(ct.shape, ORGAN)
+    assert detect_box(ct, lambda v: prob, margin_vox=(2, 3, 20)) == Box((3, 7, 0), (14, 23, 40))
+
+
+def test_low_probabilities_fall_back_to_half_the_maximum(ct, caplog):
+    prob = _prob(ct.shape, ORGAN, p=0.3)
+    prob[6, 12, 10] = 0.4           # the peak; 0.3 >= 0.4 / 2 keeps the whole organ
+    assert detect_box(ct, lambda v: prob) == Box((5, 10, 8), (12, 20, 25))
+    assert "using 0.200" in caplog.text
+
+
+def test_nothing_found_and_bad_detectors_raise(ct):
+    with pytest.raises(InputError, match="found no organ"):
+        detect_box(ct, lambda v: np.full(v.shape, 0.01, np.float32))
+    with pytest.raises(InputError, match="on the image's grid"):
+        detect_box(ct, lambda v: np.zeros((2, 2, 2), np.float32))
+    with pytest.raises(InputError, match="organ_probability"):
+        detect_box(ct, 42)
+    with pytest.raises(ConfigError, match="threshold"):
+        detect_box(ct, lambda v: v.array, threshold=1.5)
+    with pytest.raises(ConfigError, match="margin_vox"):
+        detect_box(ct, lambda v: v.array, margin_vox=(1, 2))
+
+
+def test_a_zhou_model_is_a_box_detector():
+    mask = make_ellipsoid((16, 24, 24), radii=(4, 5, 6))
+    ct = Volume(np.where(mask > 0, 150.0, -80.0).astype(np.float32))
+
+    class Thresh(torch.nn.Module):
+        min_size = 1
+
+        def forward(self, x):
+            return torch.where(x > 0, 50.0, -50.0)
+
+    model = zhou.ZhouModel(zhou.ZhouConfig(base_channels=2, depth=3))
+    for v in zhou.VIEWS:
+        model.coarse[v] = Thresh()
+        model.fine[v] = Thresh()
+    assert isinstance(model, BoxDetector)
+    box = detect_box(ct, model)
+    assert box == Box.from_mask(mask)
+    assert box_contains(box, mask)
+    fine = detect_box(ct, lambda v: model.organ_probability(v, stage="fine"))
+    assert fine == box
+
+
+def test_box_recall_counts_voxels_inside():
+    mask = np.zeros((4, 4, 4), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1                       # 8 voxels
+    assert box_recall(Box((1, 1, 1), (3, 3, 3)), mask) == 1.0
+    assert box_recall(Box((1, 1, 1), (2, 3, 3)), mask) == 0.5
+    assert box_recall(Box((0, 0, 0), (9, 9, 2)), mask) == 0.5   # clipped to the image
+    assert not box_contains(Box((1, 1, 1), (3, 3, 2)), mask)
+    with pytest.raises(InputError, match="empty"):
+        box_recall(Box((0, 0, 0), (1, 1, 1)), np.zeros((2, 2, 2)))
