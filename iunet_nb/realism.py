@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,9 +29,20 @@ from scipy import ndimage as ndi
 from .errors import GeometryError, InputError
 from .volume import Volume
 
-__all__ = ["HIST_EDGES_HU", "FAT_RANGE_HU", "AIR_MAX_HU", "NoiseTexture", "body_mask",
-           "tissue_masks", "tissue_statistics", "noise_texture", "overlap_coefficient", "compare",
-           "read_ircadb_tissues", "synthetic_tissues"]
+__all__ = [
+    "AIR_MAX_HU",
+    "FAT_RANGE_HU",
+    "HIST_EDGES_HU",
+    "NoiseTexture",
+    "body_mask",
+    "compare",
+    "noise_texture",
+    "overlap_coefficient",
+    "read_ircadb_tissues",
+    "synthetic_tissues",
+    "tissue_masks",
+    "tissue_statistics",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -184,12 +195,12 @@ def noise_texture(ct: Volume, mask: np.ndarray, *, window_mm: float = 4.0,
     if m.sum() < 100:
         raise InputError(f"the noise region has {int(m.sum())} voxels; give a homogeneous region "
                          "of at least 100 voxels (e.g. an eroded liver mask)")
-    sz, sy, sx = ct.spacing_mm
+    _, sy, sx = ct.spacing_mm
     box = ndi.find_objects(m.astype(np.uint8))[0]
     box = tuple(slice(max(b.start - 8, 0), b.stop + 8) for b in box)
     a = np.asarray(ct.array[box], np.float32)
     m = m[box]
-    w = max(3, int(round(window_mm / sy)) | 1)
+    w = max(3, round(window_mm / sy) | 1)
     mu = ndi.uniform_filter(a, (1, w, w))
     var = ndi.uniform_filter(a * a, (1, w, w)) - mu * mu
     inner = ndi.binary_erosion(m, np.ones((1, w, w), bool))
@@ -206,7 +217,7 @@ def noise_texture(ct: Volume, mask: np.ndarray, *, window_mm: float = 4.0,
             corr.append(float("nan"))
             continue
         corr.append(float(np.corrcoef(resid[tuple(lo)][both], resid[tuple(hi)][both])[0, 1]))
-    n = max(8, int(round(patch_mm / sy)))
+    n = max(8, round(patch_mm / sy))
     full = ndi.uniform_filter(m.astype(np.float32), (1, n, n), mode="constant") > 0.999
     cz, cy, cx = np.nonzero(full)
     if cz.size > max_patches:

@@ -56,10 +56,12 @@ noise sd 10-20 HU in soft tissue (IRCADb local sd 10 and 20 HU) with neighbour c
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -68,8 +70,19 @@ from ._config import JsonConfig
 from .errors import ConfigError, InputError
 from .volume import Geometry, Volume
 
-__all__ = ["BTCV", "PHANTOM_LABELS", "TISSUE", "GENERATOR_VERSION", "SynthConfig", "SynthCase",
-           "synthesize", "synthesize_ct", "phantom_labels", "make_phantom", "load_sample"]
+__all__ = [
+    "BTCV",
+    "GENERATOR_VERSION",
+    "PHANTOM_LABELS",
+    "TISSUE",
+    "SynthCase",
+    "SynthConfig",
+    "load_sample",
+    "make_phantom",
+    "phantom_labels",
+    "synthesize",
+    "synthesize_ct",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -439,7 +452,7 @@ def synthesize(labels: Volume, *, label_table: Mapping[str, int] = BTCV,
             tissue[inner] = TISSUE["bowel_content"]
             tissue[inner & (f3 >= q_gas)] = TISSUE["bowel_gas"]
             tissue[inner & (f3 < q_con) & (f3 < q_gas)] = TISSUE["oral_contrast"]
-    n_shell = max(1, int(round(1.0 / sp[1])))
+    n_shell = max(1, round(1.0 / sp[1]))
     cort = bone & ~ndi.binary_erosion(bone, iterations=n_shell)
     # a ~1 mm cortex in a thicker shell of voxels: partial volume lowers the shell's HU
     cort_frac = min(1.0, 1.0 / (n_shell * sp[1]))
@@ -592,7 +605,7 @@ def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, n: int = 48) -> np.n
 
 def _polyline(points: list[tuple[float, float, float]], step: float = 3.0) -> np.ndarray:
     pts = [np.asarray(points[0], float)]
-    for a, b in zip(points[:-1], points[1:]):
+    for a, b in itertools.pairwise(points):
         a, b = np.asarray(a, float), np.asarray(b, float)
         n = max(2, int(np.linalg.norm(b - a) / step))
         pts += list(a + (b - a) * np.linspace(0, 1, n)[1:, None])
@@ -736,7 +749,7 @@ def make_phantom(rng: np.random.Generator | int | None = None, *,
     labels = phantom_labels(rng, shape_zyx=shape_zyx, spacing_mm=spacing_mm)
     ct = synthesize_ct(labels, label_table=PHANTOM_LABELS, rng=rng, config=config)
     _, ny, nx = shape_zyx
-    pz, py, px = np.nonzero(labels.array == PHANTOM_LABELS["pancreas"])
+    _, py, px = np.nonzero(labels.array == PHANTOM_LABELS["pancreas"])
     cy = int(np.clip(round((py.min() + py.max()) / 2) - ny // 2, 0, labels.shape[1] - ny))
     cx = int(np.clip(round((px.min() + px.max()) / 2) - nx // 2, 0, labels.shape[2] - nx))
     box = (slice(None), slice(cy, cy + ny), slice(cx, cx + nx))

@@ -7,9 +7,17 @@ import pandas as pd
 import pytest
 
 from iunet_nb.errors import GeometryError, InputError
-from iunet_nb.realism import (HIST_EDGES_HU, body_mask, compare, noise_texture,
-                              overlap_coefficient, read_ircadb_tissues, synthetic_tissues,
-                              tissue_masks, tissue_statistics)
+from iunet_nb.realism import (
+    HIST_EDGES_HU,
+    body_mask,
+    compare,
+    noise_texture,
+    overlap_coefficient,
+    read_ircadb_tissues,
+    synthetic_tissues,
+    tissue_masks,
+    tissue_statistics,
+)
 from iunet_nb.synth import synthesize
 from iunet_nb.volume import Geometry, Volume
 
@@ -48,7 +56,7 @@ def test_overlap_coefficient_golden():
 
 
 def test_body_fat_air_masks_and_compare():
-    zz, yy, xx = np.mgrid[:6, :40, :40]
+    _, yy, xx = np.mgrid[:6, :40, :40]
     body = (yy - 20) ** 2 + (xx - 20) ** 2 < 15 ** 2
     a = np.where(body, -100.0, -1000.0).astype(np.float32)
     a[(yy - 20) ** 2 + (xx - 20) ** 2 < 5 ** 2] = -1000.0   # gas inside: must stay in the body

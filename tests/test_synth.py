@@ -11,11 +11,20 @@ from scipy import ndimage as ndi
 
 from iunet_nb.errors import ConfigError, InputError
 from iunet_nb.realism import noise_texture
-from iunet_nb.synth import (BTCV, PHANTOM_LABELS, TISSUE, SynthConfig, load_sample, make_phantom,
-                            phantom_labels, synthesize, synthesize_ct)
+from iunet_nb.synth import (
+    BTCV,
+    PHANTOM_LABELS,
+    TISSUE,
+    SynthConfig,
+    load_sample,
+    make_phantom,
+    phantom_labels,
+    synthesize,
+    synthesize_ct,
+)
 from iunet_nb.volume import Geometry, Volume
 
-SMALL = dict(shape_zyx=(24, 64, 64), spacing_mm=(2.5, 2.0, 2.0))
+SMALL = {"shape_zyx": (24, 64, 64), "spacing_mm": (2.5, 2.0, 2.0)}
 
 
 @pytest.fixture(scope="module")
