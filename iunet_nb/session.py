@@ -53,6 +53,7 @@ import dataclasses
 import datetime
 import hashlib
 import io as _io
+import itertools
 import json
 import logging
 import math
@@ -61,9 +62,10 @@ import threading
 import time
 import uuid
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -75,15 +77,21 @@ from .errors import ConfigError, InputError, IunetError, SessionError
 from .geodesic import NORMALISATIONS, scribble_weight_map
 from .losses import interactive_loss
 from .nets import EncodedFeatures, SegmentationNet
-from .preprocess import Box, CropRecord, crop_mask, preprocess_image, restore_probabilities
+from .preprocess import (
+    Box,
+    CropRecord,
+    crop_mask,
+    preprocess_image,
+    restore_probabilities,
+)
 from .volume import Volume
 
 __all__ = [
     "VIEWS",
     "RefineConfig",
     "Session",
-    "stroke_to_voxels",
     "fine_tune",
+    "stroke_to_voxels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -287,12 +295,12 @@ def stroke_to_voxels(shape: Sequence[int], spacing_mm: Sequence[float],
                          "the stroke to the image")
     scale_r, scale_c, radius = _brush_scale(spacing_mm, ra, ca, radius_mm, radius_vox)
     plane = np.zeros((n_r, n_c), dtype=bool)
-    segments = [(pts[0], pts[0])] if len(pts) == 1 else list(zip(pts[:-1], pts[1:]))
+    segments = [(pts[0], pts[0])] if len(pts) == 1 else list(itertools.pairwise(pts))
     for a, b in segments:
-        r0 = max(int(math.floor(min(a[0], b[0]) - radius / scale_r)), 0)
-        r1 = min(int(math.ceil(max(a[0], b[0]) + radius / scale_r)) + 1, n_r)
-        c0 = max(int(math.floor(min(a[1], b[1]) - radius / scale_c)), 0)
-        c1 = min(int(math.ceil(max(a[1], b[1]) + radius / scale_c)) + 1, n_c)
+        r0 = max(math.floor(min(a[0], b[0]) - radius / scale_r), 0)
+        r1 = min(math.ceil(max(a[0], b[0]) + radius / scale_r) + 1, n_r)
+        c0 = max(math.floor(min(a[1], b[1]) - radius / scale_c), 0)
+        c1 = min(math.ceil(max(a[1], b[1]) + radius / scale_c) + 1, n_c)
         if r1 <= r0 or c1 <= c0:
             continue
         rr = (np.arange(r0, r1, dtype=float)[:, None] - a[0]) * scale_r
@@ -392,10 +400,10 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
     if config.cached_encoder:
         if encoded is None:
             encoded = model.encode_frozen(x)
-        run: Callable[[], torch.Tensor] = lambda: model.decode_trainable(encoded)  # noqa: E731
+        run: Callable[[], torch.Tensor] = lambda: model.decode_trainable(encoded)
     else:
         encoded = None
-        run = lambda: model(x)  # noqa: E731
+        run = lambda: model(x)
     losses = []
     for _ in range(config.iterations):
         if should_stop is not None and should_stop():
@@ -438,7 +446,7 @@ class _Diff:
     new: bytes
 
     @classmethod
-    def make(cls, indices: np.ndarray, old: np.ndarray, new: np.ndarray) -> "_Diff":
+    def make(cls, indices: np.ndarray, old: np.ndarray, new: np.ndarray) -> _Diff:
         keep = old != new
         indices, old, new = indices[keep], old[keep], new[keep]
         deltas = np.diff(indices, prepend=np.int64(0)).astype(np.int64)
@@ -446,7 +454,7 @@ class _Diff:
                    _zip(new.astype(np.uint8)))
 
     @classmethod
-    def between(cls, before: np.ndarray, after: np.ndarray, region: Box | None = None) -> "_Diff":
+    def between(cls, before: np.ndarray, after: np.ndarray, region: Box | None = None) -> _Diff:
         """Diff of two whole arrays, optionally only inside ``region`` (the rest is equal)."""
         if region is None:
             idx = np.flatnonzero(before != after)
@@ -547,7 +555,7 @@ class _Entry:
         return buf.getvalue()
 
     @classmethod
-    def from_npz_bytes(cls, data: bytes) -> "_Entry":
+    def from_npz_bytes(cls, data: bytes) -> _Entry:
         with np.load(_io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
@@ -912,7 +920,7 @@ class Session:
             new_mask = np.zeros_like(self._mask)
             _, _, record = self._working_grid(self._box)
             new_mask[record.crop.slices] = self._restore_crop(prob, self._box)
-            self._force(new_mask, None if keep_scribbles else np.zeros_like(self._scribbles))
+            self._force(new_mask, keep=keep_scribbles)
             entry = _Entry(uuid.uuid4().hex, "reset", {"keep_scribbles": keep_scribbles},
                            mask=_Diff.between(self._mask, new_mask),
                            scribbles_before=before_scrib, scribbles_after=after_scrib,
@@ -1098,7 +1106,7 @@ class Session:
         def work() -> None:
             try:
                 result = self._run_refine(job, future)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
+            except BaseException as exc:
                 logger.exception("asynchronous refinement failed")
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     if not future.cancelled():
@@ -1130,10 +1138,10 @@ class Session:
         if executor is not None:
             executor.shutdown(wait=True)
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- undo / redo -------------------------------------------------------------------------------
@@ -1240,14 +1248,14 @@ class Session:
             if radius_mm is not None or radius_vox is not None:
                 raise InputError("points are painted exactly; a brush radius applies to strokes")
             idx = _points_to_voxels(shape, points)
-            return idx, {"kind": "points", "n_points": int(len(np.atleast_2d(points)))}
+            return idx, {"kind": "points", "n_points": len(np.atleast_2d(points))}
         if slice_index is None:
             raise InputError(f"a stroke needs the slice_index of the {view!r} slice it is on")
         idx = stroke_to_voxels(shape, self._volume.spacing_mm, stroke, view, slice_index,
                                radius_mm=radius_mm, radius_vox=radius_vox)
         info = {"kind": "stroke", "view": view, "slice_index": int(slice_index),
                 "radius_mm": radius_mm, "radius_vox": radius_vox,
-                "n_points": int(len(_as_points(stroke, 2, "stroke")))}
+                "n_points": len(_as_points(stroke, 2, "stroke"))}
         return idx, info
 
     # -- state changes (lock held) ------------------------------------------------------------------
@@ -1287,12 +1295,12 @@ class Session:
             flat[s.indices] = s.label
         self._scribbles = arr
 
-    def _force(self, mask: np.ndarray, scribbles: np.ndarray | None = None) -> None:
-        if not self._config.force_scribbles:
+    def _force(self, mask: np.ndarray, keep: bool = True) -> None:
+        """Set scribble voxels to their label in ``mask`` (no-op when not keep or not enabled)."""
+        if not self._config.force_scribbles or not keep or not self._registry:
             return
-        scribbles = self._scribbles if scribbles is None else scribbles
-        mask[scribbles == _FG] = 1
-        mask[scribbles == _BG] = 0
+        idx = np.unique(np.concatenate([s.indices for s in self._registry.values()]))
+        mask.ravel()[idx] = (self._scribbles.ravel()[idx] == _FG).astype(np.uint8)
 
     def _commit(self, entry: _Entry, t0: float, details: dict[str, Any]) -> None:
         """Push an applied entry on the undo stack, bound the history, autosave, log."""
@@ -1600,7 +1608,7 @@ class Session:
     @classmethod
     def load(cls, folder: str | os.PathLike, volume: Volume, model: SegmentationNet,
              card: ModelCard, *, reference: Volume | None = None, device: str | None = None,
-             use_previous: bool = False) -> "Session":
+             use_previous: bool = False) -> Session:
         """Resume a session from its autosave folder with the identical state.
 
         Restores the mask, scribbles, trained parameters, last probabilities, undo/redo

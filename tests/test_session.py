@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import datetime
+import itertools
+import json
 import threading
 
 import numpy as np
@@ -56,7 +57,7 @@ def case(ellipsoid_case):
 
 
 def _session(case, model, card, cfg, **kw) -> Session:
-    ct, ref, box = case
+    ct, _, box = case
     return Session(ct, model, card, box, config=cfg, **kw)
 
 
@@ -149,7 +150,7 @@ def test_bad_labels_and_ids(case, model, card, cfg):
 
 
 def test_refine_preconditions(case, model, card, cfg):
-    ct, ref, box = case
+    ct, _, box = case
     s = Session(ct, model, card, None, config=cfg)
     with pytest.raises(SessionError, match="no box"):
         s.predict()
@@ -306,7 +307,7 @@ def test_history_memory_is_bounded(case, model, card):
 
 # ----------------------------------------------------------------------------- autosave / load
 def test_autosave_and_load_resume_identically(case, model, card, cfg, tmp_path):
-    ct, ref, _ = case
+    ct, _, _ = case
     folder = tmp_path / "s1"
     s = _session(case, model, card, cfg, folder=folder, case_id="c1", reader_id="r1")
     _mixed_actions(s)
@@ -334,7 +335,7 @@ def test_autosave_and_load_resume_identically(case, model, card, cfg, tmp_path):
 
 
 def test_load_with_another_ct_or_model_is_refused(case, model, card, cfg, tmp_path):
-    ct, ref, _ = case
+    ct, _, _ = case
     s = _session(case, model, card, cfg, folder=tmp_path / "s")
     s.predict()
     other = Volume(ct.array + np.float32(1.0), ct.geometry)
@@ -376,7 +377,7 @@ def test_truncated_autosave_is_refused_and_the_previous_state_survives(case, mod
 
 # ----------------------------------------------------------------------------- events
 def test_event_log_has_one_line_per_action(case, model, card, cfg, tmp_path):
-    ct, ref, _ = case
+    _, ref, _ = case
     folder = tmp_path / "s"
     s = _session(case, model, card, cfg, folder=folder, case_id="case7", reader_id="reader2",
                  reference=ref)
@@ -394,7 +395,7 @@ def test_event_log_has_one_line_per_action(case, model, card, cfg, tmp_path):
         assert e["session_id"] == s.session_id and e["case_id"] == "case7"
         assert e["reader_id"] == "reader2" and e["duration_s"] >= 0
         assert datetime.datetime.fromisoformat(e["t_wall"]).utcoffset() == datetime.timedelta(0)
-    assert all(a["t_monotonic"] <= b["t_monotonic"] for a, b in zip(events, events[1:]))
+    assert all(a["t_monotonic"] <= b["t_monotonic"] for a, b in itertools.pairwise(events))
     # DSC recomputed independently for the exported mask
     out = read_mask(tmp_path / "out.nii.gz").array.astype(bool)
     r = ref.array.astype(bool)
