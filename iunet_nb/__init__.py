@@ -2,7 +2,8 @@
 
 The engine is headless (no widget imports): ``io`` (read/write with geometry), ``preprocess``
 (window, smooth, crop, resample and inverse), ``nets``, ``losses``, ``augment``, ``train``,
-``predict``, ``evaluate``, ``geodesic``, ``datasets``, ``checkpoint``.
+``predict``, ``evaluate``, ``geodesic``, ``datasets``, ``checkpoint``, ``synth`` (synthetic CT
+and the bundled sample), ``session`` (the interactive engine every front end drives).
 """
 
 from .augment import AugmentConfig, augment_batch
@@ -20,6 +21,8 @@ from .nets import NetConfig, build_network
 from .predict import make_box, predict_probabilities, segment
 from .preprocess import (Box, CropRecord, PreprocessConfig, crop_mask, preprocess_image,
                          restore_mask, restore_probabilities)
+from .session import RefineConfig, Session, stroke_to_voxels
+from .synth import SynthConfig, load_sample, make_phantom, synthesize_ct
 from .train import TrainConfig, prepare_cases, train
 from .volume import Geometry, Volume
 
@@ -47,5 +50,7 @@ __all__ = [
     "dice", "jaccard", "precision", "recall", "volume_ml", "volume_difference",
     "hausdorff95", "surface_dice", "evaluate_case", "summarize",
     # interactive
-    "geodesic_distance", "scribble_weight_map",
+    "geodesic_distance", "scribble_weight_map", "RefineConfig", "Session", "stroke_to_voxels",
+    # synthetic data and the bundled sample
+    "SynthConfig", "synthesize_ct", "make_phantom", "load_sample",
 ]
