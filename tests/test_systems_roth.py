@@ -1,0 +1,217 @@
+"""Roth et al. multi-organ 3D FCN: label mapping, weighted Dice, B-spline/patch sampling, tiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from iunet_nb.errors import CheckpointError, ConfigError, InputError
+from iunet_nb.losses import one_hot, soft_dice_loss
+from iunet_nb.nets import count_parameters
+from iunet_nb.systems import roth
+from iunet_nb.systems.roth import (BTCV_TO_ROTH, ROTH_ORGANS, RothConfig, RothModel,
+                                   bspline_displacement, load_roth, map_labels, predict_roth,
+                                   train_roth, weighted_dice_loss)
+from iunet_nb.volume import Geometry, Volume
+
+from conftest import make_ellipsoid
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = RothConfig(base_channels=2, depth=2, patch_size=(8, 8, 8), batch_size=2, iterations=2,
+                  lr=1e-3, downsample=(1.0, 2.0, 2.0), bspline_spacing=4, bspline_max_disp=1.0,
+                  translation_vox=2.0, tile_z=8)
+
+
+def _case(seed=0, shape=(12, 24, 24)):
+    g = Geometry(spacing_mm=(3.0, 1.0, 1.0), origin_mm=(5.0, -3.0, 20.0))
+    lab = np.zeros(shape, np.int16)
+    lab[make_ellipsoid(shape, center=(6, 8, 8), radii=(3, 4, 4)) > 0] = 6    # liver
+    lab[make_ellipsoid(shape, center=(6, 16, 16), radii=(2, 3, 3)) > 0] = 11  # pancreas
+    hu = {0: -80.0, 6: 110.0, 11: 60.0}
+    ct = np.vectorize(hu.get)(lab).astype(np.float32)
+    ct += np.random.default_rng(seed).normal(0, 5, shape).astype(np.float32)
+    return Volume(ct, g), Volume(lab, g)
+
+
+def test_btcv_mapping_is_the_issue_table():
+    lab = np.arange(14, dtype=np.int16).reshape(1, 1, 14)
+    out = map_labels(lab)[0, 0]
+    #          bg sp rk lk gb es li st ao ivc pv pa ra la
+    expected = [0, 4, 0, 0, 6, 0, 3, 5, 1, 2, 2, 7, 0, 0]
+    assert out.tolist() == expected
+    assert ROTH_ORGANS[out[11] - 1] == "pancreas" and BTCV_TO_ROTH["vein"] == (9, 10)
+    with pytest.raises(InputError, match="unknown organ"):
+        map_labels(lab, {"kidney": (2,)})
+    with pytest.raises(InputError, match="integer"):
+        map_labels(lab.astype(float))
+
+
+def test_full_scale_network_has_the_seeds_19m_parameters():
+    cfg = RothConfig()
+    assert (cfg.patch_size, cfg.batch_size, cfg.iterations, cfg.lr) == ((64,) * 3, 3, 50000, 1e-2)
+    assert (cfg.bspline_max_disp, cfg.bspline_spacing, cfg.downsample) == (4.0, 24, (4.0,) * 3)
+    from iunet_nb.nets import build_network
+    n = count_parameters(build_network(cfg.net_config))
+    assert 18.5e6 < n < 19.5e6
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(patch_size=(60, 64, 64)), "multiples of 8"),
+    (dict(tile_z=36), "tile_z must be a multiple of 8"),
+    (dict(class_weights=(1.0, 1.0)), "8 non-negative weights"),
+    (dict(tile_overlap=1.0), "tile_overlap"),
+    (dict(rotation_deg=-1.0), "rotation_deg"),
+])
+def test_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        RothConfig(**kwargs)
+
+
+def test_weighted_dice_equals_soft_dice_with_unit_weights_and_weights_classes():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 3, 4, 5, 6, generator=g), 1)
+    target = one_hot(torch.randint(0, 3, (2, 4, 5, 6), generator=g), 3)
+    torch.testing.assert_close(weighted_dice_loss(probs, target, [1, 1, 1]),
+                               soft_dice_loss(probs, target))
+    # independent: per item/class Dice by hand
+    inter = (probs * target).sum((2, 3, 4))
+    dice = (2 * inter + 1e-6) / (probs.sum((2, 3, 4)) + target.sum((2, 3, 4)) + 1e-6)
+    expected = -(dice * torch.tensor([0.0, 2.0, 1.0])).mean()
+    torch.testing.assert_close(weighted_dice_loss(probs, target, [0.0, 2.0, 1.0]), expected)
+    with pytest.raises(InputError, match="3 weights"):
+        weighted_dice_loss(probs, target, [1, 1])
+
+
+def test_bspline_is_bounded_smooth_and_seeded():
+    d = bspline_displacement((20, 30, 30), 8, 4.0, np.random.default_rng(0))
+    assert d.shape == (3, 20, 30, 30) and np.abs(d).max() <= 4.0 and np.abs(d).max() > 0.5
+    # smooth: neighbour differences far below the amplitude
+    assert np.abs(np.diff(d, axis=3)).max() < 1.0
+    np.testing.assert_array_equal(d, bspline_displacement((20, 30, 30), 8, 4.0,
+                                                          np.random.default_rng(0)))
+    # constant coefficients reproduce the constant (partition of unity)
+    rng = np.random.default_rng(1)
+    flat = bspline_displacement((5, 5, 5), 4, 0.0, rng)
+    assert not flat.any()
+
+
+def test_patch_without_augmentation_is_a_plain_crop():
+    cfg = RothConfig(**{**TINY.to_dict(), "rotation_deg": 0.0, "translation_vox": 0.0,
+                        "bspline_max_disp": 0.0})
+    img = torch.arange(20 * 21 * 22, dtype=torch.float32).reshape(20, 21, 22) / 1e4
+    lab = (torch.arange(20 * 21 * 22) % 7).reshape(20, 21, 22).to(torch.uint8)
+    rng = np.random.default_rng(3)
+    coords = roth._patch_grid(img.shape, cfg, rng)
+    # re-draw the centre independently: first 3 draws of the same generator
+    again = np.random.default_rng(3)
+    centre = [again.uniform(0, n - 1) for n in img.shape]
+    np.testing.assert_allclose(coords[0, 0, 0], np.array(centre) - 3.5, atol=1e-9)
+    # integer coordinates: sampling reproduces the voxels exactly
+    coords = np.stack(np.meshgrid(np.arange(2, 10), np.arange(3, 11), np.arange(4, 12),
+                                  indexing="ij"), -1).astype(float)
+    x, y = roth._sample(img, lab, coords)
+    torch.testing.assert_close(x, img[2:10, 3:11, 4:12], atol=1e-5, rtol=0)
+    assert torch.equal(y, lab[2:10, 3:11, 4:12].long())
+    # outside the image: air (-1) and background
+    x, y = roth._sample(img, lab, coords - 30)
+    assert torch.allclose(x, torch.tensor(-1.0)) and not y.any()
+
+
+def test_tiles_cover_the_volume_with_overlap():
+    assert roth._tiles(10, 16, 0.5) == [0]
+    assert roth._tiles(64, 32, 0.5) == [0, 16, 32]
+    assert roth._tiles(70, 32, 0.5) == [0, 16, 32, 38]
+    assert roth._tiles(64, 32, 0.0) == [0, 32]
+
+
+class _Const(nn.Module):
+    """Stub FCN: logits that depend on the input only through a per-voxel rule."""
+
+    def forward(self, x):
+        # class 3 (liver) where bright, else background; other classes very unlikely
+        out = torch.full((x.shape[0], 8, *x.shape[2:]), -20.0)
+        out[:, 0] = torch.where(x[:, 0] > 0.5, -20.0, 20.0)
+        out[:, 3] = torch.where(x[:, 0] > 0.5, 20.0, -20.0)
+        return out
+
+
+def test_predict_tiles_and_restores_the_grid():
+    ct, lab = _case(shape=(20, 24, 24))
+    cfg = RothConfig(**{**TINY.to_dict(), "hu_window": (-100.0, 140.0), "tile_z": 8,
+                        "downsample": (1.0, 1.0, 1.0)})
+    model = RothModel(cfg)
+    model.net = _Const()
+    pred = predict_roth(ct, model)
+    liver = (lab.array == 6)
+    # windowed > 0.5 <=> HU > 80: the liver (110 HU), not the pancreas (60)
+    np.testing.assert_array_equal(pred.organ_mask("liver").array, liver.astype(np.uint8))
+    assert pred.labels.geometry == ct.geometry and set(np.unique(pred.labels.array)) <= {0, 3}
+    prob = model.organ_probability(ct, organ="liver")
+    assert prob.shape == ct.shape and prob[liver].min() > 0.99
+    with pytest.raises(ConfigError, match="organ must be one of"):
+        pred.organ_mask("kidney")
+
+
+def test_predict_on_a_downsampled_grid():
+    g = Geometry(spacing_mm=(3.0, 1.0, 1.0))
+    liver = make_ellipsoid((16, 32, 32), radii=(5, 10, 10)) > 0
+    # 240 / -80 HU: the threshold (80 HU) is the midpoint, so partial volume is symmetric
+    ct = Volume(np.where(liver, 240.0, -80.0).astype(np.float32), g)
+    cfg = RothConfig(**{**TINY.to_dict(), "hu_window": (-100.0, 140.0),
+                        "downsample": (1.0, 2.0, 2.0)})
+    model = RothModel(cfg)
+    model.net = _Const()
+    pred = predict_roth(ct, model)
+    got = pred.labels.array == 3
+    assert pred.labels.shape == ct.shape
+    assert 2 * (got & liver).sum() / (got.sum() + liver.sum()) > 0.93
+    np.testing.assert_allclose(np.argwhere(got).mean(0), np.argwhere(liver).mean(0), atol=0.2)
+
+
+def test_train_seeded_save_load(tmp_path):
+    cases = [_case(0), _case(1)]
+    a = train_roth(cases, TINY, tmp_path, progress=False, data_description="toy")
+    b = train_roth(cases, TINY, None, progress=False)
+    assert len(a.losses) == 2 and np.isfinite(a.losses).all() and a.losses == b.losses
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["system"] == "roth" and RothConfig.from_dict(card["config"]) == TINY
+    loaded = load_roth(tmp_path / "model.pt")
+    np.testing.assert_array_equal(predict_roth(cases[0][0], loaded).labels.array,
+                                  predict_roth(cases[0][0], a.model).labels.array)
+    with pytest.raises(CheckpointError, match="'roth' model, not a 'zhou'"):
+        from iunet_nb.systems.zhou import load_zhou
+        load_zhou(tmp_path / "model.pt")
+
+
+def test_train_input_errors():
+    ct, lab = _case()
+    with pytest.raises(InputError, match="at least one"):
+        train_roth([], TINY, progress=False)
+    with pytest.raises(InputError, match="none of|any of the Roth organs"):
+        train_roth([(ct, lab.with_array(np.full(lab.shape, 2, np.int16)))], TINY,
+                   progress=False)
+    with pytest.raises(InputError, match="labels above 7"):
+        train_roth([(ct, lab)], TINY, label_table=None, progress=False)
+    with pytest.raises(InputError, match="RothModel"):
+        predict_roth(ct, nn.Linear(1, 1))
+
+
+@pytest.mark.slow
+def test_training_reduces_the_loss():
+    cases = [_case(i, shape=(16, 24, 24)) for i in range(2)]
+    cfg = RothConfig(**{**TINY.to_dict(), "iterations": 60, "base_channels": 4,
+                        "patch_size": (8, 16, 16), "lr": 3e-3})
+    result = train_roth(cases, cfg, progress=False)
+    assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10]) - 0.05
