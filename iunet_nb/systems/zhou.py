@@ -157,14 +157,14 @@ class ZhouConfig(JsonConfig):
 
     @classmethod
     def reduced(cls, **changes: Any) -> "ZhouConfig":
-        """The documented CPU scale (about 4 minutes on 2 cores for 20 BTCV-sized cases).
+        """The documented CPU scale (about 6 minutes on one core for 20 BTCV-sized cases).
 
-        4 mm voxels; FCN with 4 blocks of 8-16-32-64 channels; 400 coarse and 300 fine steps
-        per view with 4 slice stacks per step; Adam lr 1e-3; margins 2..4 px and a 3 px frame
+        4 mm voxels; FCN with 4 blocks of 8-16-32-64 channels; 2000 coarse and 1000 fine
+        steps per view with 4 slice stacks per step; Adam lr 1e-3; margins 2..4 px and a 3 px frame
         (the seed's 7..14 mm and ~10 mm at 4 mm voxels). Any field can be overridden.
         """
-        base = dict(voxel_mm=(4.0, 4.0, 4.0), base_channels=8, depth=4, coarse_iterations=400,
-                    fine_iterations=300, batch_size=4, lr=1e-3, fine_margin_px=(2, 4),
+        base = dict(voxel_mm=(4.0, 4.0, 4.0), base_channels=8, depth=4, coarse_iterations=2000,
+                    fine_iterations=1000, batch_size=4, lr=1e-3, fine_margin_px=(2, 4),
                     test_frame_px=3)
         base.update(changes)
         return cls(**base)
