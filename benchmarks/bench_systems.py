@@ -79,7 +79,8 @@ def bench_zhou(train_cases, test_cases, args) -> dict:
         t0 = time.perf_counter()
         pred = predict_zhou(ct, result.model)
         seconds = time.perf_counter() - t0
-        for stage, mask in (("coarse", pred.coarse_mask.array), ("coarse-to-fine", pred.mask.array)):
+        for stage, mask in (("coarse", pred.coarse_mask.array),
+                            ("coarse-to-fine", pred.mask.array)):
             rows.append({"case": cid, "method": f"zhou {stage}", "predict_s": round(seconds, 2),
                          "iterations": pred.iterations,
                          **evaluate_case(mask, ref, ct.spacing_mm)})
@@ -106,6 +107,85 @@ def bench_zhou(train_cases, test_cases, args) -> dict:
             "boxes": boxes}
 
 
+def bench_roth(train_cases, test_cases, args) -> dict:
+    from iunet_nb.systems.autobox import box_recall, detect_box
+    from iunet_nb.systems.roth import (
+        BTCV_TO_ROTH,
+        ROTH_ORGANS,
+        RothConfig,
+        predict_roth,
+        train_roth,
+    )
+
+    cfg = RothConfig.reduced(seed=args.seed, **json.loads(args.overrides or "{}"))
+    result = train_roth([(ct, lab) for _, ct, lab in train_cases], cfg, args.model_dir,
+                        progress=False, data_description=f"btcv-synth, {len(train_cases)} cases")
+    rows, boxes = [], []
+    margin = PreprocessConfig()
+    for cid, ct, lab in test_cases:
+        t0 = time.perf_counter()
+        pred = predict_roth(ct, result.model)
+        seconds = time.perf_counter() - t0
+        for organ in ROTH_ORGANS:
+            ref = np.isin(lab.array, BTCV_TO_ROTH[organ]).astype(np.uint8)
+            if not ref.any():
+                continue
+            rows.append({"case": cid, "method": f"roth {organ}", "predict_s": round(seconds, 2),
+                         **evaluate_case(pred.organ_mask(organ).array, ref, ct.spacing_mm)})
+        ref = (lab.array == BTCV_LABELS["pancreas"]).astype(np.uint8)
+        prob = result.model.organ_probability(ct, organ="pancreas")
+        for threshold in (0.5, 0.3, 0.1):
+            for margin_vox in (0, 5, 10):
+                try:
+                    box = detect_box(ct, lambda v, p=prob: p, threshold=threshold,
+                                     margin_vox=(margin_vox,) * 3)
+                except Exception as exc:  # noqa: BLE001
+                    boxes.append({"case": cid, "stage": "roth", "threshold": threshold,
+                                  "margin_vox": margin_vox, "found": False, "error": str(exc)})
+                    continue
+                wide = box.expand(margin.margin_zyx(ct.shape)).clip(ct.shape)
+                boxes.append({"case": cid, "stage": "roth", "threshold": threshold,
+                              "margin_vox": margin_vox, "found": True,
+                              "recall_tight": round(box_recall(box, ref), 4),
+                              "recall_iunet_margin": round(box_recall(wide, ref), 4),
+                              "box_size": list(box.size)})
+    return {"config": cfg.to_dict(), "train_time_s": result.train_time_s, "rows": rows,
+            "boxes": boxes}
+
+
+def bench_kloenne(train_cases, test_cases, args) -> dict:
+    from iunet_nb.systems.kloenne import KloenneConfig, predict_kloenne, select_top_k, train_kloenne
+
+    pancreas = BTCV_LABELS["pancreas"]
+    pairs = [(ct, lab.with_array((lab.array == pancreas).astype(np.uint8)))
+             for _, ct, lab in train_cases]
+    val = pairs[-3:]
+    fit = pairs[:-3]
+    results, train_s, configs = [], 0.0, []
+    overrides = json.loads(args.overrides or "{}")
+    kinds = [dict(arch="unet", dims=2), dict(arch="msd", dims=2), dict(arch="unet", dims=3)]
+    for kind in kinds:
+        cfg = KloenneConfig.reduced(seed=args.seed, **{**kind, **overrides})
+        configs.append(cfg.to_dict())
+        r = train_kloenne(fit, cfg, None, validation=val, progress=False,
+                          data_description=f"btcv-synth, {len(fit)} cases")
+        results.append(r)
+        train_s += r.train_time_s
+    rows = []
+    members = [(r.model.config.kind, r.model) for r in results]
+    members.append(("ensemble top-1 per kind", select_top_k(results, k=1)))
+    for cid, ct, lab in test_cases:
+        ref = (lab.array == pancreas).astype(np.uint8)
+        for name, model in members:
+            t0 = time.perf_counter()
+            mask = predict_kloenne(ct, model)
+            rows.append({"case": cid, "method": f"kloenne {name}",
+                         "predict_s": round(time.perf_counter() - t0, 2),
+                         **evaluate_case(mask.array, ref, ct.spacing_mm)})
+    return {"configs": configs, "train_time_s": round(train_s, 1), "rows": rows,
+            "validation_dsc": {r.model.config.kind: r.validation_dsc for r in results}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("system", choices=["zhou", "roth", "kloenne"])
@@ -127,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cases = load_btcv_synth(args.data, args.cache, args.limit)
     train_cases, test_cases = split(cases, args.k, args.fold, args.seed)
-    bench = {"zhou": bench_zhou}
+    bench = {"zhou": bench_zhou, "roth": bench_roth, "kloenne": bench_kloenne}
     out = bench[args.system](train_cases, test_cases, args)
     out.update(system=args.system, machine=machine_description(), k=args.k, fold=args.fold,
                n_train=len(train_cases), n_test=len(test_cases),
@@ -139,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             for m in ("dice", "hd95_mm") if m in table.index)
             + f" (min DSC {table.loc['dice', 'min']:.3f}, n={int(table.loc['dice', 'n'])})")
     if out.get("boxes"):
-        for stage in ("coarse", "fine"):
+        for stage in dict.fromkeys(r["stage"] for r in out["boxes"]):
             for threshold in (0.5, 0.3, 0.1):
                 for margin_vox in (0, 5, 10):
                     b = [r for r in out["boxes"] if r["stage"] == stage

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_ellipsoid
 
 from iunet_nb.errors import ConfigError, InputError
 from iunet_nb.preprocess import Box
 from iunet_nb.systems import zhou
 from iunet_nb.systems.autobox import BoxDetector, box_contains, box_recall, detect_box
 from iunet_nb.volume import Geometry, Volume
-
-from conftest import make_ellipsoid
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_ellipsoid
 
 from iunet_nb.errors import ConfigError
 from iunet_nb.io import read_label_map, read_mask, write_image, write_mask
@@ -16,8 +17,6 @@ from iunet_nb.systems import add_cli, zhou
 from iunet_nb.systems.kloenne import KloenneConfig, KloenneModel
 from iunet_nb.systems.roth import RothConfig, RothModel
 from iunet_nb.volume import Geometry, Volume
-
-from conftest import make_ellipsoid
 
 
 @pytest.fixture(autouse=True)

@@ -8,16 +8,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_ellipsoid
 
 from iunet_nb.errors import CheckpointError, ConfigError, InputError
 from iunet_nb.systems import kloenne
-from iunet_nb.systems.kloenne import (KloenneConfig, KloenneEnsemble, KloenneModel, MSDNet,
-                                      UNetND, load_kloenne, percentile_window,
-                                      predict_kloenne, select_top_k, slice_count_folds,
-                                      train_kloenne)
+from iunet_nb.systems.kloenne import (
+    KloenneConfig,
+    KloenneEnsemble,
+    KloenneModel,
+    MSDNet,
+    UNetND,
+    load_kloenne,
+    percentile_window,
+    predict_kloenne,
+    select_top_k,
+    slice_count_folds,
+    train_kloenne,
+)
 from iunet_nb.volume import Geometry, Volume
-
-from conftest import make_ellipsoid
 
 
 @pytest.fixture(autouse=True)

@@ -7,18 +7,26 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_ellipsoid
 from torch import nn
 
 from iunet_nb.errors import CheckpointError, ConfigError, InputError
 from iunet_nb.losses import one_hot, soft_dice_loss
 from iunet_nb.nets import count_parameters
 from iunet_nb.systems import roth
-from iunet_nb.systems.roth import (BTCV_TO_ROTH, ROTH_ORGANS, RothConfig, RothModel,
-                                   bspline_displacement, load_roth, map_labels, predict_roth,
-                                   train_roth, weighted_dice_loss)
+from iunet_nb.systems.roth import (
+    BTCV_TO_ROTH,
+    ROTH_ORGANS,
+    RothConfig,
+    RothModel,
+    bspline_displacement,
+    load_roth,
+    map_labels,
+    predict_roth,
+    train_roth,
+    weighted_dice_loss,
+)
 from iunet_nb.volume import Geometry, Volume
-
-from conftest import make_ellipsoid
 
 
 @pytest.fixture(autouse=True)

@@ -18,14 +18,45 @@ from __future__ import annotations
 
 from .autobox import BoxDetector, box_contains, box_recall, detect_box
 from .commands import SYSTEMS, add_cli, load_label_map_cases
-from .kloenne import (KloenneConfig, KloenneEnsemble, KloenneModel, KloenneTrainResult, MSDNet,
-                      UNetND, load_kloenne, percentile_window, predict_kloenne, select_top_k,
-                      slice_count_folds, train_kloenne)
-from .roth import (BTCV_TO_ROTH, ROTH_ORGANS, RothConfig, RothModel, RothPrediction,
-                   RothTrainResult, bspline_displacement, load_roth, map_labels, predict_roth,
-                   train_roth, weighted_dice_loss)
-from .zhou import (FCN2D, VIEWS, ZhouConfig, ZhouModel, ZhouPrediction, ZhouTrainResult,
-                   load_zhou, predict_zhou, train_zhou)
+from .kloenne import (
+                      KloenneConfig,
+                      KloenneEnsemble,
+                      KloenneModel,
+                      KloenneTrainResult,
+                      MSDNet,
+                      UNetND,
+                      load_kloenne,
+                      percentile_window,
+                      predict_kloenne,
+                      select_top_k,
+                      slice_count_folds,
+                      train_kloenne,
+)
+from .roth import (
+                      BTCV_TO_ROTH,
+                      ROTH_ORGANS,
+                      RothConfig,
+                      RothModel,
+                      RothPrediction,
+                      RothTrainResult,
+                      bspline_displacement,
+                      load_roth,
+                      map_labels,
+                      predict_roth,
+                      train_roth,
+                      weighted_dice_loss,
+)
+from .zhou import (
+                      FCN2D,
+                      VIEWS,
+                      ZhouConfig,
+                      ZhouModel,
+                      ZhouPrediction,
+                      ZhouTrainResult,
+                      load_zhou,
+                      predict_zhou,
+                      train_zhou,
+)
 
 __all__ = [
     # automatic box

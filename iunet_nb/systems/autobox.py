@@ -21,7 +21,8 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from ..preprocess import Box
 from ..volume import Volume
 from ._common import _check_volume
 
-__all__ = ["BoxDetector", "detect_box", "box_recall", "box_contains"]
+__all__ = ["BoxDetector", "box_contains", "box_recall", "detect_box"]
 
 logger = logging.getLogger(__name__)
 

@@ -48,9 +48,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,12 +64,33 @@ from ..checkpoint import machine_description
 from ..errors import ConfigError, InputError
 from ..losses import tanimoto_ce_loss
 from ..volume import Volume
-from ._common import (_check_pair, _check_positive_int, _check_volume, _device, _dice,
-                      _load_card, _load_state, _now, _save_system, _seeded)
+from ._common import (
+    _check_pair,
+    _check_positive_int,
+    _check_volume,
+    _device,
+    _dice,
+    _load_card,
+    _load_state,
+    _now,
+    _save_system,
+    _seeded,
+)
 
-__all__ = ["KloenneConfig", "UNetND", "MSDNet", "KloenneModel", "KloenneEnsemble",
-           "KloenneTrainResult", "percentile_window", "slice_count_folds", "train_kloenne",
-           "predict_kloenne", "select_top_k", "load_kloenne"]
+__all__ = [
+    "KloenneConfig",
+    "KloenneEnsemble",
+    "KloenneModel",
+    "KloenneTrainResult",
+    "MSDNet",
+    "UNetND",
+    "load_kloenne",
+    "percentile_window",
+    "predict_kloenne",
+    "select_top_k",
+    "slice_count_folds",
+    "train_kloenne",
+]
 
 logger = logging.getLogger(__name__)
 _SYSTEM = "kloenne"
@@ -175,7 +197,7 @@ class KloenneConfig(JsonConfig):
         return f"{self.arch}{self.dims}d"
 
     @classmethod
-    def reduced(cls, **changes: Any) -> "KloenneConfig":
+    def reduced(cls, **changes: Any) -> KloenneConfig:
         """The documented CPU scale: 64 x 64 slices, U-Net 8 channels / 4 levels, MS-D 12
         layers, 2D batch 8 slices, 300 steps, 3 volumes for the statistics."""
         base = dict(slice_size=64, base_channels=8, depth=4, msd_layers=12, batch_size=0,

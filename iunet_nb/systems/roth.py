@@ -39,9 +39,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,12 +56,34 @@ from ..checkpoint import machine_description
 from ..errors import ConfigError, InputError
 from ..nets import NetConfig, build_network
 from ..volume import Volume
-from ._common import (_check_positive_int, _check_volume, _check_window, _device, _load_card,
-                      _load_state, _now, _resample, _seeded, _window, _working_shape)
+from ._common import (
+    _check_positive_int,
+    _check_volume,
+    _check_window,
+    _device,
+    _load_card,
+    _load_state,
+    _now,
+    _resample,
+    _seeded,
+    _window,
+    _working_shape,
+)
 
-__all__ = ["ROTH_ORGANS", "BTCV_TO_ROTH", "RothConfig", "RothModel", "RothTrainResult",
-           "RothPrediction", "map_labels", "weighted_dice_loss", "bspline_displacement",
-           "train_roth", "predict_roth", "load_roth"]
+__all__ = [
+    "BTCV_TO_ROTH",
+    "ROTH_ORGANS",
+    "RothConfig",
+    "RothModel",
+    "RothPrediction",
+    "RothTrainResult",
+    "bspline_displacement",
+    "load_roth",
+    "map_labels",
+    "predict_roth",
+    "train_roth",
+    "weighted_dice_loss",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +183,7 @@ class RothConfig(JsonConfig):
                          base_channels=self.base_channels, depth=self.depth, norm="batch")
 
     @classmethod
-    def reduced(cls, **changes: Any) -> "RothConfig":
+    def reduced(cls, **changes: Any) -> RothConfig:
         """The documented CPU scale (about 5 minutes on 2 cores).
 
         4 mm voxels (for 2 mm BTCV maps: the seed's factor 4 would give 8 mm), 32^3 patches,

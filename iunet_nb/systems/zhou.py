@@ -45,11 +45,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,12 +62,35 @@ from ..checkpoint import machine_description
 from ..errors import ConfigError, InputError
 from ..losses import soft_dice_loss
 from ..volume import Volume
-from ._common import (_bbox, _check_pair, _check_positive_int, _check_volume, _check_window,
-                      _device, _dice, _load_card, _load_state, _now, _resample, _save_system,
-                      _seeded, _window, _working_shape)
+from ._common import (
+    _bbox,
+    _check_pair,
+    _check_positive_int,
+    _check_volume,
+    _check_window,
+    _device,
+    _dice,
+    _load_card,
+    _load_state,
+    _now,
+    _resample,
+    _save_system,
+    _seeded,
+    _window,
+    _working_shape,
+)
 
-__all__ = ["VIEWS", "ZhouConfig", "FCN2D", "ZhouModel", "ZhouTrainResult", "ZhouPrediction",
-           "train_zhou", "predict_zhou", "load_zhou"]
+__all__ = [
+    "FCN2D",
+    "VIEWS",
+    "ZhouConfig",
+    "ZhouModel",
+    "ZhouPrediction",
+    "ZhouTrainResult",
+    "load_zhou",
+    "predict_zhou",
+    "train_zhou",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +179,7 @@ class ZhouConfig(JsonConfig):
             raise ConfigError(f"ZhouConfig.stop_dsc must be in (0, 1], got {self.stop_dsc!r}")
 
     @classmethod
-    def reduced(cls, **changes: Any) -> "ZhouConfig":
+    def reduced(cls, **changes: Any) -> ZhouConfig:
         """The documented CPU scale (about 6 minutes on one core for 20 BTCV-sized cases).
 
         4 mm voxels; FCN with 4 blocks of 8-16-32-64 channels; 2000 coarse and 1000 fine
@@ -467,10 +490,10 @@ def train_zhou(cases: Sequence[tuple[Volume, Volume]], config: ZhouConfig = Zhou
         model = ZhouModel(config)
     rng = np.random.default_rng(config.seed)
     losses: dict[str, list[float]] = {}
+    n = config.batch_size
     for view in VIEWS:
         axis = _AXIS[view]
         index = _coarse_index(data, axis, config.min_target_fraction)
-        n = config.batch_size
         losses[f"coarse/{view}"] = _train_one(
             model.coarse[view], lambda g, a=axis, ix=index: _coarse_sample(data, ix, a, n, g),
             config.coarse_iterations, config, rng, dev, f"Zhou coarse {view}", progress)
