@@ -68,6 +68,8 @@ __all__ = [
     "CVConfig",
     "CVTables",
     "validate_cv_parameters",
+    "validate_train_parameters",
+    "select_folds",
     "case_ids",
     "run_fold",
     "merge_folds",
@@ -224,39 +226,17 @@ def validate_cv_parameters(data: str, structure: str | int = "pancreas", k: int 
             number of cases, an unknown architecture, a size the U-Nets cannot pool).
         InputError: a missing folder, an unknown structure, or no cases.
     """
-    from .augment import AugmentConfig
-    from .nets import NetConfig
-    from .preprocess import PreprocessConfig
-
     if not isinstance(data, str) or not data:
         raise ConfigError(f"data must be a source string ({_SOURCE_KINDS}), got {data!r}")
-    if isinstance(structure, bool) or not isinstance(structure, (str, int)):
-        raise ConfigError(f"structure must be a name such as 'pancreas' or a label value, got "
-                          f"{structure!r}")
     if isinstance(architectures, str):
         architectures = [architectures]
-    for name, value in (("iterations", iterations), ("batch_size", batch_size),
-                        ("base_channels", base_channels)):
-        if not _is_int(value) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    size = tuple(size_zyx) if isinstance(size_zyx, (list, tuple)) else ()
-    if len(size) != 3 or not all(_is_int(s) and s > 0 for s in size):
-        raise ConfigError(f"size_zyx must be three positive integers (z, y, x), got {size_zyx!r}")
-    train_cfg = TrainConfig(
-        net=NetConfig(base_channels=int(base_channels)),
-        preprocess=PreprocessConfig(size_zyx=tuple(int(s) for s in size)),
-        augment=AugmentConfig(), iterations=int(iterations), batch_size=int(batch_size),
-        lr=lr, seed=int(train_seed), checkpoint_every=min(100, int(iterations)),
-        structure=str(structure))
+    train_cfg = _build_train_config(structure, iterations, batch_size, lr, base_channels,
+                                    size_zyx, train_seed)
     cfg = CVConfig(data=data, test_data=test_data, structure=str(structure), layout=layout,
                    limit=limit, k=k, seed=seed, architectures=tuple(architectures),
                    baseline=baseline, train=train_cfg, device=device)
     for arch in cfg.architectures:
-        multiple = cfg.train_config(arch).net.size_multiple
-        if any(s % multiple for s in size):
-            raise ConfigError(f"size_zyx {size} does not suit {arch}: every size must be a "
-                              f"multiple of {multiple} (2**(depth-1) max-pools); e.g. "
-                              f"{tuple(max(multiple, s // multiple * multiple) for s in size)}")
+        _check_size(cfg.train, arch)
     n_train = len(case_ids(cfg.data, cfg.structure, cfg.layout, cfg.limit))
     n_test = n_train if cfg.test_data is None else len(
         case_ids(cfg.test_data, cfg.structure, cfg.layout, cfg.limit))
@@ -268,6 +248,92 @@ def validate_cv_parameters(data: str, structure: str | int = "pancreas", k: int 
     logger.info("cross-validation: %d training cases, %d test cases, k = %d, seed %d",
                 n_train, n_test, cfg.k, cfg.seed)
     return cfg
+
+
+def validate_train_parameters(data: str, structure: str | int = "pancreas", arch: str = "iunet",
+                              iterations: int = 2000, batch_size: int = 8, seed: int = 0, *,
+                              lr: float = 1e-4, base_channels: int = 16,
+                              size_zyx: Sequence[int] = (24, 64, 64), layout: str = "auto",
+                              limit: int | None = None) -> TrainConfig:
+    """Check the training notebook's parameters and build the :class:`TrainConfig`.
+
+    Same checks as :func:`validate_cv_parameters` for one architecture (source string,
+    folder, structure with "did you mean", positive sizes that suit the architecture, at
+    least one case).
+
+    Raises:
+        ConfigError: a value of the wrong type or out of range.
+        InputError: a missing folder, an unknown structure, no cases.
+    """
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}{_did_you_mean(str(arch), ARCHITECTURES)}"
+                          f"; choose from {list(ARCHITECTURES)}")
+    if not _is_int(seed):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    probe = _build_train_config(structure, iterations, batch_size, lr, base_channels, size_zyx,
+                                seed)
+    probe = dataclasses.replace(probe, net=dataclasses.replace(probe.net, arch=arch))
+    _check_size(probe, arch)
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise ConfigError(f"limit must be None or a positive integer, got {limit!r}")
+    if not isinstance(data, str) or not data:
+        raise ConfigError(f"data must be a source string ({_SOURCE_KINDS}), got {data!r}")
+    n = len(case_ids(data, structure, layout, limit))
+    if n == 0:
+        raise InputError(f"no training cases in {data}")
+    logger.info("training %s on %d case(s) from %s", arch, n, data)
+    return probe
+
+
+def _build_train_config(structure: Any, iterations: Any, batch_size: Any, lr: Any,
+                        base_channels: Any, size_zyx: Any, seed: Any) -> TrainConfig:
+    from .augment import AugmentConfig
+    from .nets import NetConfig
+    from .preprocess import PreprocessConfig
+
+    if isinstance(structure, bool) or not isinstance(structure, (str, int)):
+        raise ConfigError(f"structure must be a name such as 'pancreas' or a label value, got "
+                          f"{structure!r}")
+    for name, value in (("iterations", iterations), ("batch_size", batch_size),
+                        ("base_channels", base_channels)):
+        if not _is_int(value) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ConfigError(f"lr must be a number in (0, 1), got {lr!r}")
+    size = tuple(size_zyx) if isinstance(size_zyx, (list, tuple)) else ()
+    if len(size) != 3 or not all(_is_int(s) and s > 0 for s in size):
+        raise ConfigError(f"size_zyx must be three positive integers (z, y, x), got {size_zyx!r}")
+    return TrainConfig(
+        net=NetConfig(base_channels=int(base_channels)),
+        preprocess=PreprocessConfig(size_zyx=tuple(int(s) for s in size)),
+        augment=AugmentConfig(), iterations=int(iterations), batch_size=int(batch_size),
+        lr=float(lr), seed=int(seed), checkpoint_every=min(100, int(iterations)),
+        structure=str(structure))
+
+
+def _check_size(train_cfg: TrainConfig, arch: str) -> None:
+    size = train_cfg.preprocess.size_zyx
+    multiple = dataclasses.replace(train_cfg.net, arch=arch).size_multiple
+    if any(s % multiple for s in size):
+        raise ConfigError(f"size_zyx {tuple(size)} does not suit {arch}: every size must be a "
+                          f"multiple of {multiple} (2**(depth-1) max-pools); e.g. "
+                          f"{tuple(max(multiple, s // multiple * multiple) for s in size)}")
+
+
+def select_folds(folds: Any, k: int) -> list[int]:
+    """The folds a notebook / job runs: None means all ``0 .. k-1``; else a list of indices.
+
+    Raises:
+        ConfigError: not None, an integer or a list of integers in ``0 .. k-1``.
+    """
+    if folds is None:
+        return list(range(k))
+    if _is_int(folds):
+        folds = [folds]
+    if not isinstance(folds, (list, tuple)) or not all(_is_int(f) and 0 <= f < k for f in folds):
+        raise ConfigError(f"folds must be None (all), a fold index or a list of fold indices "
+                          f"from 0 to {k - 1}, got {folds!r}")
+    return sorted({int(f) for f in folds})
 
 
 # ----------------------------------------------------------------------------------------------
