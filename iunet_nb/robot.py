@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -278,7 +279,7 @@ def find_largest_error(mask: np.ndarray, reference: np.ndarray, spacing_mm: Sequ
     for error, wrong in (("fn", r & ~m), ("fp", m & ~r)):
         if not wrong.any():
             continue
-        labels, n = ndimage.label(wrong, structure=_FULL)
+        labels, _ = ndimage.label(wrong, structure=_FULL)
         sizes = np.bincount(labels.ravel())[1:]
         k = int(np.argmax(sizes))
         if best is None or sizes[k] > best[0]:
@@ -479,7 +480,7 @@ def summarize_rounds(dsc: Sequence[float], rounds: int | None = None,
     auc = float(np.trapezoid(values) / n) if n > 0 else values[0]
     out: dict[str, Any] = {"auc": auc, "dsc_initial": values[0], "dsc_final": values[-1],
                            "monotone": bool(all(b >= a - 1e-12 for a, b in
-                                                zip(values, values[1:])))}
+                                                itertools.pairwise(values)))}
     for t in thresholds:
         hit = next((i for i, v in enumerate(values) if v >= t), None)
         out[f"rounds_to_{t:.2f}"] = hit

@@ -9,7 +9,6 @@ import pytest
 import torch
 from scipy import ndimage
 
-from conftest import make_ellipsoid
 from iunet_nb.checkpoint import ModelCard, save_model
 from iunet_nb.errors import ConfigError, GeometryError, InputError
 from iunet_nb.evaluate import dice, hausdorff95, surface_dice
@@ -103,7 +102,7 @@ def test_stroke_lies_inside_the_region_follows_the_axis_and_has_the_right_label(
     assert stroke.label == "fg" and stroke.error == "fn" and stroke.view == "axial"
     assert stroke.radius_mm == 3.0 and not stroke.use_points
     assert hole.ravel()[stroke.voxels].all()
-    z, y, x = np.unravel_index(stroke.voxels, shape)
+    z = np.unravel_index(stroke.voxels, shape)[0]
     assert np.all(z == stroke.slice_index)
     # along the hole's centre line (rows 19.5 +- 0.5) and about 20 mm long
     assert np.all(np.abs(stroke.points[:, 0] - 19.5) <= 0.5)
@@ -187,7 +186,7 @@ def test_paint_mode_first_stroke_and_monotone_dsc(ellipsoid_case, model, card):
     best = None
     for kind, wrong in (("fn", (ref.array == 1) & (start == 0)),
                         ("fp", (start == 1) & (ref.array == 0))):
-        lab, n = ndimage.label(wrong, structure=np.ones((3, 3, 3)))
+        lab, _ = ndimage.label(wrong, structure=np.ones((3, 3, 3)))
         sizes = np.bincount(lab.ravel())[1:]
         if best is None or sizes.max() > best[0]:
             best = (sizes.max(), kind, lab == 1 + np.argmax(sizes))
@@ -221,7 +220,7 @@ def test_refine_mode_uses_scribble_then_refine_and_is_seeded(ellipsoid_case, mod
     sid = s.scribble_ids[0]
     assert s.scribble_info(sid)["n_voxels"] == first.voxels.size
     assert np.all(scrib[first.voxels] == (1 if first.label == "fg" else 2))
-    a, b, c = (r.table for _, r in runs)
+    a, b = (r.table for _, r in runs[:2])
     assert np.array_equal(a["dsc"], b["dsc"]) and np.array_equal(a["think_s"], b["think_s"])
     assert all(np.array_equal(x.points, y.points) for x, y in zip(runs[0][1].strokes,
                                                                   runs[1][1].strokes))
