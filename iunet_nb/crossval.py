@@ -45,9 +45,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -67,18 +68,18 @@ __all__ = [
     "PAPER_TABLE1",
     "CVConfig",
     "CVTables",
-    "validate_cv_parameters",
-    "validate_train_parameters",
-    "select_folds",
+    "add_cli",
     "case_ids",
-    "run_fold",
+    "cv_tables",
     "merge_folds",
     "paired_wilcoxon",
-    "cv_tables",
     "plot_cv",
-    "write_cv_report",
     "run_cv",
-    "add_cli",
+    "run_fold",
+    "select_folds",
+    "validate_cv_parameters",
+    "validate_train_parameters",
+    "write_cv_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -801,7 +802,7 @@ def _markdown_table(df: pd.DataFrame) -> str:
 
 
 def plot_cv(per_case: pd.DataFrame, path: str | os.PathLike | None = None,
-            metric: str = "dice", title: str = "") -> "Figure":
+            metric: str = "dice", title: str = "") -> Figure:
     """Violin + box plot of ``metric`` per method, with every case as a dot.
 
     Args:

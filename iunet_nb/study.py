@@ -64,9 +64,10 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -80,27 +81,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 __all__ = [
+    "END_EVENTS",
     "METHODS",
     "START_EVENTS",
-    "END_EVENTS",
-    "StudyTask",
     "StudyPlan",
-    "validate_id",
-    "design_study",
-    "validate_design_parameters",
-    "validate_analysis_parameters",
-    "load_event_logs",
+    "StudyResult",
+    "StudyTask",
+    "add_cli",
+    "analyse_study",
     "case_times",
+    "compare_methods",
     "consensus",
-    "load_final_masks",
+    "design_study",
     "dsc_table",
     "interobserver_dsc",
-    "compare_methods",
-    "StudyResult",
-    "analyse_study",
+    "load_event_logs",
+    "load_final_masks",
     "plot_study",
+    "validate_analysis_parameters",
+    "validate_design_parameters",
+    "validate_id",
     "write_study_report",
-    "add_cli",
 ]
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ class StudyPlan:
         return text
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "StudyPlan":
+    def from_dict(cls, data: Mapping[str, Any]) -> StudyPlan:
         """Rebuild a plan, checking it (ids, methods, every reader x case planned once).
 
         Raises:
@@ -272,7 +273,7 @@ class StudyPlan:
         return plan
 
     @classmethod
-    def from_json(cls, text_or_path: str | os.PathLike) -> "StudyPlan":
+    def from_json(cls, text_or_path: str | os.PathLike) -> StudyPlan:
         """Read a plan from a JSON string or a file.
 
         Raises:
@@ -608,7 +609,7 @@ def case_times(events: pd.DataFrame, plan: StudyPlan | None = None) -> pd.DataFr
                                                        kind="stable")
     rows = []
     for (reader, case), group in ev.groupby(["reader_id", "case_id"], sort=True):
-        logged = sorted({str(m) for m in group["method"] if m is not None and m == m})
+        logged = sorted({str(m) for m in group["method"] if m is not None and pd.notna(m)})
         planned = plan.method_of(reader, case) if plan is not None else None
         if len(logged) > 1:
             raise InputError(f"reader {reader}, case {case}: the log names several methods "
@@ -975,7 +976,7 @@ def _panel(ax: Any, groups: list[np.ndarray], labels: list[str], ylabel: str) ->
     ax.grid(axis="y", alpha=0.3)
 
 
-def plot_study(result: StudyResult, path: str | os.PathLike | None = None) -> "Figure":
+def plot_study(result: StudyResult, path: str | os.PathLike | None = None) -> Figure:
     """Violin + box plots of time (min) and DSC (%) per method, every task as a dot."""
     from matplotlib.figure import Figure
 
@@ -1033,8 +1034,8 @@ def _summary_markdown(result: StudyResult, plot_name: str) -> str:
         lines += ["## Inter-observer DSC (mean over shared cases)", "",
                   _markdown_table(result.interobserver.reset_index()), ""]
     lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [
-        "- Time: manual from the first annotation, interactive from the initial segmentation, "
-        "to the last save (the paper's definitions).", "",
+        ("- Time: manual from the first annotation, interactive from the initial segmentation, "
+         "to the last save (the paper's definitions)."), "",
         f"![time and DSC per method]({plot_name})", ""]
     return "\n".join(lines)
 
@@ -1087,15 +1088,15 @@ def _html_page(result: StudyResult, plot_name: str) -> str:
     s = result.stats
     per_method = pd.DataFrame(s["per_method"]).T
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Reader study</title>",
-             "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 6px}"
-             "</style></head><body>",
+             ("<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
+              "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 6px}"
+              "</style></head><body>"),
              "<h1>Reader study: manual vs interactive segmentation</h1>",
              per_method.to_html(float_format=lambda v: f"{v:.3f}"),
-             f"<p>Median time reduction (interactive vs manual): "
-             f"<b>{_fmt(s['median_time_reduction_pct'])} %</b> (paper: 48.4 %). "
-             f"Wilcoxon p (time) = {_fmt(s['wilcoxon_time']['p_value'], 4)}, paired by "
-             f"{html.escape(s['wilcoxon_time']['paired_by'])}.</p>"]
+             (f"<p>Median time reduction (interactive vs manual): "
+              f"<b>{_fmt(s['median_time_reduction_pct'])} %</b> (paper: 48.4 %). "
+              f"Wilcoxon p (time) = {_fmt(s['wilcoxon_time']['p_value'], 4)}, paired by "
+              f"{html.escape(s['wilcoxon_time']['paired_by'])}.</p>")]
     if result.interobserver is not None and len(result.interobserver):
         parts += ["<h2>Inter-observer DSC</h2>",
                   result.interobserver.to_html(float_format=lambda v: f"{v:.3f}")]

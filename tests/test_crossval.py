@@ -11,19 +11,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_ellipsoid
 
 from iunet_nb.checkpoint import load_model
-from iunet_nb.crossval import (CVConfig, add_cli, case_ids, cv_tables, merge_folds,
-                               paired_wilcoxon, run_cv, run_fold, validate_cv_parameters,
-                               write_cv_report)
+from iunet_nb.crossval import (
+    CVConfig,
+    add_cli,
+    case_ids,
+    cv_tables,
+    merge_folds,
+    paired_wilcoxon,
+    run_cv,
+    run_fold,
+    select_folds,
+    validate_cv_parameters,
+    validate_train_parameters,
+    write_cv_report,
+)
 from iunet_nb.errors import ConfigError, InputError
 from iunet_nb.io import read_image, read_mask, write_image, write_mask
 from iunet_nb.predict import make_box, segment
 from iunet_nb.volume import Geometry, Volume
 
-from conftest import make_ellipsoid
-
-TINY = dict(iterations=2, batch_size=2, base_channels=4, size_zyx=(8, 16, 16))
+TINY = {"iterations": 2, "batch_size": 2, "base_channels": 4, "size_zyx": (8, 16, 16)}
 
 
 @pytest.fixture(autouse=True)
@@ -262,3 +272,29 @@ def test_cv_config_json_round_trip():
     again = CVConfig.from_json(cfg.to_json())
     assert again == cfg and again.train_config("cicek").net.arch == "cicek"
     assert again.train_config("cicek").net.base_channels == 4
+
+
+def test_validate_train_parameters(dataset):
+    cfg = validate_train_parameters(str(dataset), "pancreas", "cicek", 3, 2, 7, base_channels=4,
+                                    size_zyx=[8, 16, 16])
+    assert (cfg.net.arch, cfg.iterations, cfg.batch_size, cfg.seed) == ("cicek", 3, 2, 7)
+    assert cfg.preprocess.size_zyx == (8, 16, 16) and cfg.checkpoint_every == 3
+    with pytest.raises(ConfigError, match="did you mean 'dilated_fcn'"):
+        validate_train_parameters(str(dataset), arch="dilated-fcn")
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        validate_train_parameters(str(dataset), arch="iunet", size_zyx=(8, 20, 16))
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        validate_train_parameters(str(dataset), batch_size=2.5)
+    with pytest.raises(ConfigError, match="lr must be"):
+        validate_train_parameters(str(dataset), lr="fast")
+
+
+def test_select_folds():
+    assert select_folds(None, 3) == [0, 1, 2]
+    assert select_folds(2, 3) == [2]
+    assert select_folds([2, 0, 2], 3) == [0, 2]
+    assert select_folds([], 3) == []
+    with pytest.raises(ConfigError, match="from 0 to 2"):
+        select_folds([3], 3)
+    with pytest.raises(ConfigError, match="from 0 to 2"):
+        select_folds("0", 3)

@@ -13,15 +13,13 @@ import json
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pandas as pd
 import pytest
+from test_crossval import _paired_dataset
+from test_study import known_study
 
 from iunet_nb.checkpoint import load_model
 from iunet_nb.study import StudyPlan, design_study
-
-from test_crossval import _paired_dataset
-from test_study import known_study
 
 papermill = pytest.importorskip("papermill")
 
@@ -76,7 +74,7 @@ def test_train_notebook_writes_model_card_and_loss(tmp_path, data):
     _run("train", tmp_path, data=str(data), arch="dilated_fcn", seed=3,
          out_dir=str(tmp_path / "run"), **TINY)
     run = tmp_path / "run"
-    model, card = load_model(run / "model.pt")
+    _, card = load_model(run / "model.pt")
     assert card.net.arch == "dilated_fcn" and card.net.base_channels == 4
     assert card.iterations == 2 and card.seed == 3 and card.preprocess.size_zyx == (8, 16, 16)
     assert "4 cases from" in card.data

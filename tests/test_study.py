@@ -8,23 +8,34 @@ the analysis reads what the session writes.
 from __future__ import annotations
 
 import datetime
-import itertools
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import make_ellipsoid
 
 from iunet_nb.errors import ConfigError, InputError
 from iunet_nb.io import write_mask
-from iunet_nb.study import (StudyPlan, analyse_study, case_times, compare_methods, consensus,
-                            design_study, dsc_table, interobserver_dsc, load_event_logs,
-                            load_final_masks, validate_analysis_parameters,
-                            validate_design_parameters, validate_id, write_study_report)
+from iunet_nb.study import (
+    StudyPlan,
+    analyse_study,
+    case_times,
+    compare_methods,
+    consensus,
+    design_study,
+    dsc_table,
+    interobserver_dsc,
+    load_event_logs,
+    load_final_masks,
+    validate_analysis_parameters,
+    validate_design_parameters,
+    validate_id,
+    write_study_report,
+)
 from iunet_nb.volume import Geometry, Volume
-
-from conftest import make_ellipsoid
 
 READERS = ["r1", "r2", "r3"]
 CASES = ["c1", "c2", "c3", "c4"]
@@ -47,9 +58,10 @@ def write_session_log(folder: Path, reader: str, case: str, method: str, time_s:
 
     Manual: the first paint starts at ``t_open + 7`` (logged 0.5 s later with duration 0.5);
     interactive: the predict event is logged at ``t_open + 7``. An intermediate save is
-    logged halfway; the final save at start + time_s (no save at all if not ``saved``). With ``restart_after`` the process
-    "crashes" that many seconds after the start and a new one (another monotonic clock,
-    starting at 5.0) resumes with a ``load`` event; the time in between is not counted.
+    logged halfway; the final save at start + time_s (no save at all if not ``saved``).
+    With ``restart_after`` the process "crashes" that many seconds after the start and a new
+    one (another monotonic clock, starting at 5.0) resumes with a ``load`` event; the time in
+    between is not counted.
     """
     folder.mkdir(parents=True, exist_ok=True)
     kw = {"session": f"s-{reader}-{case}", "case": case, "reader": reader}
@@ -149,7 +161,7 @@ def test_design_is_seeded_and_any_numbers_work():
     for r in ("a", "b"):  # 4 subsets, 2 methods: each method on two subsets per reader
         blocks = {t.block: t.method for t in p1.tasks_for(r)}
         assert [blocks[k] for k in range(4)].count("manual") == 2
-    assert [t.method for t in p1.tasks_for("a")][0] != [t.method for t in p1.tasks_for("b")][0]
+    assert p1.tasks_for("a")[0].method != p1.tasks_for("b")[0].method
 
 
 def test_plan_json_round_trip_and_validation(tmp_path):
@@ -366,7 +378,7 @@ def test_dsc_and_interobserver_tables_with_known_masks():
 
 # ----------------------------------------------------------------------------- statistics
 def test_median_time_reduction_and_wilcoxon_by_case(tmp_path):
-    plan, times, _ = known_study(tmp_path)
+    known_study(tmp_path)
     result = analyse_study(tmp_path)  # finds plan.json itself
     s = result.stats
     assert s["per_method"]["manual"]["median_time_s"] == pytest.approx(900.0)
@@ -440,7 +452,17 @@ def test_validate_analysis_parameters(tmp_path):
 
 
 # ----------------------------------------------------------------------------- with a Session
-@pytest.mark.slow
+@pytest.fixture
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions on the 2 shared cores
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("_one_thread")
 def test_analysis_reads_a_real_session_folder(tmp_path, ellipsoid_case):
     import torch
 
@@ -449,9 +471,9 @@ def test_analysis_reads_a_real_session_folder(tmp_path, ellipsoid_case):
     from iunet_nb.preprocess import Box, PreprocessConfig
     from iunet_nb.session import RefineConfig, Session
 
-    torch.set_num_threads(1)
     ct, ref = ellipsoid_case
-    card = ModelCard(net=NetConfig(base_channels=4), preprocess=PreprocessConfig(size_zyx=(8, 16, 16)))
+    card = ModelCard(net=NetConfig(base_channels=4),
+                     preprocess=PreprocessConfig(size_zyx=(8, 16, 16)))
     torch.manual_seed(0)
     model = build_network(card.net).eval()
     plan = design_study(["r1"], ["c1", "c2"], n_subsets=2)
@@ -481,3 +503,23 @@ def test_analysis_reads_a_real_session_folder(tmp_path, ellipsoid_case):
     assert times.loc[manual_case, "final_dsc"] == pytest.approx(1.0)
     masks = load_final_masks(tmp_path, plan)
     np.testing.assert_array_equal(masks[("r1", manual_case)].array, ref.array)
+
+
+def test_cli_design_then_analyse(tmp_path, capsys):
+    import argparse
+
+    from iunet_nb.study import add_cli
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["study", "design", "--readers", *READERS, "--cases", *CASES,
+                              "--seed", "0", "--out", str(tmp_path / "plan.json")])
+    assert args.func(args) == 0
+    assert StudyPlan.from_json(tmp_path / "plan.json") == design_study(READERS, CASES, seed=0)
+    known_study(tmp_path / "study")
+    args = parser.parse_args(["study", "analyse", str(tmp_path / "study"), "--out",
+                              str(tmp_path / "report"), "--consensus", "staple"])
+    assert args.func(args) == 0
+    assert "**50.0 %**" in capsys.readouterr().out
+    dsc = pd.read_csv(tmp_path / "report" / "dsc.csv")
+    assert set(dsc["reference"]) == {"staple of 3"}
