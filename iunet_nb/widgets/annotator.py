@@ -1,0 +1,833 @@
+"""The annotator app: three linked slice views, tools and buttons bound to one Session.
+
+One line in a notebook opens it::
+
+    from iunet_nb.widgets import Annotator
+    Annotator("ct.nii.gz", folder="sessions")          # bundled pancreas iUnet
+    Annotator(None, box_from_reference=True, segment_on_open=True)   # the bundled sample
+
+Every button, key and mouse gesture becomes one :class:`~iunet_nb.session.Session` call
+(predict, add_scribble, erase_scribbles, paint, refine_async, undo, redo, reset, save,
+export) followed by a redraw from the Session's state; the app holds only view state. So a
+test (or the simulated reader) can drive exactly what a person drives, headless, by calling
+the same handlers (:meth:`Annotator.handle_stroke`, the views' ``handle_mouse_*``,
+:meth:`Annotator.handle_key`) or the action methods.
+
+Refinement runs on the Session's worker thread (:meth:`Session.refine_async`): the kernel
+stays free for mouse events while the network trains, a progress bar shows it is working, and
+a newer stroke supersedes a running refinement (the Session discards it).
+
+Errors never escape into the kernel log: every handler shows what went wrong in the app's
+message line (and keeps it in :attr:`Annotator.messages`); the current work is untouched.
+
+Case list mode: give a list of CTs (paths, Volumes, :class:`~iunet_nb.datasets.Case`) or a
+data-set folder; "Accept & next" saves and exports the mask, then opens the next case.
+Reader mode: ``reader="R1"`` writes the reader id into every event of the Session's event log
+(``events.jsonl``) and keeps each reader's sessions in ``folder/<reader>/<case>``; with
+``study=True`` the status line shows the running case time and ``method="manual"`` leaves only
+the manual tools (the reader study's manual arm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+import numpy as np
+import traitlets as t
+
+from ..errors import CheckpointError, InputError, IunetError, SessionError
+from ..volume import Volume
+from .render import WINDOW_PRESETS
+from .slice_view import TOOLS, SliceView
+from .view3d import View3D
+
+__all__ = ["METHODS", "SHORTCUTS", "Annotator", "CaseSource"]
+
+logger = logging.getLogger(__name__)
+
+#: Reader-study arms (``iunet_nb.study.METHODS``).
+METHODS: tuple[str, ...] = ("manual", "interactive")
+#: Keyboard shortcuts (canvas focused: click a view first).
+SHORTCUTS: dict[str, str] = {
+    "s": "Segment (predict in the box)", "r": "Refine", "a": "auto-refine on/off",
+    "Ctrl+z": "Undo", "Ctrl+y / Ctrl+Shift+z": "Redo", "Ctrl+s": "Save",
+    "Ctrl+Enter": "Accept & next case", "v": "navigate tool", "w": "window/level tool",
+    "x": "box tool", "f": "foreground brush", "b": "background brush", "e": "scribble eraser",
+    "p": "manual paint", "d": "manual erase", "[ / ]": "brush smaller / larger",
+    "c": "contour only on/off", "h": "crosshair on/off",
+    "ArrowUp/Down, PageUp/Down, wheel": "next / previous slice (Shift: 5)",
+    "+ / - / 0": "zoom in / out / reset",
+}
+_KEY_TOOLS = {"v": "navigate", "w": "window", "x": "box", "f": "fg", "b": "bg", "e": "eraser",
+              "p": "paint", "d": "erase"}
+_TOOL_LABELS = {"navigate": "Navigate", "window": "W/L", "box": "Box", "fg": "FG brush",
+                "bg": "BG brush", "eraser": "Eraser", "paint": "Paint", "erase": "Erase"}
+_MANUAL_TOOLS = ("navigate", "window", "paint", "erase")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseSource:
+    """One case of the case list: an id and how to load ``(ct, reference or None)``."""
+
+    case_id: str
+    load: Callable[[], tuple[Volume, Volume | None]]
+    description: str = ""
+
+
+def _as_volume(x: Any, what: str) -> Volume:
+    from ..io import read_image, read_mask
+
+    if isinstance(x, Volume):
+        return x
+    if isinstance(x, (str, os.PathLike)):
+        return read_mask(x) if what == "reference" else read_image(x)
+    raise InputError(f"{what} must be a Volume or a path, got {type(x).__name__}")
+
+
+def _case_id(path: Path) -> str:
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _sources(ct: Any, reference: Any, case_ids: Sequence[str] | None) -> list[CaseSource]:
+    """Normalise the annotator's input to a list of cases."""
+    from ..datasets import Case, find_cases
+
+    if ct is None or (isinstance(ct, str) and ct == ""):
+        from ..synth import load_sample
+
+        def sample() -> tuple[Volume, Volume | None]:
+            image, mask = load_sample()
+            return image, (_as_volume(reference, "reference") if reference is not None
+                           else mask)
+        return [CaseSource("sample", sample, "bundled synthetic sample")]
+    items: list[Any]
+    if isinstance(ct, (list, tuple)):
+        items = list(ct)
+    elif isinstance(ct, (str, os.PathLike)) and Path(ct).is_dir():
+        try:
+            items = list(find_cases(ct))
+        except IunetError:
+            items = [ct]  # not a data-set layout: a DICOM series folder
+    else:
+        items = [ct]
+    if not items:
+        raise InputError("the case list is empty: give at least one CT")
+    if reference is not None and len(items) > 1:
+        raise InputError("reference= applies to a single CT; in case-list mode use "
+                         "iunet_nb.datasets Cases (each with its reference mask)")
+    if case_ids is not None and len(case_ids) != len(items):
+        raise InputError(f"{len(case_ids)} case_ids for {len(items)} cases")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Case):
+            case = item
+
+            def load_case(case: Case = case) -> tuple[Volume, Volume | None]:
+                image, mask = case.load()
+                if image is None:
+                    raise InputError(f"case {case.case_id} has no image (label map only)")
+                return image, mask
+            cid = case.case_id
+            out.append(CaseSource(case_ids[i] if case_ids else cid, load_case, str(case.image_path)))
+            continue
+        if isinstance(item, Volume):
+            cid = str(item.meta.get("case_id") or (f"case{i + 1:02d}" if len(items) > 1 else "case"))
+        elif isinstance(item, (str, os.PathLike)):
+            cid = _case_id(Path(item))
+        else:
+            raise InputError(f"a case must be a path, a Volume or a Case, got {type(item).__name__}")
+
+        def load_item(item: Any = item) -> tuple[Volume, Volume | None]:
+            image = _as_volume(item, "ct")
+            ref = _as_volume(reference, "reference") if reference is not None else None
+            return image, ref
+        out.append(CaseSource(case_ids[i] if case_ids else cid, load_item, str(item)
+                              if not isinstance(item, Volume) else "Volume"))
+    ids = [s.case_id for s in out]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"case ids must be unique, got {ids}; pass case_ids=")
+    return out
+
+
+def _resolve_model(model: Any, card: Any) -> tuple[Any, Any]:
+    from ..checkpoint import ModelCard, load_bundled_model, load_model
+    from ..nets import SegmentationNet
+
+    if model is None:
+        return load_bundled_model("cpu")
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, "cpu")
+    if isinstance(model, tuple) and len(model) == 2:
+        return model
+    if isinstance(model, SegmentationNet):
+        if not isinstance(card, ModelCard):
+            raise CheckpointError("a network object needs its ModelCard (card=...): the card "
+                                  "records the preprocessing the weights were trained with")
+        return model, card
+    raise CheckpointError(f"model must be None (bundled weights), a .pt path, (model, card) or "
+                          f"a SegmentationNet with card=, got {type(model).__name__}")
+
+
+class Annotator(w.VBox):
+    """Interactive segmentation app for one CT or a list of cases (JupyterLab, Voila).
+
+    Args:
+        ct_path_or_volume: a CT file / DICOM folder path, a :class:`Volume`, a list of these
+            or of :class:`~iunet_nb.datasets.Case`, a data-set folder (any layout
+            :func:`~iunet_nb.datasets.find_cases` knows), or None / ``""`` for the bundled
+            sample (its pancreas mask is then the reference).
+        model: None (the bundled pancreas iUnet), a ``.pt`` path with its ``.json`` card,
+            ``(model, card)``, or a ``SegmentationNet`` with ``card=``.
+        reference: reference mask (Volume or path) of a single CT: every event then records
+            the DSC (reader studies, demos); also usable for the initial box.
+        reader: reader id: reader mode (written into the event log; sessions under
+            ``folder/<reader>/<case>``).
+        folder: root of the session folders (autosave, event log, exported masks). None:
+            nothing is written and Save explains how to enable it.
+        card: the model card when ``model`` is a network object.
+        config: :class:`~iunet_nb.session.RefineConfig` of the sessions.
+        box: initial box (``iunet_nb.preprocess.Box``) of the first case.
+        box_from_reference: start each case with the reference mask's bounding box.
+        segment_on_open: predict as soon as a case opens (when a box is known).
+        study: study mode: the status line shows the running case time.
+        method: ``"interactive"`` or ``"manual"`` (manual arm: only navigation, window and
+            the manual brush/eraser; no network).
+        case_ids: ids for the cases (default from file names / Case ids).
+        view_size_px: longer side of each slice canvas.
+        view3d: ``"auto"`` (ipyniivue when installed), ``"niivue"``, ``"itk"`` or ``"none"``.
+
+    Raises:
+        InputError: no case could be loaded (the reasons are listed), a bad argument.
+        CheckpointError: the model cannot be loaded (e.g. the bundled weights are missing).
+    """
+
+    busy = t.Bool(False)
+    auto_refine = t.Bool(False)
+
+    def __init__(self, ct_path_or_volume: Any = None, model: Any = None,
+                 reference: Any = None, reader: str | None = None,
+                 folder: str | os.PathLike | None = None, *, card: Any = None,
+                 config: Any = None, box: Any = None, box_from_reference: bool = False,
+                 segment_on_open: bool = False, study: bool = False,
+                 method: str = "interactive", case_ids: Sequence[str] | None = None,
+                 view_size_px: int = 320, view3d: str = "auto") -> None:
+        from ..session import RefineConfig
+
+        if method not in METHODS:
+            raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
+        if reader is not None and (not isinstance(reader, str) or not reader.strip()
+                                   or any(c in reader for c in "/\\")):
+            raise InputError(f"reader id must be a non-empty name without slashes, got {reader!r}")
+        self.cases = _sources(ct_path_or_volume, reference, case_ids)
+        self.model, self.card = _resolve_model(model, card)
+        self.config = config if config is not None else RefineConfig()
+        if not isinstance(self.config, RefineConfig):
+            raise InputError(f"config must be a RefineConfig, got {type(self.config).__name__}")
+        self.reader = reader or ""
+        self.folder = Path(folder) if folder else None
+        self.study = bool(study)
+        self.method = method
+        self.box_from_reference = bool(box_from_reference)
+        self.segment_on_open = bool(segment_on_open)
+        self.messages: list[str] = []
+        self.session: Any = None
+        self.volume: Volume | None = None
+        self.reference: Volume | None = None
+        self.case_index = -1
+        self._box_ranges: dict[int, tuple[int, int]] = {}
+        self._predicted = False
+        self._refine_future: Any = None
+        self._refine_t0 = 0.0
+        self._idle = threading.Event()
+        self._idle.set()
+        self._case_t0 = time.monotonic()
+        self._last_action = ""
+        self._applying_preset = False
+        self._superseded = False
+        self._view_size = int(view_size_px)
+        self._view3d_backend = view3d
+        self.views: dict[str, SliceView] = {}
+        self.view3d: View3D | None = None
+        self._build_controls()
+        super().__init__([], layout=w.Layout(width="100%"))
+        errors = []
+        first_box = box
+        for i in range(len(self.cases)):
+            try:
+                self._open_case(i, box=first_box)
+                break
+            except IunetError as exc:
+                errors.append(f"{self.cases[i].case_id}: {exc}")
+                first_box = None
+        else:
+            raise InputError("no case could be opened:\n" + "\n".join(errors))
+        for text in errors:
+            self._show_message(f"case {text} (skipped)", "error")
+
+    # ===================================================================================
+    # layout
+    # ===================================================================================
+    def _build_controls(self) -> None:
+        tools = _MANUAL_TOOLS if self.method == "manual" else TOOLS
+        self._tools = tools
+        self.tool_buttons = w.ToggleButtons(
+            options=[(_TOOL_LABELS[k], k) for k in tools], value="navigate",
+            style={"button_width": "72px"}, tooltips=[f"{k} tool" for k in tools])
+        self.brush = w.FloatSlider(value=3.0, min=0.5, max=20.0, step=0.5,
+                                   description="brush mm", continuous_update=False)
+        self.preset = w.Dropdown(options=list(WINDOW_PRESETS) + ["custom"], value="abdomen",
+                                 description="window", layout=w.Layout(width="180px"))
+        self.opacity = w.FloatSlider(value=0.4, min=0.0, max=1.0, step=0.05,
+                                     description="opacity", continuous_update=True)
+        self.contour = w.Checkbox(value=False, description="contour only", indent=False)
+        self.crosshair = w.Checkbox(value=True, description="crosshair", indent=False)
+        self.auto_refine_box = w.Checkbox(value=False, description="auto-refine on stroke end",
+                                          indent=False)
+        t.link((self.auto_refine_box, "value"), (self, "auto_refine"))
+
+        def button(label: str, tip: str, fn: Callable[[], Any], style: str = "") -> w.Button:
+            b = w.Button(description=label, tooltip=tip, button_style=style,
+                         layout=w.Layout(width="auto"))
+            b.on_click(lambda _b: self._guard(label, fn))
+            return b
+
+        self.buttons = {
+            "segment": button("Segment", "predict in the box (s)", self.segment, "primary"),
+            "refine": button("Refine", "refine with the scribbles (r)", self.refine, "info"),
+            "undo": button("Undo", "Ctrl+z", self.undo),
+            "redo": button("Redo", "Ctrl+y", self.redo),
+            "reset": button("Reset", "back to the initial segmentation", self.reset, "warning"),
+            "save": button("Save", "save the session and export the mask (Ctrl+s)", self.save),
+            "next": button("Accept & next", "save, export, open the next case (Ctrl+Enter)",
+                           self.accept_and_next, "success"),
+        }
+        if self.method == "manual":
+            for k in ("segment", "refine", "reset"):
+                self.buttons[k].layout.display = "none"
+            self.auto_refine_box.layout.display = "none"
+        self.case_select = w.Dropdown(options=[c.case_id for c in self.cases],
+                                      description="case", layout=w.Layout(width="240px"))
+        self._case_select_guard = False
+        self.case_select.observe(self._on_case_select, names="value")
+        self.progress = w.FloatProgress(value=0.0, min=0.0, max=1.0, description="",
+                                        bar_style="info", layout=w.Layout(width="160px",
+                                                                          visibility="hidden"))
+        self.status = w.HTML(layout=w.Layout(width="100%"))
+        self.message = w.HTML(layout=w.Layout(width="100%"))
+        keys = " · ".join(f"<b>{html.escape(k)}</b> {html.escape(v)}" for k, v in SHORTCUTS.items())
+        self.help = w.HTML(f"<details><summary>keyboard shortcuts (click a view first)"
+                           f"</summary><small>{keys}</small></details>")
+        self.brush.observe(lambda c: self._set_views("brush_radius_mm", c["new"]), "value")
+        self.opacity.observe(lambda c: self._set_views("opacity", c["new"]), "value")
+        self.contour.observe(lambda c: self._set_views("contour_only", c["new"]), "value")
+        self.crosshair.observe(lambda c: self._set_views("show_crosshair", c["new"]), "value")
+        self.tool_buttons.observe(lambda c: self._set_views("tool", c["new"]), "value")
+        self.preset.observe(self._on_preset, "value")
+
+    def _layout(self) -> None:
+        views = w.HBox([self.views[k] for k in ("axial", "coronal", "sagittal")],
+                       layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))
+        side = [views]
+        if self.view3d is not None:
+            side.append(self.view3d)
+        self.children = [
+            w.HBox([self.case_select, *self.buttons.values(), self.progress],
+                   layout=w.Layout(flex_flow="row wrap")),
+            w.HBox([self.tool_buttons], layout=w.Layout(flex_flow="row wrap")),
+            w.HBox([self.brush, self.preset, self.opacity, self.contour, self.crosshair,
+                    self.auto_refine_box], layout=w.Layout(flex_flow="row wrap")),
+            self.message,
+            w.HBox(side, layout=w.Layout(flex_flow="row wrap", align_items="flex-start")),
+            self.status,
+            self.help,
+        ]
+
+    def _set_views(self, name: str, value: Any) -> None:
+        for v in self.views.values():
+            with v.hold_redraw():
+                setattr(v, name, value)
+
+    def _on_preset(self, change: dict[str, Any]) -> None:
+        if change["new"] in WINDOW_PRESETS:
+            width, level = WINDOW_PRESETS[change["new"]]
+            self._applying_preset = True
+            try:
+                for v in self.views.values():
+                    v.set_window(width, level)
+            finally:
+                self._applying_preset = False
+            self._update_status()
+
+    def _on_window_drag(self, change: dict[str, Any]) -> None:
+        """A window drag on one view: the others follow; the preset becomes 'custom'."""
+        if self._applying_preset:
+            return
+        src = change["owner"]
+        for v in self.views.values():
+            if v is not src:
+                v.set_window(src.window_width, src.window_level)
+        if (src.window_width, src.window_level) != WINDOW_PRESETS.get(self.preset.value):
+            self.preset.unobserve(self._on_preset, "value")
+            self.preset.value = "custom"
+            self.preset.observe(self._on_preset, "value")
+        self._update_status()
+
+    # ===================================================================================
+    # cases
+    # ===================================================================================
+    def _session_folder(self, case_id: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / self.reader / case_id if self.reader else self.folder / case_id
+
+    def _open_case(self, index: int, box: Any = None) -> None:
+        """Load case ``index`` and its session (resumed from its folder when one exists)."""
+        from ..preprocess import Box
+        from ..session import Session
+
+        src = self.cases[index]
+        image, ref = src.load()
+        if ref is not None:
+            from ..io import check_same_grid
+            check_same_grid(image, ref, f"reference mask of case {src.case_id}")
+            if not np.any(ref.array):
+                ref = None
+        folder = self._session_folder(src.case_id)
+        session = None
+        note = ""
+        if folder is not None and (folder / "state.json").is_file():
+            try:
+                session = Session.load(folder, image, self.model, self.card, reference=ref)
+                note = f"resumed the saved session in {folder}"
+            except IunetError as exc:
+                n = 2
+                while (folder.parent / f"{folder.name}-{n}" / "state.json").exists():
+                    n += 1
+                note = (f"the saved session in {folder} could not be resumed ({exc}); "
+                        f"started a new one in {folder.name}-{n}")
+                folder = folder.parent / f"{folder.name}-{n}"
+        if session is None:
+            session = Session(image, self.model, self.card, config=self.config, folder=folder,
+                              case_id=src.case_id, reader_id=self.reader, reference=ref)
+        # the new case is ready: only now let go of the old one
+        old = self.session
+        if old is not None:
+            old.close()
+        self.session, self.volume, self.reference = session, image, ref
+        self.case_index = index
+        self._case_t0 = time.monotonic()
+        self._refine_future = None
+        self._set_busy(False)
+        self._idle.set()
+        self._predicted = session.box is not None and (
+            "predict" in session.history or session.refine_round > 0 or
+            bool(session.slice_of("mask", "axial", image.shape[0] // 2).any()))
+        if box is None and session.box is not None:
+            box = session.box
+        if box is None and self.box_from_reference and ref is not None:
+            box = Box.from_mask(ref.array)
+        self._box_ranges = ({a: (box.lo_zyx[a], box.hi_zyx[a]) for a in range(3)}
+                            if box is not None else {})
+        self._build_views(image)
+        self._case_select_guard = True
+        self.case_select.value = src.case_id
+        self._case_select_guard = False
+        self._update_box_display()
+        self._layout()
+        if note:
+            self._show_message(note, "warning" if "could not" in note else "info")
+        if self.segment_on_open and self.method == "interactive" and len(self._box_ranges) == 3 \
+                and not self._predicted:
+            self.segment()
+        self._update_status()
+
+    def _build_views(self, image: Volume) -> None:
+        old = self.views
+        same_grid = bool(old) and all(v.volume.shape == image.shape
+                                      and v.volume.spacing_mm == image.spacing_mm
+                                      for v in old.values())
+        if same_grid:
+            for v in old.values():
+                v.set_session(self.session, image)
+                v.crosshair = tuple(n // 2 for n in image.shape)
+                v.reset_view()
+        else:
+            self.views = {name: SliceView(image, name, session=self.session,
+                                          size_px=self._view_size)
+                          for name in ("axial", "coronal", "sagittal")}
+            a, c, s = self.views["axial"], self.views["coronal"], self.views["sagittal"]
+            self._links = [t.link((a, "crosshair"), (c, "crosshair")),
+                           t.link((c, "crosshair"), (s, "crosshair"))]
+            for v in self.views.values():
+                with v.hold_redraw():
+                    v.tool = self.tool_buttons.value
+                    v.brush_radius_mm = self.brush.value
+                    v.opacity = self.opacity.value
+                    v.contour_only = self.contour.value
+                    v.show_crosshair = self.crosshair.value
+                    if self.preset.value in WINDOW_PRESETS:
+                        v.set_window(self.preset.value)
+                v.on_stroke(self._on_view_stroke)
+                v.on_box(lambda **kw: self._guard("box", lambda: self.handle_box(**kw)))
+                v.on_key(self.handle_key)
+                v.on_message(lambda text: self._show_message(text, "warning"))
+                v.observe(self._on_window_drag, names=["window_width", "window_level"])
+        if self.view3d is None and self._view3d_backend != "none":
+            self.view3d = View3D(image, backend=self._view3d_backend)
+        elif self.view3d is not None:
+            self.view3d.set_volume(image)
+        if self.view3d is not None:
+            self.view3d.update_mask(self.session.mask)
+
+    def _on_case_select(self, change: dict[str, Any]) -> None:
+        if self._case_select_guard or change["new"] is None:
+            return
+        index = [c.case_id for c in self.cases].index(change["new"])
+        if index != self.case_index:
+            self._guard("open case", lambda: self.open_case(index))
+
+    def open_case(self, index: int) -> None:
+        """Open another case of the list (the current session stays saved in its folder).
+
+        Raises:
+            InputError: index out of range; the case cannot be loaded (the current case stays
+                open with its work).
+        """
+        if not 0 <= index < len(self.cases):
+            raise InputError(f"case index {index} is outside 0..{len(self.cases) - 1}")
+        try:
+            self._open_case(index)
+        except IunetError as exc:
+            self._case_select_guard = True
+            self.case_select.value = self.cases[self.case_index].case_id
+            self._case_select_guard = False
+            raise InputError(f"case {self.cases[index].case_id} could not be opened ({exc}); "
+                             f"still on case {self.cases[self.case_index].case_id}, nothing "
+                             "lost") from exc
+
+    # ===================================================================================
+    # actions (each one Session call, then a redraw)
+    # ===================================================================================
+    def box(self) -> Any:
+        """The box drawn so far as a :class:`~iunet_nb.preprocess.Box`.
+
+        Raises:
+            SessionError: an axis is still missing (the box must be drawn on two views).
+        """
+        from ..preprocess import Box
+
+        missing = [n for a, n in enumerate("zyx") if a not in self._box_ranges]
+        if missing:
+            hint = ("coronal or sagittal" if "z" in missing and len(missing) == 1 else
+                    "axial or sagittal" if missing == ["y"] else
+                    "axial or coronal" if missing == ["x"] else "two")
+            raise SessionError(f"the box has no {'/'.join(missing)} range yet: choose the Box "
+                               f"tool and drag a rectangle on the {hint} view(s)")
+        lo = tuple(self._box_ranges[a][0] for a in range(3))
+        hi = tuple(self._box_ranges[a][1] for a in range(3))
+        return Box(lo, hi)
+
+    def set_box(self, box: Any) -> None:
+        """Set the box from a :class:`~iunet_nb.preprocess.Box` (e.g. from a detector)."""
+        box.validate(self.volume.shape)  # type: ignore[union-attr]
+        self._box_ranges = {a: (box.lo_zyx[a], box.hi_zyx[a]) for a in range(3)}
+        self._update_box_display()
+
+    def segment(self) -> None:
+        """Predict the mask in the box (``Session.predict``)."""
+        t0 = time.perf_counter()
+        self.session.predict(self.box())
+        self._predicted = True
+        self._after("segment", t0, mask_changed=True)
+
+    def refine(self) -> Any:
+        """Start a refinement without blocking (``Session.refine_async``); returns its Future."""
+        t0 = time.perf_counter()
+        session = self.session
+        future = session.refine_async()
+        self._refine_future = future
+        self._refine_t0 = t0
+        self._set_busy(True)
+        self._last_action = "refine: running…"
+        self._update_status()
+        future.add_done_callback(lambda f: self._on_refine_done(f, session))
+        return future
+
+    def _on_refine_done(self, future: Any, session: Any) -> None:
+        try:
+            if session is not self.session or future is not self._refine_future:
+                return  # an old case, or a newer refinement is on its way
+            if future.cancelled():
+                self._set_busy(False)
+                self._last_action = "refine superseded by a newer action"
+                self._superseded = True
+                self._update_status()
+                return
+            exc = future.exception()
+            self._set_busy(False)
+            if exc is not None:
+                self._report(exc, "refine")
+                return
+            self._after("refine", self._refine_t0, mask_changed=True)
+        except Exception as exc:  # never lose an error on the worker thread
+            self._report(exc, "refine")
+        finally:
+            if future is self._refine_future or session is not self.session:
+                self._idle.set()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no refinement runs and its result is drawn (tests, scripts)."""
+        return self._idle.wait(timeout)
+
+    def undo(self) -> None:
+        t0 = time.perf_counter()
+        self.session.undo()
+        self._after("undo", t0, mask_changed=True)
+
+    def redo(self) -> None:
+        t0 = time.perf_counter()
+        self.session.redo()
+        self._after("redo", t0, mask_changed=True)
+
+    def reset(self) -> None:
+        """Back to the initial segmentation (original weights, no scribbles)."""
+        t0 = time.perf_counter()
+        self.session.reset()
+        self._after("reset", t0, mask_changed=True)
+
+    def save(self) -> Path | None:
+        """Save the session (autosave folder) and export the mask next to it.
+
+        Returns:
+            the exported mask path, or None when the mask is empty (nothing to export; the
+            session itself, with its scribbles, is still saved).
+
+        Raises:
+            SessionError: no folder was given (nothing can be written).
+        """
+        t0 = time.perf_counter()
+        folder = self.session.folder
+        if folder is None:
+            raise SessionError("this annotator has no session folder, so nothing can be saved: "
+                               "open it with Annotator(..., folder='sessions'); your work is "
+                               "still here")
+        self.session.save()
+        if not np.any(self.session.mask.array):
+            self._after("save", t0, mask_changed=False)
+            self._show_message("the session is saved, but the mask is empty, so no mask file "
+                               "was exported: segment or paint first", "warning")
+            return None
+        out = self.session.export(folder / f"{self.cases[self.case_index].case_id}_mask.nii.gz")
+        self._after("save", t0, mask_changed=False)
+        self._last_action += f" → {out.name}"
+        self._update_status()
+        return out
+
+    def accept_and_next(self) -> None:
+        """Save and export this case, then open the next one (case list mode)."""
+        if self.session.folder is not None:
+            out = self.save()
+            if out is None:
+                return  # empty mask: the warning is shown; stay on this case
+        if self.case_index + 1 >= len(self.cases):
+            self._show_message("that was the last case: all cases are done", "info")
+            return
+        nxt = self.case_index + 1
+        while nxt < len(self.cases):
+            try:
+                self.open_case(nxt)
+                return
+            except IunetError as exc:
+                self._show_message(str(exc), "error")
+                nxt += 1
+        self._show_message("no further case could be opened (see the messages above)", "error")
+
+    # -- gestures -------------------------------------------------------------------------
+    def handle_stroke(self, *, view: str, slice_index: int, points: np.ndarray, tool: str,
+                      radius_mm: float) -> None:
+        """A finished brush stroke on a view: one Session call, redraw, maybe auto-refine."""
+        t0 = time.perf_counter()
+        s = self.session
+        kw = {"view": view, "slice_index": slice_index, "radius_mm": radius_mm}
+        if tool in ("fg", "bg"):
+            if self.method == "manual":
+                raise SessionError("scribbles are for the interactive method; in the manual "
+                                   "method paint the mask with the Paint/Erase tools")
+            s.add_scribble(tool, points, **kw)
+            self._after(f"{tool} scribble", t0, mask_changed=False)
+            if self.auto_refine and self._predicted:
+                self.refine()
+        elif tool == "eraser":
+            n = s.erase_scribbles(points, **kw)
+            self._after("erase scribbles", t0, mask_changed=False)
+            if not n:
+                self._show_message("no scribble under the eraser on this slice", "info")
+        elif tool in ("paint", "erase"):
+            s.paint(1 if tool == "paint" else 0, points, **kw)
+            self._after("paint" if tool == "paint" else "erase mask", t0, mask_changed=True)
+        else:
+            raise InputError(f"unknown stroke tool {tool!r}")
+
+    def _on_view_stroke(self, **kw: Any) -> None:
+        try:
+            self.handle_stroke(**kw)
+        except Exception as exc:
+            self._report(exc, "stroke")
+            for v in self.views.values():  # take the stroke preview off the canvas
+                v.redraw(reencode=False)
+
+    def handle_box(self, *, view: str, slice_index: int, rows: tuple[int, int],
+                   cols: tuple[int, int]) -> None:
+        """A rectangle on a view sets the box's two in-plane ranges."""
+        from .slice_view import _VIEW_AXES
+
+        _, (ra, ca) = _VIEW_AXES[view]
+        self._box_ranges[ra] = (int(rows[0]), int(rows[1]))
+        self._box_ranges[ca] = (int(cols[0]), int(cols[1]))
+        self._update_box_display()
+        missing = [n for a, n in enumerate("zyx") if a not in self._box_ranges]
+        self._last_action = (f"box on {view}" + (f": draw it on another view for "
+                                                  f"{'/'.join(missing)}" if missing else
+                                                  ": ready, press Segment"))
+        self._clear_message()
+        self._update_status()
+
+    def handle_key(self, key: str, shift: bool = False, ctrl: bool = False,
+                   meta: bool = False) -> None:
+        """Keyboard shortcuts (:data:`SHORTCUTS`)."""
+        mod = ctrl or meta
+        k = key.lower() if len(key) == 1 else key
+        actions: dict[tuple[str, bool], tuple[str, Callable[[], Any]]] = {
+            ("s", False): ("Segment", self.segment), ("r", False): ("Refine", self.refine),
+            ("z", True): ("Redo" if shift else "Undo", self.redo if shift else self.undo),
+            ("y", True): ("Redo", self.redo), ("s", True): ("Save", self.save),
+            ("Enter", True): ("Accept & next", self.accept_and_next),
+        }
+        if (k, mod) in actions:
+            label, fn = actions[(k, mod)]
+            if self.method == "manual" and label in ("Segment", "Refine"):
+                return
+            self._guard(label, fn)
+        elif mod:
+            return
+        elif k in _KEY_TOOLS and _KEY_TOOLS[k] in self._tools:
+            self.tool_buttons.value = _KEY_TOOLS[k]
+        elif k == "[":
+            self.brush.value = max(self.brush.min, self.brush.value - 0.5)
+        elif k == "]":
+            self.brush.value = min(self.brush.max, self.brush.value + 0.5)
+        elif k == "c":
+            self.contour.value = not self.contour.value
+        elif k == "h":
+            self.crosshair.value = not self.crosshair.value
+        elif k == "a":
+            self.auto_refine = not self.auto_refine
+
+    # ===================================================================================
+    # feedback
+    # ===================================================================================
+    def _guard(self, label: str, fn: Callable[[], Any]) -> Any:
+        """Run a UI action; show any error in the app instead of losing it in the log."""
+        try:
+            return fn()
+        except Exception as exc:
+            self._report(exc, label)
+            return None
+
+    def _report(self, exc: BaseException, label: str) -> None:
+        if isinstance(exc, IunetError):
+            text = f"{label}: {exc}"
+        else:
+            logger.error("%s failed", label, exc_info=(type(exc), exc, exc.__traceback__))
+            text = (f"{label} failed unexpectedly ({type(exc).__name__}: {exc}); your work is "
+                    "kept. The full traceback is in the log.")
+        self._show_message(text, "error")
+
+    def _show_message(self, text: str, level: str = "error") -> None:
+        colors = {"error": "#b00020", "warning": "#8a5a00", "info": "#1f5fa8"}
+        self.messages.append(f"{level}: {text}")
+        (logger.warning if level != "info" else logger.info)("annotator %s: %s", level, text)
+        self.message.value = (f"<div style='color:{colors.get(level, '#000')};"
+                              f"white-space:pre-wrap'><b>{level}</b>: "
+                              f"{html.escape(text)}</div>")
+
+    def _clear_message(self) -> None:
+        self.message.value = ""
+
+    def _set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        if busy:
+            self._idle.clear()
+        self.progress.layout.visibility = "visible" if busy else "hidden"
+        self.progress.description = "refining…" if busy else ""
+        self.progress.value = 1.0 if busy else 0.0
+        self.progress.bar_style = "info" if busy else ""
+
+    def _after(self, action: str, t0: float, *, mask_changed: bool) -> None:
+        """Redraw from the Session's state and update the status line."""
+        for v in self.views.values():
+            v.redraw()
+        if mask_changed and self.view3d is not None:
+            try:
+                self.view3d.update_mask(self.session.mask)
+            except Exception as exc:  # the 3D view is a nicety: say so, keep going
+                self._show_message(f"the 3D view could not be updated ({exc})", "warning")
+        elapsed = time.perf_counter() - t0
+        self._last_action = f"{action}: {elapsed * 1000:.0f} ms"
+        if self._superseded:
+            self._last_action += " (the running refinement was superseded)"
+            self._superseded = False
+        self._clear_message()
+        self._update_status()
+
+    def _update_box_display(self) -> None:
+        if not self.views or self.volume is None:
+            return
+        shape = self.volume.shape
+        from .slice_view import _VIEW_AXES
+
+        for name, v in self.views.items():
+            _, (ra, ca) = _VIEW_AXES[name]
+            if ra not in self._box_ranges and ca not in self._box_ranges:
+                v.box_rect = None
+                continue
+            r = self._box_ranges.get(ra, (0, shape[ra]))
+            c = self._box_ranges.get(ca, (0, shape[ca]))
+            v.box_rect = (r[0], c[0], r[1], c[1])
+
+    def _update_status(self) -> None:
+        if self.session is None or self.volume is None:
+            return
+        src = self.cases[self.case_index]
+        parts = [f"case {self.case_index + 1}/{len(self.cases)} <b>{html.escape(src.case_id)}</b>"]
+        if self.reader:
+            parts.append(f"reader {html.escape(self.reader)}")
+        if self._last_action:
+            parts.append(f"last: {html.escape(self._last_action)}")
+        v = next(iter(self.views.values()), None)
+        if v is not None:
+            parts.append(f"W {v.window_width:.0f} / L {v.window_level:.0f}")
+        if self.study:
+            elapsed = time.monotonic() - self._case_t0
+            parts.append(f"case time {int(elapsed // 60):d}:{int(elapsed % 60):02d}")
+        if self.busy:
+            parts.append("<i>network working…</i>")
+        self.status.value = " · ".join(parts)
+
+    # -- convenience for scripts and tests ------------------------------------------------
+    @property
+    def case_id(self) -> str:
+        return self.cases[self.case_index].case_id

@@ -1,0 +1,407 @@
+"""Headless tests of the widgets' Python side: SliceView gestures, Annotator actions, notebook.
+
+Mouse events are simulated by calling the same handlers ipycanvas calls (canvas pixel
+coordinates); expected canvas positions are worked out by hand from the geometry, not with
+the view's own mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iunet_nb.checkpoint import ModelCard, save_model
+from iunet_nb.errors import CheckpointError, InputError
+from iunet_nb.nets import NetConfig, build_network
+from iunet_nb.preprocess import Box, PreprocessConfig
+from iunet_nb.session import RefineConfig, Session
+from iunet_nb.volume import Volume
+from iunet_nb.widgets import (Annotator, SliceView, View3D, annotate_notebook, lab_command,
+                              niivue_available)
+from iunet_nb.widgets.render import MASK_COLOR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def card() -> ModelCard:
+    return ModelCard(net=NetConfig(base_channels=4),
+                     preprocess=PreprocessConfig(size_zyx=(8, 16, 16)))
+
+
+@pytest.fixture
+def model(card):
+    torch.manual_seed(0)
+    return build_network(card.net).eval()
+
+
+@pytest.fixture
+def cfg() -> RefineConfig:
+    return RefineConfig(device="cpu", iterations=2)
+
+
+def _app(case, model, card, cfg, **kw) -> Annotator:
+    ct, ref = case
+    kw.setdefault("view3d", "none")
+    kw.setdefault("view_size_px", 300)
+    return Annotator(ct, model=(model, card), config=cfg, **kw)
+
+
+def _drag(view: SliceView, points: list[tuple[float, float]]) -> None:
+    view.handle_mouse_down(*points[0])
+    for p in points[1:]:
+        view.handle_mouse_move(*p)
+    view.handle_mouse_up(*points[-1])
+
+
+# --------------------------------------------------------------------------- hand mapping
+# conftest geometry: shape (24, 32, 32), spacing (z, y, x) = (2.5, 0.8, 0.7) mm, direction
+# diag(1, -1, 1): z runs superior (flip rows on coronal/sagittal), y runs anterior (flip y).
+# size_px=300: the longer physical side gets 300 px at zoom 1.
+#   axial    rows y 32*0.8=25.6 mm, cols x 22.4 mm -> 300/25.6 px/mm; rows flipped
+#   coronal  rows z 60 mm, cols x 22.4 mm          -> 5 px/mm; rows flipped
+#   sagittal rows z 60 mm, cols y 25.6 mm          -> 5 px/mm; rows and cols flipped
+HAND = {  # canvas (width, height) = the longer side 300 px, the other rounded to the aspect
+    "axial": dict(canvas=(262, 300), rows=(32, 0.8, True), cols=(32, 0.7, False)),
+    "coronal": dict(canvas=(112, 300), rows=(24, 2.5, True), cols=(32, 0.7, False)),
+    "sagittal": dict(canvas=(128, 300), rows=(24, 2.5, True), cols=(32, 0.8, True)),
+}
+
+
+def _hand_canvas(view: str, row: int, col: int) -> tuple[float, float]:
+    """Canvas pixel of a voxel centre at zoom 1: fit, centre (letterbox), flip."""
+    h = HAND[view]
+    (nr, sr, fr), (nc, sc, fc) = h["rows"], h["cols"]
+    width, height = h["canvas"]
+    ppm = min(width / (nc * sc), height / (nr * sr))
+    ox, oy = (width - nc * sc * ppm) / 2, (height - nr * sr * ppm) / 2
+    dr = nr - 1 - row if fr else row
+    dc = nc - 1 - col if fc else col
+    return ox + (dc + 0.5) * sc * ppm, oy + (dr + 0.5) * sr * ppm
+
+
+@pytest.mark.parametrize("view, k, row, cols, expected", [
+    # a thin stroke (0.3 mm) along one row paints exactly the voxels under it
+    ("coronal", 14, 10, (8, 20), lambda c: (10, 14, c)),   # (z, y=k, x)
+    ("axial", 12, 5, (9, 17), lambda c: (12, 5, c)),       # (z=k, y, x)
+    ("sagittal", 16, 7, (3, 11), lambda c: (7, c, 16)),    # (z, y, x=k)
+])
+def test_stroke_lands_on_the_voxels_under_it(ellipsoid_case, model, card, cfg, view, k, row,
+                                             cols, expected):
+    ct, _ = ellipsoid_case
+    session = Session(ct, model, card, config=cfg)
+    sv = SliceView(ct, view, session=session, size_px=300)
+    assert (sv.canvas.width, sv.canvas.height) == HAND[view]["canvas"]
+    got = []
+    sv.on_stroke(lambda **kw: got.append(kw))
+    sv.slice_index = k
+    sv.tool = "fg"
+    sv.brush_radius_mm = 0.3
+    pts = [_hand_canvas(view, row, c) for c in np.linspace(cols[0], cols[1], 7)]
+    _drag(sv, pts)
+    assert len(got) == 1 and got[0]["view"] == view and got[0]["slice_index"] == k
+    session.add_scribble("fg", got[0]["points"], view=view, slice_index=k,
+                         radius_mm=got[0]["radius_mm"])
+    painted = set(zip(*np.nonzero(session.scribbles.array)))
+    assert painted == {expected(c) for c in range(cols[0], cols[1] + 1)}
+
+
+def test_stroke_mapping_with_zoom_and_pan(ellipsoid_case):
+    ct, _ = ellipsoid_case
+    sv = SliceView(ct, "coronal", size_px=300)
+    sv.zoom = 2.0                      # 10 px/mm around the slice centre (16, 12) display px
+    sv.tool = "navigate"
+    # voxel (z=10, x=10): display row 23-10=13; x = 56 + (10.5-16)*7, y = 150 + (13.5-12)*25
+    sv.handle_mouse_down(17.5, 187.5)
+    sv.handle_mouse_up(17.5, 187.5)
+    assert sv.crosshair[0] == 10 and sv.crosshair[2] == 10 and sv.slice_index == 16
+    _drag(sv, [(100, 100), (135, 75)])     # pan: the image follows the pointer
+    sv.handle_mouse_down(17.5 + 35, 187.5 - 25)
+    sv.handle_mouse_up(17.5 + 35, 187.5 - 25)
+    assert (sv.crosshair[0], sv.crosshair[2]) == (10, 10)
+
+
+def test_linked_crosshair_and_scrolling(ellipsoid_case, model, card, cfg):
+    app = _app(ellipsoid_case, model, card, cfg)
+    ax, co, sa = (app.views[k] for k in ("axial", "coronal", "sagittal"))
+    x, y = _hand_canvas("axial", 5, 20)     # y=5, x=20 on axial slice 12
+    ax.handle_mouse_down(x, y)
+    ax.handle_mouse_up(x, y)
+    assert ax.crosshair == (12, 5, 20) and co.slice_index == 5 and sa.slice_index == 20
+    ax.handle_key("ArrowUp")
+    assert co.crosshair[0] == 13 and ax.slider.value == 13
+    ax.handle_wheel(0, 120)            # wheel down: previous slice
+    ax.handle_key("PageDown", shift=True)
+    assert ax.slice_index == 7 and sa.crosshair == (7, 5, 20)
+    ax.slice_index = 999
+    assert ax.slice_index == 23        # clipped to the volume
+
+
+def test_redraw_is_one_batched_message_with_one_png(ellipsoid_case, monkeypatch):
+    from ipycanvas.canvas import _CANVAS_MANAGER
+
+    ct, _ = ellipsoid_case
+    sv = SliceView(ct, "axial", size_px=300)
+    sent = []
+    monkeypatch.setattr(_CANVAS_MANAGER, "_send_custom",
+                        lambda command, buffers=[]: sent.append((command, list(buffers))))
+    sv.redraw()
+    assert len(sent) == 1
+    pngs = [b for b in sent[0][1] if bytes(b[:8]) == b"\x89PNG\r\n\x1a\n"]
+    assert len(pngs) == 1
+    sent.clear()
+    sv.tool = "fg"                      # a stroke preview: one small message per move
+    sv.handle_mouse_down(*_hand_canvas("axial", 5, 5))
+    sv.handle_mouse_move(*_hand_canvas("axial", 5, 9))
+    assert len(sent) == 2 and not any(bytes(b[:4]) == b"\x89PNG" for _, bs in sent for b in bs)
+
+
+def test_window_drag_and_presets_are_shared(ellipsoid_case, model, card, cfg):
+    app = _app(ellipsoid_case, model, card, cfg)
+    ax, co = app.views["axial"], app.views["coronal"]
+    app.tool_buttons.value = "window"
+    _drag(ax, [(100, 100), (150, 90)])   # +50 px -> width +100; up 10 px -> level +20
+    assert (co.window_width, co.window_level) == (500.0, 60.0)
+    assert app.preset.value == "custom" and "W 500 / L 60" in app.status.value
+    app.preset.value = "bone"
+    assert (ax.window_width, ax.window_level) == (1800.0, 400.0)
+
+
+def test_segment_paint_and_overlay_pixels(ellipsoid_case, model, card, cfg):
+    ct, ref = ellipsoid_case
+    app = _app(ellipsoid_case, model, card, cfg)
+    app.tool_buttons.value = "paint"
+    app.brush.value = 0.5
+    ax = app.views["axial"]
+    ax.slice_index = 12
+    p = _hand_canvas("axial", 3, 4)
+    _drag(ax, [p, p])
+    assert app.session.mask.array[12, 3, 4] == 1 and app.session.mask.array.sum() == 1
+    # the redraw shows it: display row of y=3 is 31-3 = 28 (rows flipped), col 4
+    g = np.floor(np.clip((float(ct.array[12, 3, 4]) + 160) * 255 / 400, 0, 255) + 0.5)
+    expected = [int(np.floor(g + (c - g) * 0.4 + 0.5)) for c in MASK_COLOR]
+    assert ax.last_rgba[28, 4, :3].tolist() == expected
+    assert "paint" in app.status.value and "ms" in app.status.value
+    app.handle_key("z", ctrl=True)
+    assert app.session.mask.array.sum() == 0
+    app.handle_key("y", ctrl=True)
+    assert app.session.mask.array.sum() == 1
+
+
+def test_box_on_two_views_then_segment(ellipsoid_case, model, card, cfg):
+    app = _app(ellipsoid_case, model, card, cfg)
+    app.handle_key("s")                             # no box yet: a message, nothing else
+    assert "box has no" in app.message.value and "Box" in app.messages[-1]
+    app.tool_buttons.value = "box"
+    ax, co = app.views["axial"], app.views["coronal"]
+    _drag(ax, [_hand_canvas("axial", 8, 6), _hand_canvas("axial", 20, 25)])
+    assert "another view for z" in app.status.value
+    _drag(co, [_hand_canvas("coronal", 4, 7), _hand_canvas("coronal", 18, 24)])
+    # z from coronal rows 4..18, y from axial rows 8..20, x from the coronal (latest) 7..24
+    assert app.box() == Box((4, 8, 7), (19, 21, 25))
+    assert ax.box_rect == (8, 7, 21, 25)
+    app.handle_key("s")
+    assert app.session.box == Box((4, 8, 7), (19, 21, 25))
+    assert any(e["event"] == "predict" for e in app.session.events)
+
+
+def test_click_outside_the_image_is_a_message(ellipsoid_case, model, card, cfg):
+    app = _app(ellipsoid_case, model, card, cfg)
+    app.tool_buttons.value = "fg"
+    co = app.views["coronal"]
+    co.zoom = 0.5                                    # the slice no longer fills the canvas
+    _drag(co, [(2, 2), (5, 5)])
+    assert "outside the image" in app.message.value
+    assert app.session.scribble_ids == []
+
+
+def test_refine_before_segmentation_keeps_the_work(ellipsoid_case, model, card, cfg):
+    app = _app(ellipsoid_case, model, card, cfg)
+    app.tool_buttons.value = "fg"
+    ax = app.views["axial"]
+    _drag(ax, [_hand_canvas("axial", 15, 10), _hand_canvas("axial", 15, 20)])
+    assert app.session.scribble_ids == [1]
+    app.buttons["refine"].click()
+    assert "before the initial segmentation" in app.message.value
+    assert app.session.scribble_ids == [1] and not app.busy
+
+
+def test_refine_does_not_block_and_a_stroke_supersedes_it(ellipsoid_case, model, card):
+    ct, ref = ellipsoid_case
+    slow = RefineConfig(device="cpu", iterations=400)
+    app = _app(ellipsoid_case, model, card, slow, reference=ref, box_from_reference=True,
+               segment_on_open=True)
+    assert "segment" in app.status.value
+    app.tool_buttons.value = "fg"
+    ax = app.views["axial"]
+    _drag(ax, [_hand_canvas("axial", 15, 12), _hand_canvas("axial", 15, 18)])
+    t0 = time.perf_counter()
+    future = app.refine()
+    assert time.perf_counter() - t0 < 0.5 and app.busy
+    assert app.progress.layout.visibility == "visible"
+    t1 = time.perf_counter()                     # the kernel still paints while it trains
+    _drag(ax, [_hand_canvas("axial", 16, 12), _hand_canvas("axial", 16, 18)])
+    assert time.perf_counter() - t1 < 1.0
+    assert app.wait_idle(30)
+    assert future.cancelled() and not app.busy
+    assert "superseded" in app.status.value
+    assert "refine" not in app.session.history and app.session.scribble_ids == [1, 2]
+
+
+def test_refine_runs_async_and_redraws(ellipsoid_case, model, card, cfg):
+    ct, ref = ellipsoid_case
+    app = _app(ellipsoid_case, model, card, cfg, reference=ref, box_from_reference=True,
+               segment_on_open=True)
+    app.tool_buttons.value = "fg"
+    app.auto_refine = True                          # auto-refine on stroke end
+    ax = app.views["axial"]
+    before = ax.redraw_count
+    _drag(ax, [_hand_canvas("axial", 15, 12), _hand_canvas("axial", 15, 18)])
+    assert app.wait_idle(60)
+    assert app.session.history[-1] == "refine" and not app.busy
+    assert "refine:" in app.status.value and ax.redraw_count >= before + 2
+    assert app.messages == []
+
+
+def test_save_without_folder_and_with_empty_mask(ellipsoid_case, model, card, cfg, tmp_path):
+    app = _app(ellipsoid_case, model, card, cfg)
+    app.handle_key("s", ctrl=True)
+    assert "no session folder" in app.message.value
+    app2 = _app(ellipsoid_case, model, card, cfg, folder=tmp_path, reader="R1")
+    assert app2.save() is None
+    assert "mask is empty" in app2.message.value
+    assert (tmp_path / "R1" / "case" / "state.json").is_file()
+    assert not list(tmp_path.rglob("*_mask.nii.gz"))
+
+
+def test_reader_mode_save_export_and_resume(ellipsoid_case, model, card, cfg, tmp_path):
+    ct, ref = ellipsoid_case
+    app = _app(ellipsoid_case, model, card, cfg, reference=ref, folder=tmp_path, reader="R2",
+               box_from_reference=True, segment_on_open=True, study=True)
+    assert "case time 0:0" in app.status.value and "reader R2" in app.status.value
+    app.tool_buttons.value = "paint"               # the random net's mask may be empty
+    _drag(app.views["axial"], [_hand_canvas("axial", 15, 12), _hand_canvas("axial", 15, 18)])
+    out = app.save()
+    assert out == tmp_path / "R2" / "case" / "case_mask.nii.gz" and out.is_file()
+    events = [json.loads(x) for x in (tmp_path / "R2" / "case" / "events.jsonl")
+              .read_text().splitlines()]
+    assert {"open", "predict", "paint", "save", "export"} <= {e["event"] for e in events}
+    assert {e["reader_id"] for e in events} == {"R2"} and events[-1]["dsc"] is not None
+    mask = app.session.mask.array
+    again = _app(ellipsoid_case, model, card, cfg, reference=ref, folder=tmp_path, reader="R2")
+    assert "resumed" in again.message.value
+    np.testing.assert_array_equal(again.session.mask.array, mask)
+
+
+def test_case_list_skips_a_case_that_fails_to_load(ellipsoid_case, model, card, cfg, tmp_path):
+    ct, ref = ellipsoid_case
+    other = Volume(ct.array + 5.0, ct.geometry)
+    app = Annotator([ct, tmp_path / "missing.nii.gz", other], model=(model, card), config=cfg,
+                    folder=tmp_path, case_ids=["a", "b", "c"], view3d="none",
+                    view_size_px=200)
+    assert app.case_id == "a" and app.case_select.options == ("a", "b", "c")
+    app.tool_buttons.value = "paint"
+    ax = app.views["axial"]
+    _drag(ax, [ax.transform.index_to_canvas(10, 10)] * 2)
+    app.buttons["next"].click()
+    assert (tmp_path / "a" / "a_mask.nii.gz").is_file()
+    assert app.case_id == "c" and any("b could not be opened" in m for m in app.messages)
+    assert app.session.mask.array.sum() == 0        # a fresh session for case c
+    app.case_select.value = "b"                      # picking the broken case: stay on c
+    assert app.case_id == "c" and "could not be opened" in app.message.value
+    app.accept_and_next()                            # empty mask: saved, not exported
+    assert "mask is empty" in app.message.value and app.case_id == "c"
+
+
+def test_manual_method_has_no_network_tools(ellipsoid_case, model, card, cfg):
+    app = _app(ellipsoid_case, model, card, cfg, method="manual")
+    assert [v for _, v in app.tool_buttons.options] == ["navigate", "window", "paint", "erase"]
+    assert app.buttons["segment"].layout.display == "none"
+    app.handle_key("f")                               # no fg brush in the manual arm
+    assert app.tool_buttons.value == "navigate"
+    app.handle_key("s")
+    assert not any(e["event"] == "predict" for e in app.session.events)
+    app.handle_key("p")
+    assert app.tool_buttons.value == "paint"
+
+
+def test_constructor_errors(ellipsoid_case, model, card, cfg, tmp_path):
+    ct, _ = ellipsoid_case
+    with pytest.raises(InputError, match="method must be"):
+        Annotator(ct, model=(model, card), method="robot")
+    with pytest.raises(InputError, match="reader id"):
+        Annotator(ct, model=(model, card), reader="a/b")
+    with pytest.raises(CheckpointError, match="needs its ModelCard"):
+        Annotator(ct, model=model)
+    with pytest.raises(InputError, match="no case could be opened"):
+        Annotator([tmp_path / "nope.nii.gz"], model=(model, card), view3d="none")
+    with pytest.raises(InputError, match="unknown view"):
+        SliceView(ct, "oblique")
+
+
+def test_view3d_backends(ellipsoid_case):
+    ct, ref = ellipsoid_case
+    with pytest.raises(InputError, match="unknown 3D backend"):
+        View3D(ct, backend="vtk")
+    itk = View3D(ct, backend="itk")
+    assert not itk.available and "itkwidgets" in itk.note and "niivue" in itk.note
+    off = View3D(ct, backend="none")
+    assert not off.available and off.children[0].value
+    auto = View3D(ct, backend="auto")
+    if niivue_available():
+        assert auto.backend == "niivue" and auto.available
+        auto.update_mask(ref)
+        assert len(auto._viewer.volumes) == 2 and auto.mask_updates == 1
+    else:
+        assert "ipyniivue is not installed" in auto.note
+
+
+# --------------------------------------------------------------------------- notebook
+def test_annotate_notebook_in_repo_matches_the_generator():
+    nb = json.loads((ROOT / "notebooks" / "annotate.ipynb").read_text())
+    gen = annotate_notebook()
+    assert [c["source"] for c in nb["cells"]] == [c["source"] for c in gen["cells"]]
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code[0]["metadata"]["tags"] == ["parameters"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+
+
+def test_annotate_notebook_code_runs(ellipsoid_case, model, card, tmp_path, monkeypatch):
+    ct, ref = ellipsoid_case
+    from iunet_nb.io import write_image, write_mask
+
+    ct_path = write_image(ct, tmp_path / "ct.nii.gz")
+    write_mask(ref, tmp_path / "ref.nii.gz")
+    model_path = save_model(model, card, tmp_path / "m.pt")
+    cells = ["".join(c["source"]) for c in annotate_notebook()["cells"]
+             if c["cell_type"] == "code"]
+    ns: dict = {}
+    exec(cells[0], ns)
+    assert ns["ct_path"] == "" and ns["segment_on_open"] is True
+    ns.update(ct_path=str(ct_path), model_path=str(model_path),
+              session_folder=str(tmp_path / "s"), reader_id="R9", view3d="none")
+    exec(cells[1], ns)
+    app = ns["app"]
+    assert isinstance(app, Annotator) and app.case_id == "ct" and app.reader == "R9"
+    assert (tmp_path / "s" / "R9" / "ct" / "state.json").is_file()
+
+
+def test_lab_command(tmp_path):
+    cmd = lab_command(tmp_path, port=8890, open_browser=False)
+    assert cmd[-1] == "annotate.ipynb" and "--port=8890" in cmd and "--no-browser" in cmd
+    assert f"--ServerApp.root_dir={tmp_path}" in cmd
+    with pytest.raises(InputError, match="port"):
+        lab_command(tmp_path, port=70000)
