@@ -488,7 +488,9 @@ def run_fold(cfg: CVConfig, fold: int, out_dir: str | os.PathLike, *,
         cfg: the experiment.
         fold: fold index, ``0 <= fold < cfg.k``.
         out_dir: the experiment's folder (shared by all fold jobs).
-        overwrite: rerun even if ``fold_<fold>.csv`` exists (otherwise it is read and returned).
+        overwrite: rerun even if ``fold_<fold>.csv`` exists (otherwise it is read and
+            returned) and train from scratch. Without it, a training interrupted in an earlier
+            run of this fold (a preempted job) resumes from its last checkpoint.
         progress: tqdm progress bars.
 
     Returns:
@@ -537,7 +539,7 @@ def run_fold(cfg: CVConfig, fold: int, out_dir: str | os.PathLike, *,
     for arch in cfg.architectures:
         t0 = time.perf_counter()
         result = train(images, masks, cfg.train_config(arch), out / f"fold_{fold}" / arch,
-                       device=cfg.device, progress=progress,
+                       resume=not overwrite, device=cfg.device, progress=progress,
                        data_description=f"{description}, fold {fold} of {cfg.k} "
                                         f"(seed {cfg.seed}): {len(train_ids)} training cases")
         models[arch], train_s[arch] = result.model, time.perf_counter() - t0

@@ -98,6 +98,17 @@ def test_run_fold_scores_each_test_case_with_each_architecture(dataset, tmp_path
     again = run_fold(cfg, 0, out, progress=False)
     assert (out / "fold_0" / "iunet" / "model.pt").stat().st_mtime_ns == mtime
     pd.testing.assert_frame_equal(again, pd.read_csv(out / "fold_0.csv", dtype={"case_id": str}))
+    # a job preempted after training (no fold CSV) resumes from the checkpoints: same weights
+    (out / "fold_0.csv").unlink()
+    ckpt_mtime = (out / "fold_0" / "iunet" / "checkpoint.pt").stat().st_mtime_ns
+    resumed = run_fold(cfg, 0, out, progress=False)
+    # nothing left to train: the checkpoint of the finished run is not rewritten
+    assert (out / "fold_0" / "iunet" / "checkpoint.pt").stat().st_mtime_ns == ckpt_mtime
+    model_again, _ = load_model(out / "fold_0" / "iunet" / "model.pt")
+    for a, b in zip(model.state_dict().values(), model_again.state_dict().values()):
+        assert torch.equal(a, b)
+    assert len((out / "fold_0" / "iunet" / "loss.jsonl").read_text().splitlines()) == 2
+    np.testing.assert_allclose(resumed["dice"], again["dice"])
 
 
 def test_fold_jobs_must_share_the_config(dataset, tmp_path):
