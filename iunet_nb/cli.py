@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -14,6 +15,10 @@ from .errors import IunetError
 __all__ = ["main"]
 
 logger = logging.getLogger("iunet_nb")
+
+# Modules that register their own subcommands with ``add_cli(subparsers)``; the logic stays in
+# the module, next to the functions the notebooks call.
+_CLI_MODULES: tuple[str, ...] = ("crossval", "study")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -141,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("reference")
     e.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance")
     e.set_defaults(func=_cmd_evaluate)
+
+    for name in _CLI_MODULES:
+        importlib.import_module(f"iunet_nb.{name}").add_cli(sub)
     return p
 
 
