@@ -90,7 +90,7 @@ def bench_zhou(train_cases, test_cases, args) -> dict:
                 for margin_vox in (0, 5, 10):
                     try:
                         box = detect_box(ct, lambda v, p=prob: p, threshold=threshold,
-                                         margin_vox=(margin_vox,) * 3)
+                                         margin_mm=margin_vox * min(ct.spacing_mm))
                     except Exception as exc:  # noqa: BLE001 - record a miss, keep going
                         boxes.append({"case": cid, "stage": stage, "threshold": threshold,
                                       "margin_vox": margin_vox, "found": False,
@@ -138,7 +138,7 @@ def bench_roth(train_cases, test_cases, args) -> dict:
             for margin_vox in (0, 5, 10):
                 try:
                     box = detect_box(ct, lambda v, p=prob: p, threshold=threshold,
-                                     margin_vox=(margin_vox,) * 3)
+                                     margin_mm=margin_vox * min(ct.spacing_mm))
                 except Exception as exc:  # noqa: BLE001
                     boxes.append({"case": cid, "stage": "roth", "threshold": threshold,
                                   "margin_vox": margin_vox, "found": False, "error": str(exc)})

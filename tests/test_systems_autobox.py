@@ -33,20 +33,31 @@ BLOB = (slice(17, 19), slice(1, 3), slice(35, 37))   # 8 voxels, far away
 
 def test_box_is_the_organ_and_small_far_components_are_dropped(ct):
     prob = _prob(ct.shape, ORGAN, BLOB)
-    box = detect_box(ct, lambda v: prob)
+    box = detect_box(ct, lambda v: prob, margin_mm=0)
     assert box == Box((5, 10, 8), (12, 20, 25))
-    assert detect_box(ct, lambda v: prob, min_component_frac=0.0) == Box((5, 1, 8), (19, 20, 37))
+    assert detect_box(ct, lambda v: prob, min_component_frac=0.0, margin_mm=0) == \
+        Box((5, 1, 8), (19, 20, 37))
 
 
-def test_margin_is_added_and_clipped(ct):
+def test_threshold_decides_what_counts(ct):
+    prob = _prob(ct.shape, ORGAN, p=0.9)
+    prob[2:5, 10:20, 8:25] = 0.2            # a fringe above the organ
+    assert detect_box(ct, lambda v: prob, margin_mm=0).lo_zyx == (2, 10, 8)      # default 0.1
+    assert detect_box(ct, lambda v: prob, threshold=0.5, margin_mm=0).lo_zyx == (5, 10, 8)
+
+
+def test_margin_in_mm_is_converted_with_the_spacing_and_clipped(ct):
     prob = _prob(ct.shape, ORGAN)
-    assert detect_box(ct, lambda v: prob, margin_vox=(2, 3, 20)) == Box((3, 7, 0), (14, 23, 40))
+    # spacing (2, 1, 1) mm: 10 mm = 5 slices and 10 voxels in plane; x clipped at 0
+    assert detect_box(ct, lambda v: prob) == Box((0, 0, 0), (17, 30, 35))
+    assert detect_box(ct, lambda v: prob, margin_mm=3) == Box((3, 7, 5), (14, 23, 28))
 
 
 def test_low_probabilities_fall_back_to_half_the_maximum(ct, caplog):
     prob = _prob(ct.shape, ORGAN, p=0.3)
     prob[6, 12, 10] = 0.4           # the peak; 0.3 >= 0.4 / 2 keeps the whole organ
-    assert detect_box(ct, lambda v: prob) == Box((5, 10, 8), (12, 20, 25))
+    assert detect_box(ct, lambda v: prob, threshold=0.5, margin_mm=0) == \
+        Box((5, 10, 8), (12, 20, 25))
     assert "using 0.200" in caplog.text
 
 
@@ -59,8 +70,8 @@ def test_nothing_found_and_bad_detectors_raise(ct):
         detect_box(ct, 42)
     with pytest.raises(ConfigError, match="threshold"):
         detect_box(ct, lambda v: v.array, threshold=1.5)
-    with pytest.raises(ConfigError, match="margin_vox"):
-        detect_box(ct, lambda v: v.array, margin_vox=(1, 2))
+    with pytest.raises(ConfigError, match="margin_mm"):
+        detect_box(ct, lambda v: v.array, margin_mm=-1.0)
 
 
 def test_a_zhou_model_is_a_box_detector():
@@ -78,10 +89,10 @@ def test_a_zhou_model_is_a_box_detector():
         model.coarse[v] = Thresh()
         model.fine[v] = Thresh()
     assert isinstance(model, BoxDetector)
-    box = detect_box(ct, model)
+    box = detect_box(ct, model, margin_mm=0)
     assert box == Box.from_mask(mask)
     assert box_contains(box, mask)
-    fine = detect_box(ct, lambda v: model.organ_probability(v, stage="fine"))
+    fine = detect_box(ct, lambda v: model.organ_probability(v, stage="fine"), margin_mm=0)
     assert fine == box
 
 

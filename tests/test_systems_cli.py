@@ -77,12 +77,12 @@ def test_detect_box_prints_a_box(tmp_path, ct_files, capsys, monkeypatch):
 
     monkeypatch.setattr(zhou, "load_zhou", fake_load)
     assert _run(["detect-box", str(ct_path), "--model", str(tmp_path / "zhou.pt"),
-                 "--margin", "1", "0", "0"]) == 0
+                 "--threshold", "0.5", "--margin-mm", "2.5"]) == 0
     nz = np.nonzero(mask)
     lo = [int(a.min()) for a in nz]
     hi = [int(a.max()) + 1 for a in nz]
-    lo[0] -= 1
-    hi[0] += 1
+    lo = [lo[0] - 1, lo[1] - 4, lo[2] - 4]      # 2.5 mm: 1 slice, ceil(2.5/0.8)=4, ceil(2.5/0.7)=4
+    hi = [hi[0] + 1, hi[1] + 4, hi[2] + 4]
     assert capsys.readouterr().out.split() == [str(v) for v in (*lo, *hi)]
 
 

@@ -156,8 +156,8 @@ def _cmd_detect_box(args: argparse.Namespace) -> int:
         from .zhou import load_zhou
 
         detector = load_zhou(args.model, args.device)
-    box = detect_box(ct, detector, threshold=args.threshold,
-                     margin_vox=tuple(args.margin), device=args.device)
+    box = detect_box(ct, detector, threshold=args.threshold, margin_mm=args.margin_mm,
+                     device=args.device)
     print(" ".join(str(v) for v in (*box.lo_zyx, *box.hi_zyx)))
     return 0
 
@@ -197,7 +197,9 @@ def add_cli(subparsers: Any) -> None:
     d.add_argument("ct")
     d.add_argument("--model", required=True, help="a zhou (or roth) model.pt")
     d.add_argument("--organ", default="pancreas", help="roth only")
-    d.add_argument("--threshold", type=float, default=0.5)
-    d.add_argument("--margin", type=int, nargs=3, default=[0, 0, 0], metavar=("Z", "Y", "X"))
+    d.add_argument("--threshold", type=float, default=0.1,
+                   help="probability threshold (default %(default)s: favours containment)")
+    d.add_argument("--margin-mm", type=float, default=10.0,
+                   help="margin added on each side in mm (default %(default)s)")
     d.add_argument("--device", default=None)
     d.set_defaults(func=_cmd_detect_box)
