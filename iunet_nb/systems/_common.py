@@ -16,7 +16,6 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,17 +124,6 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         yield
-
-
-@dataclass(frozen=True)
-class _Provenance:
-    """How a system's weights were made (written to the JSON card)."""
-
-    data: str = ""
-    train_time_s: float = 0.0
-    machine: str = ""
-    iterations: dict[str, int] = field(default_factory=dict)
-    notes: str = ""
 
 
 def _now() -> float:
