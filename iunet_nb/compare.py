@@ -18,7 +18,9 @@ with the stroke):
   mask away from its border and from the scribbles; what the walker changes is written
   into the session with ``Session.paint(points=...)``.
 * ``"improved"`` (e): the refinement with :data:`IMPROVED_CONFIG` (chosen by measurement,
-  see ``benchmarks/interactive_results.md``).
+  see ``benchmarks/interactive_results.md``), keeping only changes within
+  :data:`IMPROVED_LOCAL_MM` of the new stroke (:func:`refine_local_round`).
+* ``"session_default"``: the refinement with the Session's current ``RefineConfig()``.
 
 :func:`compare_methods` runs every method on every case from the same initial prediction
 and returns a long per-round table and a per-method summary (mean DSC per round, AUC,
@@ -55,6 +57,7 @@ from .volume import Volume
 
 __all__ = [
     "IMPROVED_CONFIG",
+    "IMPROVED_LOCAL_MM",
     "METHODS",
     "PAPER_CONFIG",
     "PAPER_LAMBDA",
@@ -65,6 +68,7 @@ __all__ = [
     "compare_methods",
     "random_walker_probability",
     "random_walker_round",
+    "refine_local_round",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,9 +80,15 @@ PAPER_LAMBDA = 1.0
 #: last + bottleneck layers, cumulative weights, the network's mask as the output.
 PAPER_CONFIG = RefineConfig(lam=PAPER_LAMBDA, threshold=0.2, force_scribbles=False,
                             keep_weights_between_rounds=True)
-#: The measured improvement (see benchmarks/interactive_results.md for the sweep).
-IMPROVED_CONFIG = RefineConfig(lam=0.0, iterations=10, lr=1e-2, force_scribbles=True,
-                               keep_weights_between_rounds=True)
+#: The measured improvement (benchmarks/interactive_results.md): the uncertain band from the
+#: Euclidean geodesic distance (``geodesic_lam=0``; with the image-driven distance the band
+#: swallows most of the organ and the network drifts), weights reset to the loaded ones at
+#: every round (no cumulative drift), scribbles forced; combined in the harness with
+#: :data:`IMPROVED_LOCAL_MM`.
+IMPROVED_CONFIG = RefineConfig(lam=0.0, geodesic_lam=0.0, keep_weights_between_rounds=False,
+                               force_scribbles=True)
+#: Changes of a refinement farther than this from the new stroke are discarded (mm).
+IMPROVED_LOCAL_MM = 30.0
 _KINDS = ("paint", "refine", "random_walker")
 
 
@@ -91,6 +101,8 @@ class Method:
         kind: ``"paint"``, ``"refine"`` or ``"random_walker"``.
         refine: the Session's config (all kinds: also used for the initial prediction).
         full_network: fine-tune every parameter (``kind="refine"`` only).
+        local_mm: keep a refinement's changes only within this distance (mm) of the new
+            stroke; farther changes are painted back (``kind="refine"`` only; None: keep all).
         description: one line for the table.
     """
 
@@ -98,9 +110,13 @@ class Method:
     kind: str
     refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
     full_network: bool = False
+    local_mm: float | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
+        if self.local_mm is not None and (self.kind != "refine" or not self.local_mm > 0):
+            raise ConfigError("local_mm must be a number > 0 (mm) and applies to "
+                              f"kind='refine' only, got {self.local_mm!r}")
         if self.kind not in _KINDS:
             raise ConfigError(f"Method.kind must be one of {list(_KINDS)}, got {self.kind!r}")
         if self.full_network and self.kind != "refine":
@@ -119,8 +135,11 @@ METHODS: dict[str, Method] = {
                    full_network=True, description="(c) whole network fine-tuned (lr 1e-3)"),
     "random_walker": Method("random_walker", "random_walker",
                             description="(d) random walker (Grady) seeded by scribbles + mask"),
-    "improved": Method("improved", "refine", IMPROVED_CONFIG,
-                       description="(e) improved default (measured)"),
+    "improved": Method("improved", "refine", IMPROVED_CONFIG, local_mm=IMPROVED_LOCAL_MM,
+                       description="(e) Euclidean band, reset weights, changes kept within "
+                                   f"{IMPROVED_LOCAL_MM:.0f} mm of the stroke"),
+    "session_default": Method("session_default", "refine", RefineConfig(),
+                              description="Session's RefineConfig() defaults as committed"),
 }
 
 
@@ -337,11 +356,48 @@ def random_walker_round(session: Session, stroke: Stroke, *, border_mm: float = 
 # ----------------------------------------------------------------------------------------------
 # The harness
 # ----------------------------------------------------------------------------------------------
+def refine_local_round(session: Session, stroke: Stroke, local_mm: float) -> int:
+    """``add_scribble`` + ``refine``, then undo the refinement's changes far from the stroke.
+
+    Changes farther than ``local_mm`` (Euclidean, mm, from the stroke's voxels) are painted
+    back to their previous value with ``Session.paint(points=...)``, so a correction stays
+    local to where the user drew (the rest of the mask, already accepted, does not drift).
+
+    Returns:
+        the number of voxels painted back.
+    """
+    before = session.mask.array
+    stroke.apply_scribble(session)
+    after = session.refine().array
+    changed = np.argwhere(before != after)
+    if not len(changed):
+        return 0
+    pts = np.stack(np.unravel_index(stroke.voxels, before.shape), axis=1)
+    lo = np.minimum(changed.min(0), pts.min(0))
+    hi = np.maximum(changed.max(0), pts.max(0)) + 1
+    seeds = np.ones(tuple(hi - lo), dtype=bool)
+    seeds[tuple((pts - lo).T)] = False
+    dist = ndimage.distance_transform_edt(seeds, sampling=session.volume.spacing_mm)
+    far = changed[dist[tuple((changed - lo).T)] > local_mm]
+    if not len(far):
+        return 0
+    old = before[tuple(far.T)]
+    n = 0
+    for value in (0, 1):
+        sel = far[old == value]
+        if len(sel):
+            n += session.paint(value, points=sel)
+    return n
+
+
 def _apply_for(method: Method) -> Callable[[Session, Stroke], Any] | None:
     if method.kind == "paint":
         return lambda s, st: st.apply_paint(s)
     if method.kind == "random_walker":
         return random_walker_round
+    if method.local_mm is not None:
+        local = float(method.local_mm)
+        return lambda s, st: refine_local_round(s, st, local)
     return None  # add_scribble + refine
 
 

@@ -16,6 +16,7 @@ from iunet_nb.compare import (
     compare_methods,
     random_walker_probability,
     random_walker_round,
+    refine_local_round,
 )
 from iunet_nb.errors import ConfigError, InputError
 from iunet_nb.nets import NetConfig, build_network
@@ -118,7 +119,9 @@ def test_full_fine_tune_trains_the_encoder_too(model):
 
 # ------------------------------------------------------------------------------ harness
 def test_methods_table_is_complete_and_paper_config_is_the_papers():
-    assert list(METHODS) == ["paint", "paper", "full", "random_walker", "improved"]
+    assert list(METHODS) == ["paint", "paper", "full", "random_walker", "improved",
+                            "session_default"]
+    assert METHODS["improved"].local_mm == 30.0
     assert METHODS["full"].full_network and METHODS["paint"].kind == "paint"
     assert PAPER_CONFIG.threshold == 0.2 and PAPER_CONFIG.lam > 0
     assert PAPER_CONFIG.scribble_weight == 3.0 and not PAPER_CONFIG.force_scribbles
@@ -126,6 +129,39 @@ def test_methods_table_is_complete_and_paper_config_is_the_papers():
         Method("x", "magic")
     with pytest.raises(ConfigError, match="full_network"):
         Method("x", "paint", full_network=True)
+    with pytest.raises(ConfigError, match="local_mm"):
+        Method("x", "paint", local_mm=10.0)
+    with pytest.raises(ConfigError, match="local_mm"):
+        Method("x", "refine", local_mm=0.0)
+
+
+def test_local_refinement_keeps_changes_near_the_stroke_only(ellipsoid_case, model, card):
+    from scipy.spatial.distance import cdist
+
+    ct, ref = ellipsoid_case
+    cfg = RefineConfig(device="cpu", iterations=3, lr=5e-2)
+    s = Session(ct, model, card, Box.from_mask(ref.array), config=cfg)
+    shifted = np.roll(ref.array, 4, axis=2)  # an accepted mask the network does not reproduce
+    s.predict()
+    s.paint(1, points=np.argwhere(shifted))
+    before = s.mask.array
+    stroke = plan_stroke(before, ref.array, ct.spacing_mm, RobotConfig(), 0)
+    free = Session(ct, model, card, Box.from_mask(ref.array), config=cfg)
+    free.predict()
+    free.paint(1, points=np.argwhere(shifted))
+    stroke.apply_scribble(free)
+    unrestricted = free.refine().array
+    n_back = refine_local_round(s, stroke, local_mm=4.0)
+    after = s.mask.array
+    changed = np.argwhere(after != before)
+    pts = np.argwhere(np.isin(np.arange(before.size), stroke.voxels).reshape(before.shape))
+    sp = np.asarray(ct.spacing_mm)
+    far_free = cdist(np.argwhere(unrestricted != before) * sp, pts * sp).min(1) > 4.0
+    assert far_free.sum() == n_back > 0             # the unrestricted refine changed far voxels
+    assert cdist(changed * sp, pts * sp).min(1).max() <= 4.0 + 1e-9
+    near = ~far_free
+    assert np.array_equal(after[tuple(np.argwhere(unrestricted != before)[near].T)],
+                          unrestricted[tuple(np.argwhere(unrestricted != before)[near].T)])
 
 
 def test_compare_methods_runs_every_method_from_the_same_start(ellipsoid_case, model, card):
