@@ -105,3 +105,13 @@ def test_box_recall_counts_voxels_inside():
     assert not box_contains(Box((1, 1, 1), (3, 3, 2)), mask)
     with pytest.raises(InputError, match="empty"):
         box_recall(Box((0, 0, 0), (1, 1, 1)), np.zeros((2, 2, 2)))
+
+
+def test_a_box_over_half_the_image_is_flagged(ct, caplog):
+    prob = np.full(ct.shape, 0.08, np.float32)        # an unsure detector: flat and low
+    box = detect_box(ct, lambda v: prob, margin_mm=0)
+    assert box == Box((0, 0, 0), ct.shape)
+    assert "covers 100 % of the image" in caplog.text
+    caplog.clear()
+    detect_box(ct, lambda v: _prob(ct.shape, ORGAN), margin_mm=0)
+    assert "covers" not in caplog.text

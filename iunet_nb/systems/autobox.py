@@ -45,6 +45,9 @@ __all__ = ["BoxDetector", "box_contains", "box_recall", "detect_box"]
 
 logger = logging.getLogger(__name__)
 
+#: A box larger than this fraction of the image is reported as unreliable (logged).
+_LARGE_BOX = 0.5
+
 
 @runtime_checkable
 class BoxDetector(Protocol):
@@ -125,7 +128,13 @@ def detect_box(volume: Volume, detector: BoxDetector | Callable[[Volume], np.nda
         keep = np.flatnonzero(sizes >= min_component_frac * sizes.max()) + 1
         mask = np.isin(labels, keep)
         logger.debug("detect_box: kept %d of %d components", len(keep), n)
-    return Box.from_mask(mask).expand(margin).clip(volume.shape)
+    box = Box.from_mask(mask).expand(margin).clip(volume.shape)
+    fraction = float(np.prod(box.size)) / float(np.prod(volume.shape))
+    if fraction > _LARGE_BOX:
+        logger.warning("the detected box covers %.0f %% of the image (peak probability %.3f): "
+                       "the detector is unsure where the organ is; check or redraw the box",
+                       100 * fraction, peak)
+    return box
 
 
 def box_recall(box: Box, mask: np.ndarray) -> float:

@@ -180,7 +180,8 @@ class ZhouConfig(JsonConfig):
 
     @classmethod
     def reduced(cls, **changes: Any) -> ZhouConfig:
-        """The documented CPU scale (about 6 minutes on one core for 20 BTCV-sized cases).
+        """The documented CPU scale (533 s of training for 20 BTCV cases at 4 mm, one torch
+        thread on a busy 2-core machine; see benchmarks/bench_systems.py).
 
         4 mm voxels; FCN with 4 blocks of 8-16-32-64 channels; 2000 coarse and 1000 fine
         steps per view with 4 slice stacks per step; Adam lr 1e-3; margins 2..4 px and a 3 px frame
