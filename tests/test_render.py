@@ -10,9 +10,19 @@ from PIL import Image
 
 from iunet_nb.errors import InputError
 from iunet_nb.volume import Geometry
-from iunet_nb.widgets.render import (BG_COLOR, FG_COLOR, MASK_COLOR, WINDOW_PRESETS,
-                                     SliceTransform, compose_slice, display_flips, encode_png,
-                                     mask_contour, window_lut, window_to_uint8)
+from iunet_nb.widgets.render import (
+    BG_COLOR,
+    FG_COLOR,
+    MASK_COLOR,
+    WINDOW_PRESETS,
+    SliceTransform,
+    compose_slice,
+    display_flips,
+    encode_png,
+    mask_contour,
+    window_lut,
+    window_to_uint8,
+)
 
 
 # ----------------------------------------------------------------------------- window

@@ -21,8 +21,14 @@ from iunet_nb.nets import NetConfig, build_network
 from iunet_nb.preprocess import Box, PreprocessConfig
 from iunet_nb.session import RefineConfig, Session
 from iunet_nb.volume import Volume
-from iunet_nb.widgets import (Annotator, SliceView, View3D, annotate_notebook, lab_command,
-                              niivue_available)
+from iunet_nb.widgets import (
+    Annotator,
+    SliceView,
+    View3D,
+    annotate_notebook,
+    lab_command,
+    niivue_available,
+)
 from iunet_nb.widgets.render import MASK_COLOR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +60,7 @@ def cfg() -> RefineConfig:
 
 
 def _app(case, model, card, cfg, **kw) -> Annotator:
-    ct, ref = case
+    ct, _ref = case
     kw.setdefault("view3d", "none")
     kw.setdefault("view_size_px", 300)
     return Annotator(ct, model=(model, card), config=cfg, **kw)
@@ -75,9 +81,9 @@ def _drag(view: SliceView, points: list[tuple[float, float]]) -> None:
 #   coronal  rows z 60 mm, cols x 22.4 mm          -> 5 px/mm; rows flipped
 #   sagittal rows z 60 mm, cols y 25.6 mm          -> 5 px/mm; rows and cols flipped
 HAND = {  # canvas (width, height) = the longer side 300 px, the other rounded to the aspect
-    "axial": dict(canvas=(262, 300), rows=(32, 0.8, True), cols=(32, 0.7, False)),
-    "coronal": dict(canvas=(112, 300), rows=(24, 2.5, True), cols=(32, 0.7, False)),
-    "sagittal": dict(canvas=(128, 300), rows=(24, 2.5, True), cols=(32, 0.8, True)),
+    "axial": {"canvas": (262, 300), "rows": (32, 0.8, True), "cols": (32, 0.7, False)},
+    "coronal": {"canvas": (112, 300), "rows": (24, 2.5, True), "cols": (32, 0.7, False)},
+    "sagittal": {"canvas": (128, 300), "rows": (24, 2.5, True), "cols": (32, 0.8, True)},
 }
 
 
@@ -181,7 +187,7 @@ def test_window_drag_and_presets_are_shared(ellipsoid_case, model, card, cfg):
 
 
 def test_segment_paint_and_overlay_pixels(ellipsoid_case, model, card, cfg):
-    ct, ref = ellipsoid_case
+    ct, _ref = ellipsoid_case
     app = _app(ellipsoid_case, model, card, cfg)
     app.tool_buttons.value = "paint"
     app.brush.value = 0.5
@@ -240,7 +246,7 @@ def test_refine_before_segmentation_keeps_the_work(ellipsoid_case, model, card, 
 
 
 def test_refine_does_not_block_and_a_stroke_supersedes_it(ellipsoid_case, model, card):
-    ct, ref = ellipsoid_case
+    _ct, ref = ellipsoid_case
     slow = RefineConfig(device="cpu", iterations=400)
     app = _app(ellipsoid_case, model, card, slow, reference=ref, box_from_reference=True,
                segment_on_open=True)
@@ -262,7 +268,7 @@ def test_refine_does_not_block_and_a_stroke_supersedes_it(ellipsoid_case, model,
 
 
 def test_refine_runs_async_and_redraws(ellipsoid_case, model, card, cfg):
-    ct, ref = ellipsoid_case
+    _ct, ref = ellipsoid_case
     app = _app(ellipsoid_case, model, card, cfg, reference=ref, box_from_reference=True,
                segment_on_open=True)
     app.tool_buttons.value = "fg"
@@ -288,7 +294,7 @@ def test_save_without_folder_and_with_empty_mask(ellipsoid_case, model, card, cf
 
 
 def test_reader_mode_save_export_and_resume(ellipsoid_case, model, card, cfg, tmp_path):
-    ct, ref = ellipsoid_case
+    _ct, ref = ellipsoid_case
     app = _app(ellipsoid_case, model, card, cfg, reference=ref, folder=tmp_path, reader="R2",
                box_from_reference=True, segment_on_open=True, study=True)
     assert "case time 0:0" in app.status.value and "reader R2" in app.status.value
@@ -307,7 +313,7 @@ def test_reader_mode_save_export_and_resume(ellipsoid_case, model, card, cfg, tm
 
 
 def test_case_list_skips_a_case_that_fails_to_load(ellipsoid_case, model, card, cfg, tmp_path):
-    ct, ref = ellipsoid_case
+    ct, _ref = ellipsoid_case
     other = Volume(ct.array + 5.0, ct.geometry)
     app = Annotator([ct, tmp_path / "missing.nii.gz", other], model=(model, card), config=cfg,
                     folder=tmp_path, case_ids=["a", "b", "c"], view3d="none",
@@ -389,11 +395,11 @@ def test_annotate_notebook_code_runs(ellipsoid_case, model, card, tmp_path, monk
     cells = ["".join(c["source"]) for c in annotate_notebook()["cells"]
              if c["cell_type"] == "code"]
     ns: dict = {}
-    exec(cells[0], ns)
+    exec(cells[0], ns)  # noqa: S102 - the notebook's own cells
     assert ns["ct_path"] == "" and ns["segment_on_open"] is True
     ns.update(ct_path=str(ct_path), model_path=str(model_path),
               session_folder=str(tmp_path / "s"), reader_id="R9", view3d="none")
-    exec(cells[1], ns)
+    exec(cells[1], ns)  # noqa: S102
     app = ns["app"]
     assert isinstance(app, Annotator) and app.case_id == "ct" and app.reader == "R9"
     assert (tmp_path / "s" / "R9" / "ct" / "state.json").is_file()

@@ -12,8 +12,16 @@ The engine never imports this package; these widgets only call a
 
 from .annotator import METHODS, SHORTCUTS, Annotator, CaseSource
 from .lab import annotate_notebook, lab_command, launch_lab, write_annotate_notebook
-from .render import (WINDOW_PRESETS, SliceTransform, compose_slice, display_flips, encode_png,
-                     mask_contour, window_lut, window_to_uint8)
+from .render import (
+                     WINDOW_PRESETS,
+                     SliceTransform,
+                     compose_slice,
+                     display_flips,
+                     encode_png,
+                     mask_contour,
+                     window_lut,
+                     window_to_uint8,
+)
 from .slice_view import PAINT_TOOLS, TOOLS, SliceView
 from .view3d import View3D, niivue_available
 

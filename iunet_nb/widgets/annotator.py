@@ -285,7 +285,7 @@ class Annotator(w.VBox):
         self._tools = tools
         self.tool_buttons = w.ToggleButtons(
             options=[(_TOOL_LABELS[k], k) for k in tools], value="navigate",
-            style={"button_width": "72px"}, tooltips=[f"{k} tool" for k in tools])
+            style={"button_width": "84px"}, tooltips=[f"{k} tool" for k in tools])
         self.brush = w.FloatSlider(value=3.0, min=0.5, max=20.0, step=0.5,
                                    description="brush mm", continuous_update=False)
         self.preset = w.Dropdown(options=list(WINDOW_PRESETS) + ["custom"], value="abdomen",
@@ -442,6 +442,9 @@ class Annotator(w.VBox):
         self._box_ranges = ({a: (box.lo_zyx[a], box.hi_zyx[a]) for a in range(3)}
                             if box is not None else {})
         self._build_views(image)
+        if len(self._box_ranges) == 3:  # show the box's middle on all three views
+            self.views["axial"].crosshair = tuple(
+                (self._box_ranges[a][0] + self._box_ranges[a][1] - 1) // 2 for a in range(3))
         self._case_select_guard = True
         self.case_select.value = src.case_id
         self._case_select_guard = False
@@ -582,7 +585,7 @@ class Annotator(w.VBox):
                 self._report(exc, "refine")
                 return
             self._after("refine", self._refine_t0, mask_changed=True)
-        except Exception as exc:  # never lose an error on the worker thread
+        except Exception as exc:  # noqa: BLE001 - never lose an error on the worker thread
             self._report(exc, "refine")
         finally:
             if future is self._refine_future or session is not self.session:
@@ -684,7 +687,7 @@ class Annotator(w.VBox):
     def _on_view_stroke(self, **kw: Any) -> None:
         try:
             self.handle_stroke(**kw)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - shown in the app, never lost
             self._report(exc, "stroke")
             for v in self.views.values():  # take the stroke preview off the canvas
                 v.redraw(reencode=False)
@@ -743,7 +746,7 @@ class Annotator(w.VBox):
         """Run a UI action; show any error in the app instead of losing it in the log."""
         try:
             return fn()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - shown in the app, never lost
             self._report(exc, label)
             return None
 
@@ -783,7 +786,7 @@ class Annotator(w.VBox):
         if mask_changed and self.view3d is not None:
             try:
                 self.view3d.update_mask(self.session.mask)
-            except Exception as exc:  # the 3D view is a nicety: say so, keep going
+            except Exception as exc:  # noqa: BLE001 - the 3D view is a nicety: say so, go on
                 self._show_message(f"the 3D view could not be updated ({exc})", "warning")
         elapsed = time.perf_counter() - t0
         self._last_action = f"{action}: {elapsed * 1000:.0f} ms"

@@ -34,8 +34,15 @@ from ipycanvas import Canvas, hold_canvas
 
 from ..errors import InputError
 from ..volume import Volume
-from .render import (BG_COLOR, FG_COLOR, WINDOW_PRESETS, SliceTransform, compose_slice,
-                     display_flips, encode_png)
+from .render import (
+    BG_COLOR,
+    FG_COLOR,
+    WINDOW_PRESETS,
+    SliceTransform,
+    compose_slice,
+    display_flips,
+    encode_png,
+)
 
 __all__ = ["PAINT_TOOLS", "TOOLS", "SliceView"]
 
@@ -136,7 +143,7 @@ class SliceView(w.VBox):
         height_mm = self.n_rows * self.spacing_rc[0]
         width_mm = self.n_cols * self.spacing_rc[1]
         scale = size_px / max(height_mm, width_mm)
-        cw, ch = max(int(round(width_mm * scale)), 16), max(int(round(height_mm * scale)), 16)
+        cw, ch = max(round(width_mm * scale), 16), max(round(height_mm * scale), 16)
         self.canvas = Canvas(width=cw, height=ch,
                              layout=w.Layout(width=f"{cw}px", height=f"{ch}px"))
         self.slider = w.IntSlider(value=shape[self.axis] // 2, min=0, max=shape[self.axis] - 1,
@@ -244,7 +251,9 @@ class SliceView(w.VBox):
     def layers(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """The current slice's ``(image, mask, scribbles)`` as ``(row, col)`` arrays."""
         k = int(self.slice_index)
-        image = np.take(self.volume.array, k, axis=self.axis)
+        index: list[Any] = [slice(None)] * 3
+        index[self.axis] = k
+        image = self.volume.array[tuple(index)]  # a view (np.take copies, slowly when strided)
         if self.session is None:
             return image, None, None
         return (image, self.session.slice_of("mask", self.view, k),
@@ -369,12 +378,11 @@ class SliceView(w.VBox):
         tr = self.transform
         row, col = tr.canvas_to_index(x, y)
         tool = self.tool
-        if tool in PAINT_TOOLS or tool == "box":
-            if not tr.inside(row, col):
-                self._drag = None
-                self._message(f"that point is outside the image on the {self.view} view: "
-                              "start the stroke or box on the CT")
-                return
+        if (tool in PAINT_TOOLS or tool == "box") and not tr.inside(row, col):
+            self._drag = None
+            self._message(f"that point is outside the image on the {self.view} view: "
+                          "start the stroke or box on the CT")
+            return
         self._drag = {"tool": tool, "start": (x, y), "last": (x, y), "moved": False,
                       "points": [(row, col)], "center": tuple(self.center),
                       "window": (self.window_width, self.window_level),
@@ -445,8 +453,8 @@ class SliceView(w.VBox):
             row, col = tr.canvas_to_index(x, y)
             if tr.inside(row, col):
                 ch = list(self.crosshair)
-                ch[self.row_axis] = int(round(row))
-                ch[self.col_axis] = int(round(col))
+                ch[self.row_axis] = round(row)
+                ch[self.col_axis] = round(col)
                 self.crosshair = tuple(ch)
 
     def handle_mouse_out(self, x: float, y: float) -> None:
@@ -496,8 +504,8 @@ class SliceView(w.VBox):
 
 def _voxel_range(a: float, b: float, n: int) -> tuple[int, int]:
     """Voxels whose centres lie between two index positions: ``(lo, hi)``, hi exclusive."""
-    lo = int(math.floor(min(a, b) + 0.5))
-    hi = int(math.floor(max(a, b) + 0.5)) + 1
+    lo = math.floor(min(a, b) + 0.5)
+    hi = math.floor(max(a, b) + 0.5) + 1
     return max(lo, 0), min(hi, n)
 
 

@@ -42,7 +42,7 @@ def niivue_available() -> bool:
     """Whether ipyniivue can be imported."""
     try:
         import ipyniivue  # noqa: F401
-    except Exception:
+    except Exception:  # noqa: BLE001 - any import failure means 'not available'
         return False
     return True
 
@@ -113,7 +113,7 @@ class View3D(w.VBox):
             self.available = True
             self._load_ct(self.volume)
             self._set_note("3D view (ipyniivue): CT and mask (red). Drag to rotate the render.")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - shown in the app, never lost
             logger.warning("ipyniivue could not start: %s", exc)
             self._viewer, self.available, self.backend = None, False, "none"
             self._set_note(f"3D view: ipyniivue could not start ({html.escape(str(exc))}); the "
@@ -131,7 +131,7 @@ class View3D(w.VBox):
             self._set_note("3D view (itkwidgets). If it stays empty: itkwidgets 0.32 has no "
                            "JupyterLab 4 extension and 1.0 needs the internet; use "
                            "view3d='niivue' (pip install 'iunet-nb[view]').")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - shown in the app, never lost
             self._viewer, self.available, self.backend = None, False, "none"
             self._set_note(f"3D view: itkwidgets cannot load here ({html.escape(type(exc).__name__)}"
                            f": {html.escape(str(exc))}). It has no offline JupyterLab 4 "
