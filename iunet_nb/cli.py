@@ -94,6 +94,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from .widgets import launch_lab
+
+    return launch_lab(args.directory, port=args.port, open_browser=not args.no_browser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="iunet-nb", description=__doc__)
@@ -146,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("reference")
     e.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance")
     e.set_defaults(func=_cmd_evaluate)
+
+    lab = sub.add_parser("lab", help="open JupyterLab on the annotate notebook (bundled sample)")
+    lab.add_argument("directory", nargs="?", default=".", help="folder to serve (default: .)")
+    lab.add_argument("--port", type=int, default=None)
+    lab.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    lab.set_defaults(func=_cmd_lab)
 
     for name in _CLI_MODULES:
         importlib.import_module(f"iunet_nb.{name}").add_cli(sub)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up iunet-nb in ./.venv (or in the active virtual environment).
 #   bash scripts/setup.sh        # the package
-#   bash scripts/setup.sh test   # the package plus what the tests need
+#   bash scripts/setup.sh test   # the package plus what the tests need (incl. Debian chromium
+#                                # for the real-browser test, when run as root with apt)
 # PyTorch: if a torch is already installed (e.g. a CUDA build you chose, see README), it is
 # kept. Otherwise torch==2.13.0 is installed: on this project's machines that resolves to a
 # local CPU wheel (a plain `pip install torch` would pull a 5.5 GB CUDA build). Nothing is compiled.
@@ -19,7 +20,8 @@ if ! "$py" -c "import torch" 2>/dev/null; then
   "$py" -m pip install --quiet "torch==2.13.0"
 fi
 if [ "$extra" = "test" ]; then
-  "$py" -m pip install --quiet -e ".[test]"
+  "$py" -m pip install --quiet -e ".[view,test]"
+  bash scripts/install_browser.sh
 else
   "$py" -m pip install --quiet -e .
 fi
