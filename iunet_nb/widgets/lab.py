@@ -146,7 +146,7 @@ def launch_lab(directory: str | os.PathLike = ".", *, port: int | None = None,
             import jupyterlab  # noqa: F401
         except ImportError as exc:
             raise InputError("JupyterLab is not installed: pip install 'jupyterlab>=4.2' "
-                             "(or pip install 'iunet-nb[test]')") from exc
+                             "(it is a dependency of iunet-nb: reinstall it)") from exc
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     nb = write_annotate_notebook(directory / NOTEBOOK_NAME, overwrite=False)
