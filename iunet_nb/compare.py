@@ -82,13 +82,12 @@ PAPER_CONFIG = RefineConfig(lam=PAPER_LAMBDA, threshold=0.2, force_scribbles=Fal
                             keep_weights_between_rounds=True)
 #: The measured improvement (benchmarks/interactive_results.md): the uncertain band from the
 #: Euclidean geodesic distance (``geodesic_lam=0``; with the image-driven distance the band
-#: swallows most of the organ and the network drifts), weights reset to the loaded ones at
-#: every round (no cumulative drift), scribbles forced; combined in the harness with
-#: :data:`IMPROVED_LOCAL_MM`.
-IMPROVED_CONFIG = RefineConfig(lam=0.0, geodesic_lam=0.0, keep_weights_between_rounds=False,
-                               force_scribbles=True)
+#: swallows most of the organ and the network drifts), a gentler Adam step (lr 1e-3),
+#: scribbles forced; combined in the harness with :data:`IMPROVED_LOCAL_MM` and one-way
+#: changes (a foreground stroke only adds, a background stroke only removes).
+IMPROVED_CONFIG = RefineConfig(lam=0.0, geodesic_lam=0.0, lr=1e-3, force_scribbles=True)
 #: Changes of a refinement farther than this from the new stroke are discarded (mm).
-IMPROVED_LOCAL_MM = 30.0
+IMPROVED_LOCAL_MM = 15.0
 _KINDS = ("paint", "refine", "random_walker")
 
 
@@ -103,6 +102,8 @@ class Method:
         full_network: fine-tune every parameter (``kind="refine"`` only).
         local_mm: keep a refinement's changes only within this distance (mm) of the new
             stroke; farther changes are painted back (``kind="refine"`` only; None: keep all).
+        one_way: with ``local_mm``: a foreground stroke only adds voxels, a background
+            stroke only removes them.
         description: one line for the table.
     """
 
@@ -111,6 +112,7 @@ class Method:
     refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
     full_network: bool = False
     local_mm: float | None = None
+    one_way: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -136,7 +138,8 @@ METHODS: dict[str, Method] = {
     "random_walker": Method("random_walker", "random_walker",
                             description="(d) random walker (Grady) seeded by scribbles + mask"),
     "improved": Method("improved", "refine", IMPROVED_CONFIG, local_mm=IMPROVED_LOCAL_MM,
-                       description="(e) Euclidean band, reset weights, changes kept within "
+                       one_way=True,
+                       description="(e) Euclidean band, lr 1e-3, one-way changes kept within "
                                    f"{IMPROVED_LOCAL_MM:.0f} mm of the stroke"),
     "session_default": Method("session_default", "refine", RefineConfig(),
                               description="Session's RefineConfig() defaults as committed"),
@@ -356,12 +359,15 @@ def random_walker_round(session: Session, stroke: Stroke, *, border_mm: float = 
 # ----------------------------------------------------------------------------------------------
 # The harness
 # ----------------------------------------------------------------------------------------------
-def refine_local_round(session: Session, stroke: Stroke, local_mm: float) -> int:
+def refine_local_round(session: Session, stroke: Stroke, local_mm: float,
+                       one_way: bool = False) -> int:
     """``add_scribble`` + ``refine``, then undo the refinement's changes far from the stroke.
 
     Changes farther than ``local_mm`` (Euclidean, mm, from the stroke's voxels) are painted
     back to their previous value with ``Session.paint(points=...)``, so a correction stays
     local to where the user drew (the rest of the mask, already accepted, does not drift).
+    With ``one_way`` a foreground stroke may only add voxels and a background stroke only
+    remove them (the other changes are painted back too).
 
     Returns:
         the number of voxels painted back.
@@ -378,7 +384,11 @@ def refine_local_round(session: Session, stroke: Stroke, local_mm: float) -> int
     seeds = np.ones(tuple(hi - lo), dtype=bool)
     seeds[tuple((pts - lo).T)] = False
     dist = ndimage.distance_transform_edt(seeds, sampling=session.volume.spacing_mm)
-    far = changed[dist[tuple((changed - lo).T)] > local_mm]
+    revert = dist[tuple((changed - lo).T)] > local_mm
+    if one_way:
+        grew = after[tuple(changed.T)] == 1
+        revert |= ~grew if stroke.label == "fg" else grew
+    far = changed[revert]
     if not len(far):
         return 0
     old = before[tuple(far.T)]
@@ -396,8 +406,8 @@ def _apply_for(method: Method) -> Callable[[Session, Stroke], Any] | None:
     if method.kind == "random_walker":
         return random_walker_round
     if method.local_mm is not None:
-        local = float(method.local_mm)
-        return lambda s, st: refine_local_round(s, st, local)
+        local, one_way = float(method.local_mm), method.one_way
+        return lambda s, st: refine_local_round(s, st, local, one_way)
     return None  # add_scribble + refine
 
 

@@ -121,7 +121,7 @@ def test_full_fine_tune_trains_the_encoder_too(model):
 def test_methods_table_is_complete_and_paper_config_is_the_papers():
     assert list(METHODS) == ["paint", "paper", "full", "random_walker", "improved",
                             "session_default"]
-    assert METHODS["improved"].local_mm == 30.0
+    assert METHODS["improved"].local_mm == 15.0 and METHODS["improved"].one_way
     assert METHODS["full"].full_network and METHODS["paint"].kind == "paint"
     assert PAPER_CONFIG.threshold == 0.2 and PAPER_CONFIG.lam > 0
     assert PAPER_CONFIG.scribble_weight == 3.0 and not PAPER_CONFIG.force_scribbles
@@ -189,3 +189,19 @@ def test_compare_methods_runs_every_method_from_the_same_start(ellipsoid_case, m
         compare_methods(cases, model, card, methods=["nope"])
     with pytest.raises(InputError, match="at least one case"):
         compare_methods([], model, card, methods=["paint"])
+
+
+def test_one_way_local_refinement_only_moves_in_the_strokes_direction(ellipsoid_case, model,
+                                                                     card):
+    ct, ref = ellipsoid_case
+    cfg = RefineConfig(device="cpu", iterations=3, lr=5e-2)
+    s = Session(ct, model, card, Box.from_mask(ref.array), config=cfg)
+    s.predict()
+    s.paint(1, points=np.argwhere(np.roll(ref.array, 4, axis=2)))
+    before = s.mask.array
+    stroke = plan_stroke(before, ref.array, ct.spacing_mm, RobotConfig(), 0)
+    refine_local_round(s, stroke, local_mm=50.0, one_way=True)
+    after = s.mask.array
+    moved = after[after != before]
+    assert moved.size > 0                           # the scribble itself at least
+    assert np.all(moved == (1 if stroke.label == "fg" else 0))
