@@ -58,6 +58,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -75,7 +76,9 @@ from ._config import JsonConfig
 from .checkpoint import ModelCard, select_device
 from .errors import ConfigError, InputError, IunetError, SessionError
 from .geodesic import NORMALISATIONS, scribble_weight_map
+from .locking import FolderLock
 from .losses import interactive_loss
+from .memory import check_memory, estimate_preprocess_bytes, estimate_session_bytes
 from .nets import EncodedFeatures, SegmentationNet
 from .preprocess import (
     Box,
@@ -106,6 +109,9 @@ _FG, _BG = 1, 2
 _FORMAT = "iunet-nb-session"
 _FORMAT_VERSION = 1
 _BOX_FALLBACKS = ("error", "whole")
+# temporaries of _atomic.atomic_path left by a crash mid-write (".<stem>.<random><suffix>")
+_ORPHAN_TMP = re.compile(r"\.(state|config|card|(mask|scribbles|params|prob)-\d+|[0-9a-f]{32})"
+                         r"\.[A-Za-z0-9_]+\.(json|nii\.gz|npz|pt|npy)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -635,7 +641,8 @@ class Session:
             box; an automatic detector is planned).
         config: refinement and session settings.
         folder: autosave folder (created; must not already hold a session: resume one with
-            :meth:`load`). None: nothing is written, events stay in :attr:`events`.
+            :meth:`load`). None: nothing is written, events stay in :attr:`events`. The
+            folder stays locked against other processes until :meth:`close`.
         case_id: case identifier for the event log.
         reader_id: reader (annotator) identifier for the event log.
         session_id: identifier of this session; default a new ``uuid4().hex``.
@@ -643,8 +650,8 @@ class Session:
             DSC of the current mask against it.
 
     Raises:
-        SessionError: the folder already holds a session; the model is not a 2-class
-            ``SegmentationNet``.
+        SessionError: the folder already holds a session or is open in another process; the
+            model is not a 2-class ``SegmentationNet``.
         InputError / GeometryError: box outside the image, reference on another grid.
 
     Thread safety: every public method takes one re-entrant lock. :meth:`refine` and
@@ -665,17 +672,24 @@ class Session:
                     session_id or uuid.uuid4().hex, reference)
         if folder is not None:
             folder = Path(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folder_lock = FolderLock(folder)  # SessionError when open elsewhere
             if (folder / "state.json").exists():
+                self._folder_lock.release()
                 raise SessionError(f"{folder} already holds a session (state.json); resume it "
                                    "with Session.load(folder, volume, model, card) or choose "
                                    "another folder")
-            folder.mkdir(parents=True, exist_ok=True)
             self._folder = folder
-        with self._lock:
-            t0 = time.perf_counter()
-            autosave_s = self._autosave()
-            self._log("open", t0, {"shape": list(volume.shape), "box": _box_dict(self._box),
-                                   "config": self._config.to_dict(), "autosave_s": autosave_s})
+        try:
+            with self._lock:
+                t0 = time.perf_counter()
+                autosave_s = self._autosave()
+                self._log("open", t0, {"shape": list(volume.shape), "box": _box_dict(self._box),
+                                       "config": self._config.to_dict(),
+                                       "autosave_s": autosave_s})
+        except BaseException:
+            self._release_folder()
+            raise
 
     def _setup(self, volume: Volume, model: Any, card: ModelCard, box: Box | None,
                config: RefineConfig, case_id: str, reader_id: str, session_id: str,
@@ -695,6 +709,8 @@ class Session:
             raise ConfigError(f"config must be a RefineConfig, got {type(config).__name__}")
         if box is not None:
             box.validate(volume.shape)
+        check_memory(estimate_session_bytes(volume.shape),
+                     f"an interactive session on a CT of {volume.shape} voxels (z, y, x)")
         if reference is not None:
             from .io import check_same_grid
             check_same_grid(volume, reference, "reference")
@@ -727,6 +743,7 @@ class Session:
         self._redo: list[_Entry] = []
         self._events: list[dict[str, Any]] = []
         self._folder: Path | None = None
+        self._folder_lock: FolderLock | None = None
         self._working: tuple[Box, np.ndarray, CropRecord] | None = None
         self._encoded: tuple[Box, EncodedFeatures] | None = None
         self._generation = 0
@@ -862,7 +879,7 @@ class Session:
         """
         with self._lock:
             t0 = time.perf_counter()
-            self._supersede()
+            self._begin_change()
             if box is not None:
                 box.validate(self._volume.shape)
             elif self._box is None:
@@ -903,7 +920,7 @@ class Session:
         """
         with self._lock:
             t0 = time.perf_counter()
-            self._supersede()
+            self._begin_change()
             self._require_prediction("reset")
             assert self._box is not None
             current = self._get_params()
@@ -963,7 +980,7 @@ class Session:
             t0 = time.perf_counter()
             value = _parse_label(label, for_mask=False)
             indices, info = self._brush(stroke, points, view, slice_index, radius_mm, radius_vox)
-            self._supersede()
+            self._begin_change()
             sid = self._next_id
             scribble = _Scribble(sid, value, indices, info)
             entry = _Entry(uuid.uuid4().hex, "scribble", {"id": sid, "label": value, **info},
@@ -984,7 +1001,7 @@ class Session:
         with self._lock:
             t0 = time.perf_counter()
             s = self._get_scribble(scribble_id)
-            self._supersede()
+            self._begin_change()
             entry = _Entry(uuid.uuid4().hex, "erase", {"id": s.id},
                            scribbles_before={s.id: s}, scribbles_after={s.id: None},
                            state_before=self._scalars(), state_after=self._scalars())
@@ -1003,7 +1020,7 @@ class Session:
         with self._lock:
             t0 = time.perf_counter()
             brush, info = self._brush(stroke, None, view, slice_index, radius_mm, radius_vox)
-            self._supersede()
+            self._begin_change()
             before: dict[int, _Scribble | None] = {}
             after: dict[int, _Scribble | None] = {}
             n_erased = 0
@@ -1041,7 +1058,7 @@ class Session:
             t0 = time.perf_counter()
             value = _parse_label(label, for_mask=True)
             indices, info = self._brush(stroke, points, view, slice_index, radius_mm, radius_vox)
-            self._supersede()
+            self._begin_change()
             old = self._mask.ravel()[indices]
             diff = _Diff.make(indices, old, np.full_like(old, value))
             entry = _Entry(uuid.uuid4().hex, "paint", {"label": value, **info}, mask=diff,
@@ -1130,13 +1147,33 @@ class Session:
             self._supersede()
 
     def close(self) -> None:
-        """Cancel refinements in flight and shut the worker thread down (idempotent)."""
+        """Cancel refinements in flight, shut the worker thread down and unlock the folder.
+
+        Idempotent. After closing, the session still answers (mask, events) but no longer
+        writes its folder: an action that would autosave raises :class:`SessionError`.
+        """
         with self._lock:
             self._supersede()
             executor, self._executor = self._executor, None
             self._closed = True
         if executor is not None:
             executor.shutdown(wait=True)
+        with self._lock:
+            self._release_folder()
+
+    def _release_folder(self) -> None:
+        """Give the folder lock up (another process may then open the session)."""
+        lock, self._folder_lock = self._folder_lock, None
+        if lock is not None:
+            lock.release()
+
+    def _folder_io(self) -> contextlib.AbstractContextManager[None]:
+        """Serialise folder writes; refuse them once the session is closed."""
+        if self._folder_lock is None:
+            raise SessionError(f"the session in {self._folder} is closed, so it no longer "
+                               "writes its folder; reopen it with Session.load(folder, ...) "
+                               "to continue")
+        return self._folder_lock.io()
 
     def __enter__(self) -> Self:
         return self
@@ -1171,7 +1208,7 @@ class Session:
             if not source:
                 raise SessionError("nothing to undo" if undo else
                                    "nothing to redo (a new action clears the redo history)")
-            self._supersede()
+            self._begin_change()
             entry = source.pop()
             self._apply(entry, forward=not undo)
             target.append(entry)
@@ -1182,20 +1219,34 @@ class Session:
 
     # -- export and save ----------------------------------------------------------------------------
     def export(self, path: str | os.PathLike) -> Path:
-        """Write the mask in the CT's geometry (any format :func:`iunet_nb.io.write_mask` knows).
+        """Write the mask in the CT's geometry, atomically.
+
+        ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``: see :func:`iunet_nb.io.write_mask`.
+        ``.dcm``: a DICOM Segmentation referencing the CT series
+        (:func:`iunet_nb.dicomseg.write_dicom_seg`; the CT must have been read from DICOM,
+        the structure named by the model card, the reader id as content creator).
 
         Returns:
             the path written.
 
         Raises:
-            InputError: unsupported extension.
+            InputError: unsupported extension; ``.dcm`` for a CT not read from DICOM, an
+                empty mask or highdicom not installed.
         """
+        from .dicomseg import DICOM_SEG_EXTENSIONS, write_dicom_seg
         from .io import write_mask
 
         with self._lock:
             t0 = time.perf_counter()
-            out = write_mask(Volume(self._mask, self._volume.geometry), path)
-            self._log("export", t0, {"path": str(out)})
+            mask = Volume(self._mask, self._volume.geometry)
+            if str(path).lower().endswith(DICOM_SEG_EXTENSIONS):
+                out = write_dicom_seg(mask, self._volume, path, structure=self._card.structure,
+                                      content_creator_name=self._reader_id or None)
+                fmt = "dicom-seg"
+            else:
+                out = write_mask(mask, path)
+                fmt = "mask"
+            self._log("export", t0, {"path": str(out), "format": fmt})
             return Path(out)
 
     def save(self) -> None:
@@ -1220,6 +1271,13 @@ class Session:
         if not self._predicted or self._box is None:
             raise SessionError(f"cannot {what} before the initial segmentation: call predict() "
                                "first")
+
+    def _begin_change(self) -> None:
+        """Before a state change: refuse it on a closed session with a folder, then supersede
+        refinements in flight (lock held)."""
+        if self._folder is not None:
+            self._folder_io()  # raises SessionError once closed
+        self._supersede()
 
     def _supersede(self) -> None:
         """Make every refinement in flight obsolete (lock held)."""
@@ -1335,13 +1393,25 @@ class Session:
     def _working_grid(self, box: Box) -> tuple[Box, np.ndarray, CropRecord]:
         """(box, preprocessed image, record), cached for the last box."""
         if self._working is None or self._working[0] != box:
-            x, record = preprocess_image(self._volume, box, self._card.preprocess)
+            cfg = self._card.preprocess
+            crop = box.expand(cfg.margin_zyx(self._volume.shape)).clip(self._volume.shape)
+            check_memory(estimate_preprocess_bytes(crop.size, cfg.size_zyx),
+                         f"preprocessing the crop of {crop.size} voxels (z, y, x)",
+                         hint="draw a tighter box around the structure, or downsample the CT")
+            x, record = preprocess_image(self._volume, box, cfg)
             self._working = (box, x, record)
             self._encoded = None
         return self._working
 
     def _forward(self, box: Box) -> np.ndarray:
         _, x, _ = self._working_grid(box)
+        try:
+            return self._forward_on_device(x)
+        except torch.cuda.OutOfMemoryError as exc:
+            self._fall_back_to_cpu("predict", exc)
+            return self._forward_on_device(x)
+
+    def _forward_on_device(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             t = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(self._device)
             return torch.softmax(self._model(t), dim=1)[0, 1].float().cpu().numpy()
@@ -1363,7 +1433,7 @@ class Session:
                 raise SessionError("refine needs at least one scribble: add a foreground "
                                    "scribble inside missed organ or a background scribble "
                                    "inside a leak (add_scribble), then refine")
-            self._supersede()
+            self._begin_change()
             assert self._box is not None
             box, x, record = self._working_grid(self._box)
             crop = record.crop
@@ -1423,11 +1493,13 @@ class Session:
             target[job["scribbles"] == _FG] = 1
             target[job["scribbles"] == _BG] = 0
             seed = cfg.seed + job["round"]
-            devices = [self._device.index or 0] if self._device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                out = fine_tune(job["model"], job["x"], target, weight, cfg,
-                                encoded=job["encoded"], should_stop=stale)
+            try:
+                out = self._seeded_fine_tune(job, target, weight, seed, stale)
+            except torch.cuda.OutOfMemoryError as exc:
+                self._fall_back_to_cpu("refine", exc)
+                job["model"].to(self._device)
+                job["encoded"] = None
+                out = self._seeded_fine_tune(job, target, weight, seed, stale)
             if out is None:
                 raise _Superseded()
             prob, losses, encoded = out
@@ -1464,6 +1536,33 @@ class Session:
                 "n_uncertain_working": n_uncertain, "async": future is not None})
             return self.mask
 
+    def _seeded_fine_tune(self, job: dict[str, Any], target: np.ndarray, weight: np.ndarray,
+                          seed: int, stale: Callable[[], bool],
+                          ) -> tuple[np.ndarray, list[float], EncodedFeatures | None] | None:
+        dev = next(job["model"].parameters()).device
+        devices = [dev.index or 0] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return fine_tune(job["model"], job["x"], target, weight, self._config,
+                             encoded=job["encoded"], should_stop=stale)
+
+    def _fall_back_to_cpu(self, what: str, exc: BaseException) -> None:
+        """After a CUDA out-of-memory error: move the network to the CPU and carry on there."""
+        with self._lock:
+            previous = str(self._device)
+            logger.warning(
+                "the GPU ran out of memory during %s (%s); the session continues on the CPU "
+                "(slower). To use the GPU again, free GPU memory (close other sessions or "
+                "notebooks) and reopen the session", what, str(exc).splitlines()[0][:200])
+            self._device = torch.device("cpu")
+            self._model.to(self._device)
+            self._encoded = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self._log("device_fallback", time.perf_counter(),
+                      {"from": previous, "to": "cpu", "during": what,
+                       "reason": "CUDA out of memory"})
+
     # -- event log ---------------------------------------------------------------------------------
     def _log(self, event: str, t0: float, details: dict[str, Any]) -> dict[str, Any]:
         dsc = None
@@ -1480,7 +1579,8 @@ class Session:
         self._events.append(record)
         if self._folder is not None:
             line = json.dumps(record, sort_keys=True) + "\n"
-            with open(self._folder / "events.jsonl", "a", encoding="utf-8") as fh:
+            with self._folder_io(), open(self._folder / "events.jsonl", "a",
+                                         encoding="utf-8") as fh:
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -1493,7 +1593,8 @@ class Session:
             return None
         t0 = time.perf_counter()
         try:
-            self._write_snapshot()
+            with self._folder_io():
+                self._write_snapshot()
         except IunetError:
             raise
         except Exception as exc:
@@ -1616,6 +1717,13 @@ class Session:
         result as it would have in the original session (same seed, same weights). Nothing
         in the folder is modified unless the load succeeds (it then logs a ``load`` event).
 
+        The folder is locked (:class:`~iunet_nb.locking.FolderLock`) until :meth:`close`:
+        another process that opens it gets a :class:`SessionError` naming this one. A lock
+        left by a process that died (a killed kernel) is taken over with a warning, and what
+        its crash left half-written (an event line, temporary files) is cleaned up; the
+        autosaved state itself is always whole (files are written atomically, the manifest
+        last).
+
         Args:
             folder: the session folder.
             volume: the same CT (checked by a hash of its voxels and geometry).
@@ -1628,7 +1736,8 @@ class Session:
 
         Raises:
             SessionError: no session in the folder; a missing, truncated or corrupt file (the
-                message names it); another CT or other weights than the saved session's.
+                message names it); another CT or other weights than the saved session's; the
+                session is open in another process.
         """
         folder = Path(folder)
         manifest_name = "state.prev.json" if use_previous else "state.json"
@@ -1637,6 +1746,18 @@ class Session:
                 if not use_previous and (folder / "state.prev.json").is_file() else "")
         if not path.is_file():
             raise SessionError(f"{path} does not exist: {folder} holds no saved session")
+        lock = FolderLock(folder)  # SessionError when open in another process
+        try:
+            return cls._load_locked(folder, lock, path, manifest_name, hint, volume, model,
+                                    card, reference, device)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _load_locked(cls, folder: Path, lock: FolderLock, path: Path, manifest_name: str,
+                     hint: str, volume: Volume, model: SegmentationNet, card: ModelCard,
+                     reference: Volume | None, device: str | None) -> Session:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
             if manifest.get("format") != _FORMAT:
@@ -1705,6 +1826,8 @@ class Session:
         self = cls.__new__(cls)
         self._setup(volume, model, card, None, config, manifest["case_id"],
                     manifest["reader_id"], manifest["session_id"], reference)
+        self._folder_lock = lock
+        _repair_after_crash(folder)
         with self._lock:
             self._mask = np.ascontiguousarray(mask_vol.array, dtype=np.uint8)
             self._registry = registry
@@ -1743,6 +1866,34 @@ def _registry_from_bytes(data: bytes) -> dict[int, _Scribble]:
         infos = json.loads(z["info"].tobytes().decode("utf-8"))
         return {i: _Scribble(i, lab, z[f"idx_{i}"].astype(np.int64), info)
                 for i, lab, info in zip(ids, labels, infos)}
+
+
+def _repair_after_crash(folder: Path) -> None:
+    """Remove what a crash mid-write left behind (the folder lock is held).
+
+    An interrupted event append leaves a line without its newline: the next append would
+    glue onto it and both events would be lost, so the file is cut back to its last complete
+    line. Temporaries of interrupted atomic writes are deleted.
+    """
+    events = folder / "events.jsonl"
+    if events.is_file():
+        with open(events, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                keep = data.rfind(b"\n") + 1
+                fh.truncate(keep)
+                fh.flush()
+                os.fsync(fh.fileno())
+                logger.warning("%s ended in a partly written event (%d bytes, a crash during "
+                               "a write?); removed it", events, len(data) - keep)
+    for where in (folder, folder / "history"):
+        if not where.is_dir():
+            continue
+        for p in where.iterdir():
+            if p.is_file() and _ORPHAN_TMP.fullmatch(p.name):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    logger.info("removed %s, left by an interrupted write", p)
 
 
 def _read_events(path: Path) -> list[dict[str, Any]]:
