@@ -34,6 +34,7 @@ import SimpleITK as sitk
 
 from ._atomic import atomic_path
 from .errors import GeometryError, InputError
+from .memory import check_memory, estimate_read_bytes
 from .volume import Geometry, Volume
 
 __all__ = [
@@ -180,6 +181,17 @@ def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
     return max(vox_offset, 348), n_voxels * bitpix // 8, float_dtype
 
 
+def _guard_memory(size_xyz: Any, pixel_id: int, components: int, source: Path) -> None:
+    """Refuse (InputError with the estimate) an image too big for the memory available."""
+    try:
+        itemsize = sitk.GetArrayViewFromImage(sitk.Image([1] * 3, pixel_id)).itemsize
+    except RuntimeError:
+        itemsize = 8
+    shape_zyx = tuple(int(s) for s in size_xyz)[::-1]
+    check_memory(estimate_read_bytes(shape_zyx, itemsize * max(int(components), 1)),
+                 f"reading {source.name} ({' x '.join(map(str, shape_zyx))} voxels, z y x)")
+
+
 def _sitk_to_volume(image: Any, source: Path, meta: dict[str, Any]) -> Volume:
     """Check a SimpleITK image (3D, scalar, finite) and wrap it as a Volume."""
     size_zyx = tuple(int(s) for s in image.GetSize())[::-1]
@@ -205,6 +217,23 @@ def _sitk_to_volume(image: Any, source: Path, meta: dict[str, Any]) -> Volume:
                 f"{source} has {n_bad} NaN or infinite voxel(s) of {array.size}; replace them "
                 "(e.g. with the background value) before using the image")
     return Volume(array, geometry, meta)
+
+
+def _check_wrapped_hu(array: np.ndarray, source: Path) -> None:
+    """InputError for signed HU stored as unsigned 16-bit (integer overflow: -1000 -> 64536).
+
+    The signature: unsigned 16-bit voxels of which at least 5 % lie in 63488..65535, i.e.
+    -2048..-1 when read as signed (air and fat), which no unsigned scanner range produces.
+    """
+    if array.dtype != np.uint16 or not array.size or int(array.max()) <= _INT16.max:
+        return
+    wrapped = int(np.count_nonzero(array >= 63488))
+    if wrapped >= 0.05 * array.size:
+        raise InputError(
+            f"{source}: {wrapped} of {array.size} voxels are 63488..65535 in an unsigned 16-bit "
+            "image: signed HU stored as unsigned (an integer overflow: -1000 HU became 64536). "
+            "Fix the file's pixel type (e.g. SimpleITK Cast to sitkInt16, or PixelRepresentation "
+            "1 in DICOM) or its rescale intercept, then read it again")
 
 
 def _to_ct_dtype(array: np.ndarray) -> np.ndarray:
@@ -240,6 +269,7 @@ def _read_file(path: Path) -> Volume:
             "If it is one of these, the file may be truncated or damaged: copy it again."
         ) from exc
     io_name = sitk.ImageFileReader.GetImageIOFromFileName(str(path))
+    _guard_memory(reader.GetSize(), reader.GetPixelID(), reader.GetNumberOfComponents(), path)
     if io_name == "GDCMImageIO":
         raise InputError(
             f"{path} is a single DICOM file; pass the folder that holds the whole series "
@@ -349,6 +379,13 @@ def _read_dicom_folder(folder: Path, series_uid: str | None, source: Path,
     if len(files) < 2:
         raise InputError(f"DICOM series {series_uid} in {source} has a single slice (a 2D "
                          "image); iunet_nb needs a 3D series of several slices")
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    with contextlib.suppress(RuntimeError):  # an unreadable slice is reported below
+        first.ReadImageInformation()
+        rows_cols = tuple(int(s) for s in first.GetSize())[:2]
+        # rescaled DICOM may come out as float32: assume 4 bytes per voxel
+        _guard_memory((*rows_cols, len(files)), sitk.sitkFloat32, 1, source)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -418,7 +455,9 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None) -> Vol
 
     Raises:
         InputError: missing path, unreadable/truncated/non-image file, 2D or 4D image,
-            NaN/inf voxels, empty folder, no DICOM, several series and no ``series_uid``.
+            NaN/inf voxels, empty folder, no DICOM, several series and no ``series_uid``;
+            signed HU wrapped around in an unsigned 16-bit file; an image too big for the
+            memory available (the message gives the estimate; see :mod:`iunet_nb.memory`).
         GeometryError: zero spacing, non-orthonormal direction, uneven DICOM slices.
 
     Example:
@@ -436,6 +475,7 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None) -> Vol
         if series_uid is not None:
             raise InputError(f"series_uid is for DICOM folders, but {path} is a single file")
         volume = _read_file(path)
+    _check_wrapped_hu(volume.array, path)
     array = _to_ct_dtype(volume.array)
     logger.info("read %s: shape %s, spacing %s mm, %s", path, array.shape,
                 tuple(round(s, 4) for s in volume.spacing_mm), array.dtype)
