@@ -111,7 +111,7 @@ _FORMAT_VERSION = 1
 _BOX_FALLBACKS = ("error", "whole")
 # temporaries of _atomic.atomic_path left by a crash mid-write (".<stem>.<random><suffix>")
 _ORPHAN_TMP = re.compile(r"\.(state|config|card|(mask|scribbles|params|prob)-\d+|[0-9a-f]{32})"
-                         r"\.[A-Za-z0-9_]+\.(json|nii\.gz|npz|pt|npy)")
+                         r"\.[A-Za-z0-9_]+\.((prev\.)?json|nii\.gz|npz|pt|npy)")
 
 
 # ----------------------------------------------------------------------------------------------
