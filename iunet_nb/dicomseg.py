@@ -34,7 +34,7 @@ from ._atomic import atomic_path
 from .errors import GeometryError, InputError
 from .volume import Volume
 
-__all__ = ["DICOM_SEG_EXTENSIONS", "is_dicom_ct", "write_dicom_seg", "read_dicom_seg"]
+__all__ = ["DICOM_SEG_EXTENSIONS", "is_dicom_ct", "read_dicom_seg", "write_dicom_seg"]
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def read_dicom_seg(path: str | os.PathLike, ct: Volume, *, segment_number: int =
     _check_ct(ct)
     try:
         seg = hd.seg.segread(str(path))
-    except Exception as exc:  # noqa: BLE001 - pydicom/highdicom raise many types
+    except Exception as exc:
         raise InputError(f"cannot read {path} as a DICOM Segmentation ({exc}); is it a SEG "
                          "file?") from exc
     if str(seg.FrameOfReferenceUID) != ct.meta["frame_of_reference_uid"]:
@@ -289,7 +289,7 @@ def read_dicom_seg(path: str | os.PathLike, ct: Volume, *, segment_number: int =
             continue
         pos = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
         idx = geometry.physical_to_index(pos)
-        k = int(round(idx[0]))
+        k = round(float(idx[0]))
         if not np.allclose(idx, [k, 0, 0], atol=_POSITION_TOL_MM / min(geometry.spacing_mm)) \
                 or not 0 <= k < ct.shape[0]:
             raise GeometryError(f"{path}: frame {f + 1} at {pos} mm is not on a slice of the CT "

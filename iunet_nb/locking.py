@@ -30,9 +30,10 @@ import os
 import socket
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Self
 
 from .errors import SessionError
 
@@ -41,7 +42,7 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows
     _fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_NAME", "LockInfo", "FolderLock", "read_lock", "break_lock"]
+__all__ = ["LOCK_NAME", "FolderLock", "LockInfo", "break_lock", "read_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +118,8 @@ def _holder_alive(info: LockInfo) -> bool | None:
     if _process_state(info.pid) in ("Z", "X"):
         return False  # a zombie: dead, not yet reaped by its parent
     ticks = _start_ticks(info.pid)
-    if info.start_ticks is not None and ticks is not None and ticks != info.start_ticks:
-        return False  # the pid was reused by a newer process
-    return True
+    # a different start time: the pid was reused by a newer process
+    return info.start_ticks is None or ticks is None or ticks == info.start_ticks
 
 
 def _same_process(a: LockInfo, b: LockInfo) -> bool:
@@ -249,7 +249,7 @@ class FolderLock:
             self._held = None
             self._finalizer()
 
-    def __enter__(self) -> FolderLock:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

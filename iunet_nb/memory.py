@@ -35,14 +35,14 @@ __all__ = [
     "DEFAULT_FRACTION",
     "ENV_LIMIT",
     "available_bytes",
-    "rss_bytes",
-    "peak_rss_bytes",
-    "format_bytes",
-    "parse_bytes",
+    "check_memory",
+    "estimate_preprocess_bytes",
     "estimate_read_bytes",
     "estimate_session_bytes",
-    "estimate_preprocess_bytes",
-    "check_memory",
+    "format_bytes",
+    "parse_bytes",
+    "peak_rss_bytes",
+    "rss_bytes",
 ]
 
 logger = logging.getLogger(__name__)

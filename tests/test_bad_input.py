@@ -18,17 +18,22 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import make_ellipsoid
 
 from iunet_nb.checkpoint import ModelCard, load_model, save_model
-from iunet_nb.errors import (CheckpointError, ConfigError, GeometryError, InputError,
-                             IunetError, SessionError)
+from iunet_nb.errors import (
+    CheckpointError,
+    ConfigError,
+    GeometryError,
+    InputError,
+    IunetError,
+    SessionError,
+)
 from iunet_nb.io import read_image, read_mask, write_image, write_mask
 from iunet_nb.nets import NetConfig, build_network
 from iunet_nb.preprocess import Box, PreprocessConfig
 from iunet_nb.session import RefineConfig, Session
 from iunet_nb.volume import Geometry, Volume
-
-from conftest import make_ellipsoid
 
 SHAPE = (6, 10, 12)
 GEOM = Geometry(spacing_mm=(2.5, 0.8, 0.7), origin_mm=(-12.0, 3.5, 41.0))

@@ -10,15 +10,14 @@ import pytest
 import SimpleITK as sitk
 
 pytest.importorskip("highdicom")
-import highdicom as hd  # noqa: E402
-import pydicom  # noqa: E402
+import highdicom as hd
+import pydicom
+from conftest import make_ellipsoid
 
-from iunet_nb.dicomseg import is_dicom_ct, read_dicom_seg, write_dicom_seg  # noqa: E402
-from iunet_nb.errors import GeometryError, InputError  # noqa: E402
-from iunet_nb.io import read_image, write_image  # noqa: E402
-from iunet_nb.volume import Geometry, Volume  # noqa: E402
-
-from conftest import make_ellipsoid  # noqa: E402
+from iunet_nb.dicomseg import is_dicom_ct, read_dicom_seg, write_dicom_seg
+from iunet_nb.errors import GeometryError, InputError
+from iunet_nb.io import read_image, write_image
+from iunet_nb.volume import Geometry, Volume
 
 # A proper rotation (DICOM is right-handed): y and z flipped; anisotropic; off-origin.
 GEOMETRY = Geometry(spacing_mm=(2.5, 0.8, 0.7), origin_mm=(-120.0, 35.5, 410.0),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import iunet_nb.locking as locking
+from iunet_nb import locking
 from iunet_nb.checkpoint import ModelCard
 from iunet_nb.errors import SessionError
 from iunet_nb.locking import LOCK_NAME, FolderLock, LockInfo, break_lock, read_lock
@@ -138,9 +138,8 @@ def test_one_process_shares_and_the_last_release_removes_the_file(tmp_path):
     a.release()
     a.release()  # idempotent
     assert (folder / LOCK_NAME).exists() and b.held and not a.held
-    with pytest.raises(SessionError, match="closed"):
-        with a.io():
-            pass
+    with pytest.raises(SessionError, match="closed"), a.io():
+        pass
     with b.io():
         pass
     b.release()

@@ -10,9 +10,18 @@ import pytest
 
 from iunet_nb.errors import ConfigError, InputError
 from iunet_nb.io import read_image, write_image
-from iunet_nb.memory import (ENV_LIMIT, available_bytes, check_memory, estimate_preprocess_bytes,
-                             estimate_read_bytes, estimate_session_bytes, format_bytes,
-                             parse_bytes, peak_rss_bytes, rss_bytes)
+from iunet_nb.memory import (
+    ENV_LIMIT,
+    available_bytes,
+    check_memory,
+    estimate_preprocess_bytes,
+    estimate_read_bytes,
+    estimate_session_bytes,
+    format_bytes,
+    parse_bytes,
+    peak_rss_bytes,
+    rss_bytes,
+)
 from iunet_nb.volume import Volume
 
 
@@ -80,11 +89,12 @@ def test_read_image_refuses_an_image_too_big(tmp_path, monkeypatch):
 
 
 def test_dicom_series_and_session_are_guarded(tmp_path, monkeypatch, ellipsoid_case):
+    from test_reliability_dicomseg import write_series
+
     from iunet_nb.checkpoint import ModelCard
     from iunet_nb.nets import NetConfig, build_network
     from iunet_nb.preprocess import Box, PreprocessConfig
     from iunet_nb.session import RefineConfig, Session
-    from test_reliability_dicomseg import write_series
 
     write_series(tmp_path / "CT", np.zeros((9, 14, 12), np.int16))
     monkeypatch.setattr("iunet_nb.memory.available_bytes", lambda: 1000)

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import make_ellipsoid
 
 import iunet_nb.session as session_mod
 from iunet_nb.checkpoint import ModelCard
@@ -16,8 +17,6 @@ from iunet_nb.nets import NetConfig, build_network
 from iunet_nb.preprocess import Box, PreprocessConfig
 from iunet_nb.session import RefineConfig, Session
 from iunet_nb.volume import Geometry, Volume
-
-from conftest import make_ellipsoid
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device")])]
@@ -116,8 +115,9 @@ def test_cuda_oom_in_predict_continues_on_cpu(ellipsoid_case, model, card, monke
 
 def test_export_dcm_writes_dicom_seg_for_a_dicom_ct(tmp_path, model, card):
     pytest.importorskip("highdicom")
-    from iunet_nb.dicomseg import read_dicom_seg
     from test_reliability_dicomseg import SERIES_UID, write_series
+
+    from iunet_nb.dicomseg import read_dicom_seg
 
     shape = (9, 14, 12)
     organ = make_ellipsoid(shape, center=(4.0, 6.0, 5.0), radii=(2.5, 4.0, 3.0))
