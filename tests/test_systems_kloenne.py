@@ -253,3 +253,16 @@ def test_slice_skipping_and_interpolation_in_3d():
         same_parity += len(set(idx % 2)) == 1
     # skipping (half of the draws) gives one parity; random draws of 4 of 40 rarely do (1/8)
     assert same_parity >= 15 and 10 <= halves <= 30
+
+
+def test_z_range_limits_the_slices():
+    (ct, mask), = _cases(1, shape=(13, 32, 32))
+    model = KloenneModel(_tiny(slice_size=32, n_slices=4))
+    model.net = _Bright()
+    model.stats.copy_(torch.tensor([35.0, 50.0]))
+    full = predict_kloenne(ct, model).array
+    part = predict_kloenne(ct, model, z_range=(5, 8)).array
+    np.testing.assert_array_equal(part[5:8], full[5:8])
+    assert not part[:5].any() and not part[8:].any() and full[:5].any()
+    with pytest.raises(InputError, match="z_range"):
+        predict_kloenne(ct, model, z_range=(8, 8))

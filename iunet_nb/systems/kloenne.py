@@ -585,18 +585,33 @@ def select_top_k(results: Sequence[KloenneTrainResult], k: int = 5) -> KloenneEn
 
 
 def predict_kloenne(ct: Volume, model: KloenneModel | KloenneEnsemble, *,
-                    device: str | torch.device | None = None, threshold: float = 0.5
-                    ) -> Volume:
+                    device: str | torch.device | None = None, threshold: float = 0.5,
+                    z_range: tuple[int, int] | None = None) -> Volume:
     """Binary mask (uint8 {0, 1}) on ``ct``'s grid and geometry.
 
     Probabilities on the resized slices (averaged over ensemble members) are resized back to
     the CT's in-plane size (bilinear) and thresholded.
 
+    Args:
+        ct: CT in HU.
+        model: one model or a :class:`KloenneEnsemble`.
+        device: None for CUDA when available.
+        threshold: foreground threshold.
+        z_range: ``(first, last + 1)`` axial slices to segment; the rest is set to 0. The
+            seed trains without background slices "since these are also not considered in
+            the test phase": give the organ's slice range (from a box, a detector or, for
+            an oracle comparison like iUnet's Experiment 1, the reference) to match that.
+
     Raises:
-        InputError: ``ct`` is not a finite real Volume, or ``model`` is neither a
-            KloenneModel nor a KloenneEnsemble.
+        InputError: ``ct`` is not a finite real Volume, ``model`` is neither a
+            KloenneModel nor a KloenneEnsemble, or ``z_range`` is empty or outside the CT.
     """
     _check_volume(ct, "ct")
+    if z_range is not None:
+        z0, z1 = (int(v) for v in z_range)
+        if not 0 <= z0 < z1 <= ct.shape[0]:
+            raise InputError(f"z_range {tuple(z_range)} must satisfy 0 <= first < last <= "
+                             f"{ct.shape[0]} (the CT's slices)")
     if isinstance(model, KloenneModel):
         members = [model]
     elif isinstance(model, KloenneEnsemble):
@@ -608,7 +623,11 @@ def predict_kloenne(ct: Volume, model: KloenneModel | KloenneEnsemble, *,
     prob = sum(_probabilities(m, ct, dev) for m in members) / len(members)
     full = F.interpolate(prob[:, None], size=ct.shape[1:], mode="bilinear",
                          align_corners=False)[:, 0].numpy()
-    return Volume((full >= threshold).astype(np.uint8), ct.geometry,
+    mask = (full >= threshold).astype(np.uint8)
+    if z_range is not None:
+        mask[:z0] = 0
+        mask[z1:] = 0
+    return Volume(mask, ct.geometry,
                   {"source": "iunet_nb.systems.kloenne", "members": len(members)})
 
 
