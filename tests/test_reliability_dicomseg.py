@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import zipfile
 from pathlib import Path
 
@@ -30,7 +31,19 @@ SHAPE = (9, 14, 12)
 
 def write_series(folder: Path, array: np.ndarray, geometry: Geometry = GEOMETRY,
                  series_uid: str = SERIES_UID) -> None:
-    """One DICOM CT file per slice with SimpleITK; names deliberately not in slice order."""
+    """One DICOM CT file per slice with SimpleITK; names deliberately not in slice order.
+
+    GDCM's writer sets the C locale (Python's default text encoding then becomes ASCII for
+    the rest of the test run); the locale is restored afterwards.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_series(folder, array, geometry, series_uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_series(folder: Path, array: np.ndarray, geometry: Geometry, series_uid: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     image = geometry.apply_to(sitk.GetImageFromArray(array))
     d = geometry.direction
