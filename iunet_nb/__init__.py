@@ -9,18 +9,53 @@ and the bundled sample), ``session`` (the interactive engine every front end dri
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import ModelCard, load_bundled_model, load_model, save_model
 from .datasets import BTCV_LABELS, Case, find_cases, load_folds, make_folds, save_folds
-from .errors import (CheckpointError, ConfigError, GeometryError, InputError, IunetError,
-                     SessionError)
-from .evaluate import (dice, evaluate_case, hausdorff95, jaccard, precision, recall, summarize,
-                       surface_dice, volume_difference, volume_ml)
+from .dicomseg import read_dicom_seg, write_dicom_seg
+from .errors import (
+                     CheckpointError,
+                     ConfigError,
+                     GeometryError,
+                     InputError,
+                     IunetError,
+                     SessionError,
+)
+from .evaluate import (
+                     dice,
+                     evaluate_case,
+                     hausdorff95,
+                     jaccard,
+                     precision,
+                     recall,
+                     summarize,
+                     surface_dice,
+                     volume_difference,
+                     volume_ml,
+)
 from .geodesic import geodesic_distance, scribble_weight_map
-from .io import (check_same_grid, list_dicom_mask_organs, read_dicom_mask_series, read_image,
-                 read_label_map, read_mask, write_image, write_mask)
+from .io import (
+                     check_same_grid,
+                     list_dicom_mask_organs,
+                     read_dicom_mask_series,
+                     read_image,
+                     read_label_map,
+                     read_mask,
+                     write_image,
+                     write_mask,
+)
+from .locking import FolderLock, break_lock
 from .losses import interactive_loss, soft_dice_loss, tanimoto_ce_loss
+from .memory import check_memory
 from .nets import NetConfig, build_network
+from .paths import check_id, safe_join
 from .predict import make_box, predict_probabilities, segment
-from .preprocess import (Box, CropRecord, PreprocessConfig, crop_mask, preprocess_image,
-                         restore_mask, restore_probabilities)
+from .preprocess import (
+                     Box,
+                     CropRecord,
+                     PreprocessConfig,
+                     crop_mask,
+                     preprocess_image,
+                     restore_mask,
+                     restore_probabilities,
+)
 from .session import RefineConfig, Session, stroke_to_voxels
 from .synth import SynthConfig, load_sample, make_phantom, synthesize_ct
 from .train import TrainConfig, prepare_cases, train
@@ -53,4 +88,7 @@ __all__ = [
     "geodesic_distance", "scribble_weight_map", "RefineConfig", "Session", "stroke_to_voxels",
     # synthetic data and the bundled sample
     "SynthConfig", "synthesize_ct", "make_phantom", "load_sample",
+    # reliability
+    "read_dicom_seg", "write_dicom_seg", "FolderLock", "break_lock", "check_memory", "check_id",
+    "safe_join",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,15 @@ import pytest
 from iunet_nb.volume import Geometry, Volume
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    """GDCM's DICOM *writer* (used by tests to make DICOM series) switches the process to the C
+    locale, which makes Python's default text encoding ASCII for every later test."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 @pytest.fixture(scope="session")
