@@ -185,12 +185,15 @@ def _print_summary(summary, rounds: int) -> None:
 def cmd_compare(args: argparse.Namespace, methods=None) -> None:
     model, card, which = _model(args.model)
     cases = _cases(args.cases, args.n)
-    robot = RobotConfig.preset(args.skill, rounds=args.rounds, seed=args.seed)
+    extra = {k: v for k, v in (("radius_mm", args.radius_mm),
+                               ("stroke_length_mm", args.length_mm)) if v is not None}
+    robot = RobotConfig.preset(args.skill, rounds=args.rounds, seed=args.seed, **extra)
     methods = methods or [m for m in args.methods.split(",")]
     t0 = time.perf_counter()
     result = compare_methods(cases, model, card, robot, methods, progress=False)
     print(f"\n{args.cases}: {len(cases)} cases, model {which}, robot {args.skill} "
-          f"(seed {args.seed}), {time.perf_counter() - t0:.0f} s; {machine_description()}")
+          f"(radius {robot.radius_mm} mm, stroke {robot.stroke_length_mm} mm, seed "
+          f"{args.seed}), {time.perf_counter() - t0:.0f} s; {machine_description()}")
     _print_summary(result.summary, args.rounds)
     if args.csv:
         result.table.to_csv(args.csv, index=False)
@@ -231,6 +234,8 @@ def main() -> None:
         c.add_argument("--seed", type=int, default=0)
         c.add_argument("--methods", default=",".join(METHODS) if name == "compare" else "all")
         c.add_argument("--csv", default=None)
+        c.add_argument("--radius-mm", type=float, default=None, help="robot brush radius")
+        c.add_argument("--length-mm", type=float, default=None, help="robot stroke length")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
