@@ -8,6 +8,7 @@ loads them without any download.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 from dataclasses import dataclass
@@ -23,9 +24,12 @@ from .nets import NetConfig, build_network
 from .preprocess import PreprocessConfig
 
 __all__ = ["ModelCard", "save_model", "load_model", "load_bundled_model", "bundled_model_path",
-           "select_device", "machine_description"]
+           "select_device", "machine_description", "file_sha256", "BUNDLED_SHA256"]
 
 BUNDLED_MODEL = "iunet_pancreas.pt"
+# SHA-256 of the shipped weights: a damaged or swapped file is refused before it is loaded.
+# Update it (and the card) whenever scripts/train_bundled_model.py retrains them.
+BUNDLED_SHA256 = "828b3ad48b71fa6b99c3e57d477ac14016088f7890dc5408c872602892980217"
 
 
 @dataclass(frozen=True)
@@ -125,4 +129,19 @@ def load_bundled_model(device: str | torch.device | None = "cpu",
         raise CheckpointError(
             f"the bundled weights {path} are missing from this installation; reinstall iunet-nb "
             "or retrain them with `python scripts/train_bundled_model.py`")
+    digest = file_sha256(path)
+    if digest != BUNDLED_SHA256:
+        raise CheckpointError(
+            f"the bundled weights {path} do not have the SHA-256 this release shipped "
+            f"({digest[:12]}... instead of {BUNDLED_SHA256[:12]}...): the file is damaged or was "
+            "replaced; reinstall iunet-nb, or load your own weights with load_model(path)")
     return load_model(path, device)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

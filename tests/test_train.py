@@ -105,3 +105,20 @@ def test_load_model_rejects_weights_of_another_architecture(tmp_path):
     ModelCard(net=NetConfig(base_channels=4)).to_json(tmp_path / "bad.json")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_model(tmp_path / "bad.pt")
+
+
+def test_atomic_writes_respect_the_umask_and_keep_existing_modes(tmp_path):
+    import os
+
+    from iunet_nb._atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "new.json", "{}")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "kept.json").write_text("x")
+        os.chmod(tmp_path / "kept.json", 0o640)
+        atomic_write_text(tmp_path / "kept.json", "{}")
+        assert (tmp_path / "kept.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
