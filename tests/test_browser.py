@@ -91,6 +91,18 @@ def _state(folder: Path) -> dict | None:
         return None
 
 
+def _accept_kernel_dialog(page) -> None:
+    """Under load JupyterLab sometimes asks which kernel to start (the notebook names
+    python3, which is there); accept its proposal so the dialog does not block the clicks."""
+    dialog = page.locator(".jp-Dialog")
+    for _ in range(10):
+        if dialog.count() and dialog.first.is_visible():
+            page.locator(".jp-Dialog .jp-mod-accept").first.click()
+            page.wait_for_timeout(500)
+            return
+        page.wait_for_timeout(200)
+
+
 def _wait_state(folder: Path, pred, timeout: float) -> dict:
     t_end = time.monotonic() + timeout
     while time.monotonic() < t_end:
@@ -165,6 +177,7 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
                 page.wait_for_timeout(500)
                 canvas = page.locator(".jp-OutputArea-output canvas").first
                 for attempt in range(2):  # a click right after start-up is sometimes lost
+                    _accept_kernel_dialog(page)
                     page.get_by_role("menuitem", name="Run", exact=True).click()
                     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
                     try:
