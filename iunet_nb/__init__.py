@@ -3,11 +3,15 @@
 The engine is headless (no widget imports): ``io`` (read/write with geometry), ``preprocess``
 (window, smooth, crop, resample and inverse), ``nets``, ``losses``, ``augment``, ``train``,
 ``predict``, ``evaluate``, ``geodesic``, ``datasets``, ``checkpoint``, ``synth`` (synthetic CT
-and the bundled sample), ``session`` (the interactive engine every front end drives).
+and the bundled sample), ``session`` (the interactive engine every front end drives),
+``robot`` (simulated annotator), ``crossval`` and ``study`` (Experiments 1 and 2), and
+``systems`` (the other papers' networks). The JupyterLab front end is ``iunet_nb.widgets``; it
+imports the engine, never the reverse.
 """
 
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import ModelCard, load_bundled_model, load_model, save_model
+from .crossval import CVConfig, merge_folds, run_cv, run_fold
 from .datasets import BTCV_LABELS, Case, find_cases, load_folds, make_folds, save_folds
 from .dicomseg import read_dicom_seg, write_dicom_seg
 from .errors import (
@@ -56,7 +60,9 @@ from .preprocess import (
                      restore_mask,
                      restore_probabilities,
 )
+from .robot import RobotConfig, RobotResult, run_robot
 from .session import RefineConfig, Session, stroke_to_voxels
+from .study import StudyPlan, analyse_study, design_study, load_event_logs
 from .synth import SynthConfig, load_sample, make_phantom, synthesize_ct
 from .train import TrainConfig, prepare_cases, train
 from .volume import Geometry, Volume
@@ -88,6 +94,9 @@ __all__ = [
     "geodesic_distance", "scribble_weight_map", "RefineConfig", "Session", "stroke_to_voxels",
     # synthetic data and the bundled sample
     "SynthConfig", "synthesize_ct", "make_phantom", "load_sample",
+    # simulated annotator and studies
+    "RobotConfig", "RobotResult", "run_robot", "CVConfig", "run_cv", "run_fold", "merge_folds",
+    "StudyPlan", "design_study", "analyse_study", "load_event_logs",
     # reliability
     "read_dicom_seg", "write_dicom_seg", "FolderLock", "break_lock", "check_memory", "check_id",
     "safe_join",
