@@ -7,7 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from iunet_nb.checkpoint import ModelCard
+from iunet_nb.nets import NetConfig, build_network
+from iunet_nb.preprocess import PreprocessConfig
 from iunet_nb.volume import Geometry, Volume
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -20,6 +24,29 @@ def _restore_locale():
     saved = locale.setlocale(locale.LC_ALL)
     yield
     locale.setlocale(locale.LC_ALL, saved)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions run up to 20x slower with 2 threads on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def card() -> ModelCard:
+    """Card of a tiny iUnet (base 4 channels) on an 8 x 16 x 16 working grid."""
+    return ModelCard(net=NetConfig(base_channels=4),
+                     preprocess=PreprocessConfig(size_zyx=(8, 16, 16)))
+
+
+@pytest.fixture
+def model(card: ModelCard) -> torch.nn.Module:
+    """The tiny iUnet of ``card``, seeded, in eval mode (untrained)."""
+    torch.manual_seed(0)
+    return build_network(card.net).eval()
 
 
 @pytest.fixture(scope="session")

@@ -25,14 +25,6 @@ from iunet_nb.session import RefineConfig, Session
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _fork(child) -> tuple[int, int]:
     """Run ``child()`` in a forked process; returns (pid, read end of its 'ready' pipe)."""
     r, w = os.pipe()

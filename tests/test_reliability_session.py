@@ -10,35 +10,14 @@ import torch
 from conftest import make_ellipsoid
 
 import iunet_nb.session as session_mod
-from iunet_nb.checkpoint import ModelCard
 from iunet_nb.errors import InputError
 from iunet_nb.io import read_image, read_mask
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
+from iunet_nb.preprocess import Box
 from iunet_nb.session import RefineConfig, Session
 from iunet_nb.volume import Geometry, Volume
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device")])]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def card() -> ModelCard:
-    return ModelCard(net=NetConfig(base_channels=4), preprocess=PreprocessConfig(size_zyx=(8, 16, 16)))
-
-
-@pytest.fixture
-def model(card):
-    torch.manual_seed(0)
-    return build_network(card.net).eval()
 
 
 def _oom() -> torch.cuda.OutOfMemoryError:

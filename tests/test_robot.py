@@ -6,15 +6,13 @@ import argparse
 
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
 
-from iunet_nb.checkpoint import ModelCard, save_model
+from iunet_nb.checkpoint import save_model
 from iunet_nb.errors import ConfigError, GeometryError, InputError
 from iunet_nb.evaluate import dice, hausdorff95, surface_dice
 from iunet_nb.io import write_image, write_mask
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
+from iunet_nb.preprocess import Box
 from iunet_nb.robot import (
     RobotConfig,
     add_cli,
@@ -26,26 +24,6 @@ from iunet_nb.robot import (
 )
 from iunet_nb.session import RefineConfig, Session, stroke_to_voxels
 from iunet_nb.volume import Volume
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def card() -> ModelCard:
-    return ModelCard(net=NetConfig(base_channels=4),
-                     preprocess=PreprocessConfig(size_zyx=(8, 16, 16)))
-
-
-@pytest.fixture
-def model(card):
-    torch.manual_seed(0)
-    return build_network(card.net).eval()
 
 
 def _session(ct, model, card, ref, **kw) -> Session:

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from iunet_nb.checkpoint import ModelCard, save_model
+from iunet_nb.checkpoint import save_model
 from iunet_nb.errors import CheckpointError, InputError
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
+from iunet_nb.preprocess import Box
 from iunet_nb.session import RefineConfig, Session
 from iunet_nb.volume import Volume
 from iunet_nb.widgets import (
@@ -32,26 +30,6 @@ from iunet_nb.widgets import (
 from iunet_nb.widgets.render import MASK_COLOR
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def card() -> ModelCard:
-    return ModelCard(net=NetConfig(base_channels=4),
-                     preprocess=PreprocessConfig(size_zyx=(8, 16, 16)))
-
-
-@pytest.fixture
-def model(card):
-    torch.manual_seed(0)
-    return build_network(card.net).eval()
 
 
 @pytest.fixture
