@@ -146,7 +146,7 @@ def test_logged_times_are_the_simulated_think_plus_action_times(study):
 
 
 def test_analysis_runs_and_interactive_dsc_never_ends_below_its_start(study):
-    plan, sim, cases = study
+    _, sim, _ = study
     result = analyse_study(sim.study_dir)
     assert len(result.times) == 4 and result.times["complete"].all()
     assert set(result.dsc["method"]) == {"manual", "interactive"}
@@ -178,7 +178,7 @@ def test_the_same_seed_draws_the_same_strokes_and_think_times(tiny, study, tmp_p
 def test_bad_input_is_refused_with_what_to_do(tiny, study, tmp_path):
     model, card, cases = tiny
     plan, sim, _ = study
-    kw = dict(model=model, card=card, refine_config=TINY_REFINE, progress=False)
+    kw = {"model": model, "card": card, "refine_config": TINY_REFINE, "progress": False}
     with pytest.raises(InputError, match="already holds sessions"):
         simulate_study(plan, cases, sim.study_dir, **kw)
     with pytest.raises(InputError, match=r"\['c1'\] are not among the cases"):
