@@ -250,6 +250,7 @@ def _cases(plan: StudyPlan, cases: Any) -> dict[str, tuple[Volume, Volume]]:
 def validate_simulation_parameters(readers: Any, cases: Any, skills: Any = "expert",
                                    rounds: Any = 3, seed: Any = 0, dsc_target: Any = 0.95,
                                    n_subsets: Any = 2, *, structure: str = "pancreas",
+                                   reference: Any = "consensus",
                                    ) -> tuple[list[str], list[str]]:
     """Check the simulated reader study notebook's parameters (first cell after them).
 
@@ -258,6 +259,9 @@ def validate_simulation_parameters(readers: Any, cases: Any, skills: Any = "expe
         cases: a data source (``"phantom:<n>"``, a folder, ``"btcv-synth:<folder>"``).
         skills: a preset name, or a list of them (cycled over the readers).
         rounds, seed, dsc_target, n_subsets: as :func:`simulate_study` / ``design_study``.
+        structure: the structure segmented.
+        reference: what the analysis scores against: ``"consensus"`` (of the readers' final
+            masks, as in the paper) or ``"truth"`` (the cases' reference masks).
 
     Returns:
         ``(reader ids, case ids)``.
@@ -280,6 +284,8 @@ def validate_simulation_parameters(readers: Any, cases: Any, skills: Any = "expe
         _robot(s, "skills")
     _check_int(rounds, "rounds", 1)
     _check_target(dsc_target)
+    if reference not in ("consensus", "truth"):
+        raise ConfigError(f"reference must be 'consensus' or 'truth', got {reference!r}")
     return reader_ids, case_ids
 
 
@@ -295,15 +301,38 @@ def _check_target(v: Any) -> float:
     return float(v)
 
 
-def load_simulation_cases(source: str, structure: str = "pancreas", seed: int = 0,
-                          ) -> list[Case]:
+def load_simulation_cases(source: str, structure: str = "pancreas", seed: int = 0, *,
+                          shape_zyx: Sequence[int] | None = None,
+                          spacing_mm: Sequence[float] | None = None) -> list[Case]:
     """``[(case_id, ct, reference)]`` of a data source (``"phantom:<n>"``, a folder, ...).
 
     The same cases (and ids) as the cross-validation and the study design use for that
     source: phantom ``i`` is ``make_phantom(seed + i)``.
-    """
-    from .crossval import _case_loader
 
+    Args:
+        source: the data source.
+        structure: the structure whose reference is used.
+        seed: seed of synthetic cases.
+        shape_zyx, spacing_mm: phantom sources only: a smaller grid (e.g. for a quick run);
+            None keeps :func:`~iunet_nb.synth.make_phantom`'s defaults.
+
+    Raises:
+        ConfigError / InputError: a bad source; a shape or spacing for a non-phantom source.
+    """
+    from .crossval import _case_loader, _parse_source, case_ids
+
+    if shape_zyx is not None or spacing_mm is not None:
+        if _parse_source(source)[0] != "phantom":
+            raise ConfigError("shape_zyx / spacing_mm apply to 'phantom:<n>' sources only")
+        from .synth import make_phantom
+
+        kw: dict[str, Any] = {}
+        if shape_zyx is not None:
+            kw["shape_zyx"] = tuple(int(v) for v in shape_zyx)
+        if spacing_mm is not None:
+            kw["spacing_mm"] = tuple(float(v) for v in spacing_mm)
+        ids = case_ids(source, structure)
+        return [(cid, *make_phantom(seed + i, **kw)) for i, cid in enumerate(ids)]
     ids, load, description = _case_loader(source, structure, "auto", None, seed)
     logger.info("simulation cases: %s", description)
     return [(cid, *load(cid)) for cid in ids]
