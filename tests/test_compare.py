@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from iunet_nb.checkpoint import ModelCard
 from iunet_nb.compare import (
+    IMPROVED_CONFIG,
     METHODS,
     PAPER_CONFIG,
     CompareCase,
     FullFineTuneNet,
     Method,
+    _apply_for,
     compare_methods,
     random_walker_probability,
     random_walker_round,
-    refine_local_round,
 )
 from iunet_nb.errors import ConfigError, InputError
 from iunet_nb.nets import NetConfig, build_network
 from iunet_nb.preprocess import Box, PreprocessConfig
-from iunet_nb.robot import RobotConfig, plan_stroke
+from iunet_nb.robot import RobotConfig, plan_stroke, run_robot
 from iunet_nb.session import RefineConfig, Session, fine_tune
 
 
@@ -121,47 +124,42 @@ def test_full_fine_tune_trains_the_encoder_too(model):
 def test_methods_table_is_complete_and_paper_config_is_the_papers():
     assert list(METHODS) == ["paint", "paper", "full", "random_walker", "improved",
                             "session_default"]
-    assert METHODS["improved"].local_mm == 15.0 and METHODS["improved"].one_way
     assert METHODS["full"].full_network and METHODS["paint"].kind == "paint"
+    # the paper's refinement: eq. 3 with lambda, image-driven band, no locality, both ways,
+    # the network's mask (scribbles not forced)
     assert PAPER_CONFIG.threshold == 0.2 and PAPER_CONFIG.lam > 0
     assert PAPER_CONFIG.scribble_weight == 3.0 and not PAPER_CONFIG.force_scribbles
+    assert PAPER_CONFIG.geodesic_lam == 1.0 and PAPER_CONFIG.lr == 1e-2
+    assert PAPER_CONFIG.local_mm is None and not PAPER_CONFIG.one_way
+    assert METHODS["paper"].refine == PAPER_CONFIG
+    # the improved method is the Session's own refinement, now its defaults
+    assert (IMPROVED_CONFIG.geodesic_lam, IMPROVED_CONFIG.lr, IMPROVED_CONFIG.local_mm,
+            IMPROVED_CONFIG.one_way) == (0.0, 1e-3, 15.0, True)
+    assert METHODS["improved"].refine == IMPROVED_CONFIG == RefineConfig()
+    assert METHODS["session_default"].refine == METHODS["improved"].refine
+    for name in ("paper", "full", "improved", "session_default"):
+        assert _apply_for(METHODS[name]) is None        # add_scribble + Session.refine
+    assert METHODS["full"].refine.local_mm is None and METHODS["full"].refine.geodesic_lam == 1
     with pytest.raises(ConfigError, match="kind"):
         Method("x", "magic")
     with pytest.raises(ConfigError, match="full_network"):
         Method("x", "paint", full_network=True)
-    with pytest.raises(ConfigError, match="local_mm"):
-        Method("x", "paint", local_mm=10.0)
-    with pytest.raises(ConfigError, match="local_mm"):
-        Method("x", "refine", local_mm=0.0)
+    with pytest.raises(ConfigError, match="must be a RefineConfig"):
+        Method("x", "refine", refine={"lr": 1e-3})
 
 
-def test_local_refinement_keeps_changes_near_the_stroke_only(ellipsoid_case, model, card):
-    from scipy.spatial.distance import cdist
-
+def test_improved_method_is_the_sessions_own_refine(ellipsoid_case, model, card):
     ct, ref = ellipsoid_case
-    cfg = RefineConfig(device="cpu", iterations=3, lr=5e-2)
-    s = Session(ct, model, card, Box.from_mask(ref.array), config=cfg)
-    shifted = np.roll(ref.array, 4, axis=2)  # an accepted mask the network does not reproduce
-    s.predict()
-    s.paint(1, points=np.argwhere(shifted))
-    before = s.mask.array
-    stroke = plan_stroke(before, ref.array, ct.spacing_mm, RobotConfig(), 0)
-    free = Session(ct, model, card, Box.from_mask(ref.array), config=cfg)
-    free.predict()
-    free.paint(1, points=np.argwhere(shifted))
-    stroke.apply_scribble(free)
-    unrestricted = free.refine().array
-    n_back = refine_local_round(s, stroke, local_mm=4.0)
-    after = s.mask.array
-    changed = np.argwhere(after != before)
-    pts = np.argwhere(np.isin(np.arange(before.size), stroke.voxels).reshape(before.shape))
-    sp = np.asarray(ct.spacing_mm)
-    far_free = cdist(np.argwhere(unrestricted != before) * sp, pts * sp).min(1) > 4.0
-    assert far_free.sum() == n_back > 0             # the unrestricted refine changed far voxels
-    assert cdist(changed * sp, pts * sp).min(1).max() <= 4.0 + 1e-9
-    near = ~far_free
-    assert np.array_equal(after[tuple(np.argwhere(unrestricted != before)[near].T)],
-                          unrestricted[tuple(np.argwhere(unrestricted != before)[near].T)])
+    robot = RobotConfig(rounds=2, seed=1)
+    fast = dataclasses.replace(IMPROVED_CONFIG, iterations=2, lr=5e-2)
+    result = compare_methods([CompareCase("ell", ct, ref)], model, card, robot,
+                             methods=[Method("improved_fast", "refine", fast)])
+    with Session(ct, model, card, Box.from_mask(ref.array),
+                 config=dataclasses.replace(fast, device="cpu")) as s:
+        direct = run_robot(s, ref, robot, predict=True)
+        events = [e["event"] for e in s.events]
+    assert events == ["open", "predict", "scribble", "refine", "scribble", "refine"]  # no paint
+    np.testing.assert_array_equal(result.table["dsc"].to_numpy(), direct.table["dsc"].to_numpy())
 
 
 def test_compare_methods_runs_every_method_from_the_same_start(ellipsoid_case, model, card):
@@ -189,19 +187,3 @@ def test_compare_methods_runs_every_method_from_the_same_start(ellipsoid_case, m
         compare_methods(cases, model, card, methods=["nope"])
     with pytest.raises(InputError, match="at least one case"):
         compare_methods([], model, card, methods=["paint"])
-
-
-def test_one_way_local_refinement_only_moves_in_the_strokes_direction(ellipsoid_case, model,
-                                                                     card):
-    ct, ref = ellipsoid_case
-    cfg = RefineConfig(device="cpu", iterations=3, lr=5e-2)
-    s = Session(ct, model, card, Box.from_mask(ref.array), config=cfg)
-    s.predict()
-    s.paint(1, points=np.argwhere(np.roll(ref.array, 4, axis=2)))
-    before = s.mask.array
-    stroke = plan_stroke(before, ref.array, ct.spacing_mm, RobotConfig(), 0)
-    refine_local_round(s, stroke, local_mm=50.0, one_way=True)
-    after = s.mask.array
-    moved = after[after != before]
-    assert moved.size > 0                           # the scribble itself at least
-    assert np.all(moved == (1 if stroke.label == "fg" else 0))

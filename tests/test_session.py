@@ -200,7 +200,10 @@ def test_refine_changes_only_the_unfrozen_parameters(case, model, card, cfg):
 def test_fg_scribble_in_a_missed_region_grows_the_mask(case, model, card):
     with torch.no_grad():  # make the network miss everything: strongly favour background
         model.head.bias.copy_(torch.tensor([0.15, -0.15]))
-    cfg = RefineConfig(device="cpu", iterations=10, lr=3e-2, force_scribbles=False)
+    # the image-driven band (the paper's) leaves the whole homogeneous organ unlabelled, so
+    # the untrained network can learn "bright = organ" from the scribbles alone
+    cfg = RefineConfig(device="cpu", iterations=10, lr=3e-2, force_scribbles=False,
+                       geodesic_lam=1.0, local_mm=None)
     s = _session(case, model, card, cfg)
     s.predict()
     region = case[1].array.astype(bool)
@@ -477,3 +480,173 @@ def test_paint_and_export_in_ct_geometry(case, model, card, cfg, tmp_path):
     assert np.array_equal(out.array, s.mask.array) and out.geometry.is_close(ct.geometry)
     with pytest.raises(InputError, match="extension"):
         s.export(tmp_path / "m.png")
+
+
+# ----------------------------------------------------------------------------- locality, one-way
+def _shifted_session(case, model, card, **overrides) -> Session:
+    """Predicted, then an accepted mask the network does not reproduce (so refine moves it)."""
+    cfg = RefineConfig(device="cpu", iterations=3, lr=5e-2, **overrides)
+    s = _session(case, model, card, cfg)
+    s.predict()
+    shifted = np.roll(case[1].array, 4, axis=2)
+    extra = np.argwhere((shifted == 0) & (s.mask.array == 1))
+    if len(extra):
+        s.paint(0, points=extra)
+    s.paint(1, points=np.argwhere(shifted))
+    assert np.array_equal(s.mask.array, shifted)
+    return s
+
+
+def _favour_foreground(model) -> None:
+    """Bias the untrained network towards foreground: a refine then grows the mask."""
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([-0.15, 0.15]))
+
+
+def _min_dist_mm(voxels_zyx: np.ndarray, seeds_zyx: np.ndarray, spacing) -> np.ndarray:
+    from scipy.spatial.distance import cdist
+    sp = np.asarray(spacing, dtype=float)
+    return cdist(voxels_zyx * sp, seeds_zyx * sp).min(axis=1)
+
+
+def test_local_config_defaults_and_validation():
+    d = RefineConfig()
+    assert (d.geodesic_lam, d.lr, d.local_mm, d.one_way) == (0.0, 1e-3, 15.0, True)
+    assert (d.lam, d.iterations, d.threshold, d.scribble_weight) == (0.0, 5, 0.2, 3.0)
+    paper = RefineConfig(local_mm=None, one_way=False)
+    assert RefineConfig.from_json(paper.to_json()) == paper
+    assert RefineConfig(local_mm=7).local_mm == 7.0
+    for bad in (0, -3.0, float("nan"), float("inf"), "15", True):
+        with pytest.raises(ConfigError, match="local_mm must be a finite distance > 0"):
+            RefineConfig(local_mm=bad)
+    with pytest.raises(ConfigError, match="one_way must be true or false"):
+        RefineConfig(one_way=1)
+    # a config saved before local_mm / one_way existed keeps the paper's behaviour on load
+    legacy = json.loads(RefineConfig(lr=0.02).to_json())
+    del legacy["local_mm"], legacy["one_way"]
+    old = session_mod._config_from_saved(json.dumps(legacy))
+    assert (old.local_mm, old.one_way, old.lr) == (None, False, 0.02)
+    assert session_mod._config_from_saved(RefineConfig().to_json()) == RefineConfig()
+
+
+@pytest.mark.parametrize("distance", [1.0, 2.6, 6.0])
+def test_near_scribbles_matches_brute_force(distance):
+    shape, spacing = (9, 14, 16), (2.5, 0.8, 0.7)
+    rng = np.random.default_rng(3)
+    seeds = np.unique(rng.integers(0, np.prod(shape), 5))
+    seeds = np.append(seeds, np.ravel_multi_index((8, 0, 15), shape))  # outside the region
+    region = Box((1, 2, 3), (7, 12, 14))
+    got = session_mod._near_scribbles(shape, spacing, seeds, region, distance)
+    zyx = np.argwhere(np.ones(region.size, bool)) + np.asarray(region.lo_zyx)
+    seeds_zyx = np.stack(np.unravel_index(seeds, shape), axis=1)
+    expected = (_min_dist_mm(zyx, seeds_zyx, spacing) <= distance).reshape(region.size)
+    assert got.shape == region.size and np.array_equal(got, expected)
+    assert 0 < expected.sum() < expected.size
+    assert not session_mod._near_scribbles(shape, spacing, np.zeros(0, np.int64), region,
+                                           distance).any()
+
+
+def test_refine_changes_farther_than_local_mm_from_the_new_stroke_are_undone(case, model, card):
+    stroke = {"view": "axial", "slice_index": 12, "radius_mm": 2}
+    free = _shifted_session(case, model, card, local_mm=None, one_way=False)
+    local = _shifted_session(case, model, card, local_mm=4.0, one_way=False)
+    before = local.mask.array
+    assert np.array_equal(before, free.mask.array)
+    for s in (free, local):
+        s.add_scribble("fg", [(16, 8), (16, 14)], **stroke)
+    unrestricted = free.refine().array
+    after = local.refine().array
+    seeds = np.argwhere(local.scribbles.array)
+    moved = np.argwhere(unrestricted != before)
+    far = _min_dist_mm(moved, seeds, case[0].spacing_mm) > 4.0 + 1e-9  # as the session
+    assert far.sum() > 0 and (~far).sum() > 0        # the free refine moved far and near voxels
+    kept = np.argwhere(after != before)
+    assert _min_dist_mm(kept, seeds, case[0].spacing_mm).max() <= 4.0 + 1e-9
+    near = tuple(moved[~far].T)
+    assert np.array_equal(after[near], unrestricted[near])  # near changes are the network's
+    assert local.events[-1]["details"]["n_reverted"] == int(far.sum())
+    assert local.events[-1]["details"]["local_mm"] == 4.0
+
+
+@pytest.mark.parametrize("label", ["fg", "bg"])
+def test_one_way_refine_only_moves_in_the_strokes_direction(case, model, card, label):
+    if label == "bg":
+        _favour_foreground(model)  # else the untrained network only shrinks the mask
+    free = _shifted_session(case, model, card, local_mm=None, one_way=False)
+    one_way = _shifted_session(case, model, card, local_mm=None, one_way=True)
+    before = one_way.mask.array
+    for s in (free, one_way):
+        s.add_scribble(label, [(16, 8), (16, 14)], view="axial", slice_index=12, radius_mm=2)
+    unrestricted = free.refine().array
+    after = one_way.refine().array
+    grow, shrink = (unrestricted > before), (unrestricted < before)
+    assert grow.any() and shrink.any()                # the free refine moved both ways
+    if label == "fg":
+        assert np.all(after >= before)                # a foreground stroke never removes
+        assert np.array_equal(after[grow], unrestricted[grow])
+    else:
+        assert np.all(after <= before)                # a background stroke never adds
+        assert np.array_equal(after[shrink], unrestricted[shrink])
+
+
+def test_mixed_new_strokes_move_both_ways_and_only_new_strokes_count(case, model, card):
+    free = _shifted_session(case, model, card, local_mm=None, one_way=False)
+    one_way = _shifted_session(case, model, card, local_mm=None, one_way=True)
+    for s in (free, one_way):
+        s.add_scribble("fg", [(16, 8), (16, 14)], view="axial", slice_index=12, radius_mm=2)
+        s.add_scribble("bg", [(16, 26)], view="axial", slice_index=12, radius_mm=2)
+    assert np.array_equal(free.refine().array, one_way.refine().array)
+    assert one_way.events[-1]["details"]["new_scribbles"] == [1, 2]
+    # the next round sees only the scribble added since: a background stroke, remove only
+    before = one_way.mask.array
+    one_way.add_scribble("bg", [(4, 4)], view="axial", slice_index=12, radius_mm=2)
+    after = one_way.refine().array
+    assert one_way.events[-1]["details"]["new_scribbles"] == [3]
+    assert np.all(after <= before)
+    # refine again without a new scribble: all current scribbles count (mixed: both ways)
+    one_way.refine()
+    assert one_way.events[-1]["details"]["new_scribbles"] == [1, 2, 3]
+
+
+def _local_actions(s: Session) -> None:
+    s.add_scribble("fg", [(16, 8), (16, 14)], view="axial", slice_index=12, radius_mm=2)
+    s.refine()
+    s.add_scribble("bg", [(16, 26)], view="axial", slice_index=12, radius_mm=2)
+
+
+def test_new_strokes_survive_undo_redo_and_load(case, model, card, tmp_path):
+    cfg = {"local_mm": 6.0, "one_way": True}
+    ref = _shifted_session(case, model, card, **cfg)
+    _local_actions(ref)
+    expected = ref.refine().array                     # refine after the bg stroke only
+    assert ref.events[-1]["details"]["new_scribbles"] == [2]
+    # undo twice (the bg scribble, the first refine) and redo: the same next refine
+    s = _shifted_session(case, model, card, **cfg)
+    _local_actions(s)
+    s.undo(); s.undo(); s.redo(); s.redo()
+    assert np.array_equal(s.refine().array, expected)
+    assert s.events[-1]["details"]["new_scribbles"] == [2]
+    # undoing the first refine makes the fg stroke new again: both strokes count
+    u = _shifted_session(case, model, card, **cfg)
+    _local_actions(u)
+    u.undo(); u.undo()
+    u.add_scribble("bg", [(16, 26)], view="axial", slice_index=12, radius_mm=2)
+    u.refine()
+    assert u.events[-1]["details"]["new_scribbles"] == [1, 3]
+    # a saved and reloaded session gives the same next refine
+    folder = tmp_path / "s"
+    w = Session(case[0], model, card, case[2], folder=folder,
+                config=RefineConfig(device="cpu", iterations=3, lr=5e-2, **cfg))
+    w.predict()
+    w.paint(1, points=np.argwhere(np.roll(case[1].array, 4, axis=2)))
+    _local_actions(w)
+    w.close()
+    loaded = Session.load(folder, case[0], model, card)
+    assert loaded.config.local_mm == 6.0 and loaded.config.one_way
+    assert np.array_equal(loaded.refine().array, expected)
+    assert loaded.events[-1]["details"]["new_scribbles"] == [2]
+    # after a new prediction every scribble counts as new again
+    loaded.predict()
+    loaded.refine()
+    assert loaded.events[-1]["details"]["new_scribbles"] == [1, 2]
+    loaded.close()
