@@ -1,0 +1,92 @@
+"""Domain-gap table: held-out synthetic rows and real rows, DSC computed from predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_ellipsoid
+
+import iunet_nb.domain_gap as dg
+from iunet_nb.errors import ConfigError, InputError
+from iunet_nb.nets import NetConfig
+from iunet_nb.preprocess import PreprocessConfig
+from iunet_nb.train import TrainConfig
+from iunet_nb.volume import Geometry, Volume
+
+TINY = TrainConfig(net=NetConfig(base_channels=4), preprocess=PreprocessConfig(size_zyx=(8, 16, 16)),
+                   iterations=2, batch_size=2, lr=1e-3, seed=0, checkpoint_every=1,
+                   structure="liver")
+
+
+def _case(seed: int, organ_hu: float = 120.0) -> tuple[Volume, Volume]:
+    rng = np.random.default_rng(seed)
+    g = Geometry(spacing_mm=(2.5, 0.8, 0.7), origin_mm=(0.0, 0.0, 0.0))
+    mask = make_ellipsoid((12, 24, 24), radii=(3.0 + seed % 2, 6.0, 7.0))
+    ct = np.full(mask.shape, -50.0, dtype=np.float32)
+    ct[mask > 0] = organ_hu
+    ct += rng.normal(0, 10, size=ct.shape).astype(np.float32)
+    return Volume(ct, g), Volume(mask, g)
+
+
+@pytest.fixture
+def cases():
+    synthetic = [_case(i) for i in range(4)]
+    real = [_case(10, organ_hu=90.0), _case(11, organ_hu=90.0)]
+    return synthetic, ["s0", "s1", "s2", "s3"], real, ["1.17", "1.7"]
+
+
+def test_table_rows_and_csv(cases, tmp_path):
+    synthetic, sids, real, rids = cases
+    table = dg.domain_gap_from_cases(synthetic, sids, real, rids, train_config=TINY, n_val=2,
+                                     out_dir=tmp_path)
+    assert list(table.columns) == list(dg.COLUMNS)
+    assert table["domain"].tolist() == ["synthetic", "synthetic", "real", "real"]
+    assert table["case_id"].tolist() == ["s2", "s3", "1.17", "1.7"]   # last n_val held out
+    assert (table["structure"] == "liver").all()
+    assert table["ref_voxels"].tolist() == [int(m.array.sum()) for _, m in synthetic[2:] + real]
+    assert table["dsc"].between(0, 1).all()
+    written = pd.read_csv(tmp_path / "domain_gap_liver.csv", dtype={"case_id": str})
+    assert written["case_id"].tolist() == table["case_id"].tolist()
+    np.testing.assert_allclose(written["dsc"], table["dsc"], atol=1e-4)
+    assert (tmp_path / "train" / "checkpoint.pt").is_file()
+
+
+def test_dsc_comes_from_the_prediction(cases, monkeypatch):
+    # replace the network's prediction by the reference plus one extra slice: the DSC is then
+    # known by hand, 2|R| / (|R| + |R| + |extra|)
+    synthetic, sids, real, rids = cases
+
+    def fake_segment(ct, model, box, cfg):
+        ref = next(m for c, m in synthetic + real if c is ct).array
+        pred = ref.copy()
+        z = int(np.nonzero(ref.any(axis=(1, 2)))[0].max()) + 1
+        pred[z] = ref[z - 1]
+        return Volume(pred, ct.geometry)
+
+    monkeypatch.setattr(dg, "segment", fake_segment)
+    table = dg.domain_gap_from_cases(synthetic, sids, real, rids, train_config=TINY, n_val=1)
+    for (_, ref), (_, row) in zip(synthetic[3:] + real, table.iterrows()):
+        r = int(ref.array.sum())
+        extra = int(ref.array[int(np.nonzero(ref.array.any(axis=(1, 2)))[0].max())].sum())
+        assert row["dsc"] == pytest.approx(2 * r / (2 * r + extra))
+        assert row["pred_voxels"] == r + extra
+        assert row["dsc"] < 1.0
+
+
+@pytest.mark.parametrize("n_val", [0, 4, 2.0, True])
+def test_bad_n_val(cases, n_val):
+    synthetic, sids, real, rids = cases
+    with pytest.raises(ConfigError, match="n_val must be an integer from 1 to 3"):
+        dg.domain_gap_from_cases(synthetic, sids, real, rids, train_config=TINY, n_val=n_val)
+
+
+def test_mismatched_ids(cases):
+    synthetic, sids, real, rids = cases
+    with pytest.raises(InputError, match="4 synthetic cases but 3 ids"):
+        dg.domain_gap_from_cases(synthetic, sids[:3], real, rids, train_config=TINY, n_val=1)
+
+
+def test_missing_btcv_folder(tmp_path):
+    with pytest.raises(InputError):
+        dg.domain_gap("liver", tmp_path / "nothing", tmp_path / "nothing", train_config=TINY)
