@@ -121,7 +121,7 @@ def domain_gap_from_cases(synthetic: Sequence[tuple[Volume, Volume]], synthetic_
 
 
 def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: str | os.PathLike,
-               *, train_config: TrainConfig = TrainConfig(), n_val: int = 5, seed: int = 0,
+               *, train_config: TrainConfig | None = None, n_val: int = 5, seed: int = 0,
                out_dir: str | os.PathLike | None = None, limit: int | None = None,
                progress: bool = False) -> pd.DataFrame:
     """Synthetic-to-synthetic and synthetic-to-real DSC of an iUnet trained on BTCV-synthetic CT.
@@ -131,7 +131,8 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
         btcv_folder: BTCV label maps (``0001.nii.gz`` ... or ``label/label0001.nii.gz``).
         ircadb_folder: 3D-IRCADb-01 patients (``<patient>/PATIENT_DICOM``, ``MASKS_DICOM.zip``);
             patients without a mask of ``structure`` are skipped.
-        train_config: training settings; its ``structure`` is set to ``structure``.
+        train_config: training settings (None: :class:`TrainConfig` defaults); its
+            ``structure`` is set to ``structure``.
         n_val: number of BTCV label maps held out (the last ones in sorted order).
         seed: case ``i`` of the BTCV maps is synthesised with seed ``seed + i``.
         out_dir: checkpoints, model and ``domain_gap_<structure>.csv`` (see
@@ -148,7 +149,7 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
     """
     from . import datasets
 
-    cfg = dataclasses.replace(train_config, structure=str(structure))
+    cfg = dataclasses.replace(train_config or TrainConfig(), structure=str(structure))
     btcv_ids = [c.case_id for c in datasets.find_cases(btcv_folder, structure, layout="btcv")]
     if limit is not None:
         btcv_ids = btcv_ids[:limit]

@@ -23,6 +23,7 @@ from iunet_nb.nets import NetConfig
 from iunet_nb.preprocess import PreprocessConfig
 from iunet_nb.train import TrainConfig
 
+logger = logging.getLogger("run_domain_gap")
 _SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     t0 = time.perf_counter()
     table = domain_gap(args.structure, args.btcv, args.ircadb, train_config=cfg, n_val=args.val,
                        seed=args.seed, out_dir=out, limit=args.limit, progress=True)
-    logging.info("done in %.0f s", time.perf_counter() - t0)
+    logger.info("done in %.0f s", time.perf_counter() - t0)
     print(table.to_string(index=False))
     print(table.groupby("domain")["dsc"].agg(["mean", "std", "count"]).to_string())
 
