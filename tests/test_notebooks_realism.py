@@ -1,0 +1,58 @@
+"""Execute notebooks/realism.ipynb headless with papermill on the shared data.
+
+Skipped with a reason when ../shared/data is absent or no ``python3`` Jupyter kernel exists.
+One real patient (1.7: liver, spleen, kidneys, bone) and one synthetic case keep it to
+~30-60 s on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+papermill = pytest.importorskip("papermill")
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "realism.ipynb"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernel():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "python3" not in KernelSpecManager().find_kernel_specs():
+        pytest.skip("no 'python3' Jupyter kernel: pip install ipykernel")
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_realism_notebook_writes_its_tables(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "out"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "realism.out.ipynb"), kernel_name="python3",
+        cwd=str(tmp_path), progress_bar=False,
+        parameters={"ircadb_folder": str(shared_data / "ircadb"), "ircadb_patients": ["1.7"],
+                    "btcv_folder": str(shared_data / "btcv_labels"), "btcv_cases": ["0001"],
+                    "seed": 0, "out_dir": str(out)})
+    per_volume = pd.read_csv(out / "tissue_stats.csv", dtype={"case": str})
+    assert set(per_volume["source"]) == {"real", "synthetic"}
+    assert set(per_volume["case"]) == {"1.7", "0001"}
+    compare = pd.read_csv(out / "realism_compare.csv", index_col="tissue")
+    assert list(compare.index) == ["liver", "spleen", "kidneys", "fat", "bone"]
+    # one volume per source: the pooled means are that volume's means
+    for src, col in (("real", "mean_real"), ("synthetic", "mean_synth")):
+        own = per_volume[per_volume["source"] == src].set_index("tissue")
+        np.testing.assert_allclose(compare[col], own.loc[compare.index, "mean_hu"], atol=2e-3)
+    np.testing.assert_allclose(compare["mean_diff_hu"], compare["mean_synth"] - compare["mean_real"],
+                               atol=2e-3)
+    assert compare["overlap"].between(0.3, 1.0).all(), compare["overlap"]
+    # portal-venous liver, real and synthetic, within 40 HU of each other
+    assert abs(compare.loc["liver", "mean_diff_hu"]) < 40
+    noise = pd.read_csv(out / "noise_texture.csv", dtype={"case": str})
+    assert noise["source"].tolist() == ["real", "synthetic"]
+    assert (noise["local_sd_hu"] > 1).all() and (noise["n_patches"] > 0).all()
+    for name in ("histograms.png", "nps.png", "slices.png"):
+        assert (out / name).stat().st_size > 1000
