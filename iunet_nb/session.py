@@ -168,7 +168,10 @@ class RefineConfig(JsonConfig):
         geodesic_iterations: raster-scan passes of the geodesic distance (GeodisTK's usual 4).
         scribble_weight: loss weight of scribble voxels (3, the paper's value).
         keep_weights_between_rounds: True: each round starts from the previous round's
-            weights (cumulative, as in the paper's flowchart); False: from the loaded weights.
+            weights (cumulative, as in the paper's flowchart); False (default): from the loaded
+            weights, trained afresh on the current mask and all scribbles. Measured with the
+            bundled model and the simulated annotator on 6 phantoms (5 rounds): mean DSC 0.942
+            -> 0.948 with False, 0.942 -> 0.942 with True (benchmarks/interactive_results.md).
         cached_encoder: evaluate the frozen front of the network once per image and only the
             trainable tail at each step (same result as the naive path, faster).
         local_mm: keep a refinement's mask changes only within this Euclidean distance (mm,
@@ -214,7 +217,7 @@ class RefineConfig(JsonConfig):
     geodesic_lam: float = 0.0
     geodesic_iterations: int = 4
     scribble_weight: float = 3.0
-    keep_weights_between_rounds: bool = True
+    keep_weights_between_rounds: bool = False
     cached_encoder: bool = True
     local_mm: float | None = 15.0
     one_way: bool = True
