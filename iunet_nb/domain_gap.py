@@ -32,12 +32,35 @@ from .predict import make_box, segment
 from .train import TrainConfig, load_training_cases, prepare_cases, train
 from .volume import Volume
 
-__all__ = ["COLUMNS", "domain_gap", "domain_gap_from_cases", "evaluate_cases"]
+__all__ = ["COLUMNS", "domain_gap", "domain_gap_from_cases", "evaluate_cases", "reorient_lps"]
 
 logger = logging.getLogger(__name__)
 
 #: Columns of the table :func:`domain_gap` returns (one row per test case).
 COLUMNS = ("structure", "domain", "case_id", "dsc", "pred_voxels", "ref_voxels")
+
+
+def reorient_lps(volume: Volume) -> Volume:
+    """The same image with its array reordered/flipped to the identity (LPS) direction.
+
+    The working grid of :mod:`iunet_nb.preprocess` follows the array axes, not the patient
+    axes, so a network trained on BTCV label maps (stored with x and y flipped, direction
+    ``diag(-1, -1, 1)``) sees mirrored anatomy on DICOM CT (identity direction) unless both
+    are brought to one orientation first. Physical positions are unchanged.
+
+    Args:
+        volume: any axis-aligned Volume.
+
+    Returns:
+        ``volume`` itself when its direction is already the identity, else a reoriented copy
+        (same dtype and meta).
+    """
+    if np.allclose(volume.geometry.direction, np.eye(3).ravel()):
+        return volume
+    import SimpleITK as sitk
+
+    out = Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), "LPS"), **dict(volume.meta))
+    return out.with_array(out.array.astype(volume.array.dtype, copy=False))
 
 
 def evaluate_cases(model: torch.nn.Module, cases: Sequence[tuple[Volume, Volume]],
@@ -123,7 +146,7 @@ def domain_gap_from_cases(synthetic: Sequence[tuple[Volume, Volume]], synthetic_
 def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: str | os.PathLike,
                *, train_config: TrainConfig | None = None, n_val: int = 5, seed: int = 0,
                out_dir: str | os.PathLike | None = None, limit: int | None = None,
-               progress: bool = False) -> pd.DataFrame:
+               progress: bool = False, reorient: bool = True) -> pd.DataFrame:
     """Synthetic-to-synthetic and synthetic-to-real DSC of an iUnet trained on BTCV-synthetic CT.
 
     Args:
@@ -139,6 +162,9 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
             :func:`domain_gap_from_cases`).
         limit: use only the first ``limit`` BTCV label maps (None: all).
         progress: show a training progress bar.
+        reorient: bring every CT and mask to the identity direction (:func:`reorient_lps`)
+            before training and testing; False keeps the stored array order (BTCV and DICOM
+            then differ by a flip of x and y on the working grid).
 
     Returns:
         DataFrame with :data:`COLUMNS`, one row per held-out synthetic case and per real case.
@@ -164,6 +190,9 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
         ct, mask = case.load()
         assert ct is not None  # ircadb cases always have an image
         real.append((ct, mask))
+    if reorient:
+        synthetic = [(reorient_lps(c), reorient_lps(m)) for c, m in synthetic]
+        real = [(reorient_lps(c), reorient_lps(m)) for c, m in real]
     return domain_gap_from_cases(
         synthetic, btcv_ids, real, [c.case_id for c in real_found], train_config=cfg,
         n_val=n_val, out_dir=out_dir, data_description=f"{desc} (last {n_val} held out)",

@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="use only the first N BTCV maps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--no-reorient", action="store_true",
+                    help="keep the stored array order (BTCV and DICOM then differ by an x/y flip)")
     ap.add_argument("--out", default="runs/domain_gap")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -54,7 +56,8 @@ def main() -> None:
     atomic_write_text(out / "run_config.json", cfg.to_json())
     t0 = time.perf_counter()
     table = domain_gap(args.structure, args.btcv, args.ircadb, train_config=cfg, n_val=args.val,
-                       seed=args.seed, out_dir=out, limit=args.limit, progress=True)
+                       seed=args.seed, out_dir=out, limit=args.limit, progress=True,
+                       reorient=not args.no_reorient)
     logger.info("done in %.0f s", time.perf_counter() - t0)
     print(table.to_string(index=False))
     print(table.groupby("domain")["dsc"].agg(["mean", "std", "count"]).to_string())

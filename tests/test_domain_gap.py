@@ -90,3 +90,19 @@ def test_mismatched_ids(cases):
 def test_missing_btcv_folder(tmp_path):
     with pytest.raises(InputError):
         dg.domain_gap("liver", tmp_path / "nothing", tmp_path / "nothing", train_config=TINY)
+
+
+def test_reorient_lps_flips_btcv_direction_and_keeps_physical_points():
+    g = Geometry(spacing_mm=(2.0, 1.0, 1.5), origin_mm=(10.0, 20.0, 30.0),
+                 direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    a = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)
+    v = Volume(a, g, {"case_id": "x"})
+    out = dg.reorient_lps(v)
+    np.testing.assert_allclose(out.geometry.direction, np.eye(3).ravel())
+    np.testing.assert_array_equal(out.array, a[:, ::-1, ::-1])   # x and y reversed, z kept
+    assert out.array.dtype == np.int16 and out.meta["case_id"] == "x"
+    # the voxel holding value a[1, 2, 3] sits at the same physical point before and after
+    k = np.argwhere(out.array == a[1, 2, 3])[0]
+    np.testing.assert_allclose(out.geometry.index_to_physical(k), g.index_to_physical((1, 2, 3)))
+    same = Volume(a, Geometry(spacing_mm=(2.0, 1.0, 1.5), origin_mm=(0.0, 0.0, 0.0)))
+    assert dg.reorient_lps(same) is same
