@@ -32,9 +32,14 @@ from .predict import make_box, segment
 from .train import TrainConfig, load_training_cases, prepare_cases, train
 from .volume import Volume
 
-__all__ = ["COLUMNS", "domain_gap", "domain_gap_from_cases", "evaluate_cases", "reorient_lps"]
+__all__ = ["BTCV_DIRECTION", "COLUMNS", "domain_gap", "domain_gap_from_cases", "evaluate_cases", "reorient_lps"]
 
 logger = logging.getLogger(__name__)
+
+#: True direction of the shared BTCV label maps (x right-to-left, y posterior-to-anterior, z
+#: inferior-to-superior; ../shared/data/README.md): their NIfTI header says diag(-1, -1, 1),
+#: which mirrors x.
+BTCV_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
 #: Columns of the table :func:`domain_gap` returns (one row per test case).
 COLUMNS = ("structure", "domain", "case_id", "dsc", "pred_voxels", "ref_voxels")
@@ -44,9 +49,9 @@ def reorient_lps(volume: Volume) -> Volume:
     """The same image with its array reordered/flipped to the identity (LPS) direction.
 
     The working grid of :mod:`iunet_nb.preprocess` follows the array axes, not the patient
-    axes, so a network trained on BTCV label maps (stored with x and y flipped, direction
-    ``diag(-1, -1, 1)``) sees mirrored anatomy on DICOM CT (identity direction) unless both
-    are brought to one orientation first. Physical positions are unchanged.
+    axes, so a network trained on BTCV label maps (stored posterior-to-anterior in y) sees
+    mirrored anatomy on DICOM CT (identity direction) unless both are brought to one
+    orientation first. Physical positions are unchanged.
 
     Args:
         volume: any axis-aligned Volume.
@@ -61,6 +66,11 @@ def reorient_lps(volume: Volume) -> Volume:
 
     out = Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), "LPS"), **dict(volume.meta))
     return out.with_array(out.array.astype(volume.array.dtype, copy=False))
+
+
+def _with_direction(volume: Volume, direction: tuple[float, ...]) -> Volume:
+    g = dataclasses.replace(volume.geometry, direction=tuple(float(d) for d in direction))
+    return Volume(volume.array, g, dict(volume.meta))
 
 
 def evaluate_cases(model: torch.nn.Module, cases: Sequence[tuple[Volume, Volume]],
@@ -146,7 +156,8 @@ def domain_gap_from_cases(synthetic: Sequence[tuple[Volume, Volume]], synthetic_
 def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: str | os.PathLike,
                *, train_config: TrainConfig | None = None, n_val: int = 5, seed: int = 0,
                out_dir: str | os.PathLike | None = None, limit: int | None = None,
-               progress: bool = False, reorient: bool = True) -> pd.DataFrame:
+               progress: bool = False, reorient: bool = True,
+               btcv_direction: tuple[float, ...] | None = BTCV_DIRECTION) -> pd.DataFrame:
     """Synthetic-to-synthetic and synthetic-to-real DSC of an iUnet trained on BTCV-synthetic CT.
 
     Args:
@@ -164,7 +175,9 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
         progress: show a training progress bar.
         reorient: bring every CT and mask to the identity direction (:func:`reorient_lps`)
             before training and testing; False keeps the stored array order (BTCV and DICOM
-            then differ by a flip of x and y on the working grid).
+            then differ by a flip of y on the working grid).
+        btcv_direction: the BTCV maps' true direction, set on the synthetic cases before
+            reorienting (default :data:`BTCV_DIRECTION`); None trusts their header.
 
     Returns:
         DataFrame with :data:`COLUMNS`, one row per held-out synthetic case and per real case.
@@ -190,6 +203,9 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
         ct, mask = case.load()
         assert ct is not None  # ircadb cases always have an image
         real.append((ct, mask))
+    if reorient and btcv_direction is not None:
+        synthetic = [(_with_direction(c, btcv_direction), _with_direction(m, btcv_direction))
+                     for c, m in synthetic]
     if reorient:
         synthetic = [(reorient_lps(c), reorient_lps(m)) for c, m in synthetic]
         real = [(reorient_lps(c), reorient_lps(m)) for c, m in real]

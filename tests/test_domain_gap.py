@@ -106,3 +106,13 @@ def test_reorient_lps_flips_btcv_direction_and_keeps_physical_points():
     np.testing.assert_allclose(out.geometry.index_to_physical(k), g.index_to_physical((1, 2, 3)))
     same = Volume(a, Geometry(spacing_mm=(2.0, 1.0, 1.5), origin_mm=(0.0, 0.0, 0.0)))
     assert dg.reorient_lps(same) is same
+
+
+def test_btcv_direction_flips_only_y():
+    # the shared BTCV maps run x right-to-left (as LPS) and y posterior-to-anterior (against
+    # LPS): with their true direction set, only y is reversed on the way to LPS
+    header = Geometry(spacing_mm=(2.0, 2.0, 2.0), origin_mm=(0.0, 0.0, 0.0),
+                      direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    fixed = dg._with_direction(Volume(a, header), dg.BTCV_DIRECTION)
+    np.testing.assert_array_equal(dg.reorient_lps(fixed).array, a[:, ::-1, :])
