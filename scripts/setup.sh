@@ -22,6 +22,14 @@ fi
 if [ "$extra" = "test" ]; then
   "$py" -m pip install --quiet -e ".[view,test]"
   bash scripts/install_browser.sh
+  # GeodisTK, only to cross-check our geodesic port against it (tests/test_geodesic.py). Its
+  # PyPI sdist needs NumPy at build time and the old NumPy C-API name below; without a C++
+  # compiler the cross-check is skipped with a reason.
+  if ! "$py" -c "import GeodisTK" 2>/dev/null; then
+    "$py" -m pip install --quiet setuptools wheel
+    CPPFLAGS=-DNPY_IN_ARRAY=NPY_ARRAY_IN_ARRAY "$py" -m pip install --quiet --no-build-isolation GeodisTK \
+      || echo "GeodisTK could not be built: the cross-check test will be skipped" >&2
+  fi
 else
   "$py" -m pip install --quiet -e .
 fi

@@ -370,3 +370,26 @@ def test_geodistk_slow_diagonal_is_reproduced():
     sweep = geodesic_distance(img, seeds, (1.0, 1.0, 1.0), lam=0.0, iterations=1,
                               backend="numpy")
     np.testing.assert_allclose(sweep[5, 0, 0], 5 * math.sqrt(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("iterations", [1, 4])
+def test_numba_port_matches_the_real_geodistk(lam, iterations):
+    """Against GeodisTK itself when it is installed (`bash scripts/setup.sh test` builds it)."""
+    geodistk = pytest.importorskip(
+        "GeodisTK", reason="GeodisTK is not installed; `bash scripts/setup.sh test` builds it "
+        "(CPPFLAGS=-DNPY_IN_ARRAY=NPY_ARRAY_IN_ARRAY pip install --no-build-isolation GeodisTK)")
+    rng = np.random.default_rng(7)
+    from scipy.ndimage import gaussian_filter
+
+    image = gaussian_filter(rng.random((12, 20, 24)), 1.5).astype(np.float32)
+    image = (image - image.min()) / (image.max() - image.min())
+    seeds = np.zeros(image.shape, np.uint8)
+    seeds[6, 10, 3:15] = 1
+    seeds[2, 4, 20] = 1
+    spacing = (2.5, 0.8, 0.7)
+    ours = geodesic_distance(image, seeds, spacing, lam=lam, iterations=iterations,
+                             backend="numba")
+    theirs = geodistk.geodesic3d_raster_scan(image, seeds, list(map(float, spacing)), lam,
+                                             iterations)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-5)
