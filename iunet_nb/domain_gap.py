@@ -183,18 +183,16 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
         DataFrame with :data:`COLUMNS`, one row per held-out synthetic case and per real case.
 
     Raises:
-        InputError: a folder has no case of ``structure``.
-        ConfigError: ``n_val`` out of range.
+        InputError: a folder is missing or has no case of ``structure``.
+        ConfigError: ``n_val`` or ``limit`` out of range.
     """
     from . import datasets
 
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 2):
+        raise ConfigError(f"limit must be None or an integer >= 2 (BTCV maps to use), got {limit!r}")
     cfg = dataclasses.replace(train_config or TrainConfig(), structure=str(structure))
     btcv_ids = [c.case_id for c in datasets.find_cases(btcv_folder, structure, layout="btcv")]
-    if limit is not None:
-        btcv_ids = btcv_ids[:limit]
-    if not btcv_ids:
-        raise InputError(f"no BTCV label maps in {btcv_folder}; expected 0001.nii.gz ... or "
-                         "label/label0001.nii.gz")
+    btcv_ids = btcv_ids[:limit]
     synthetic, desc = load_training_cases(f"btcv-synth:{btcv_folder}", structure=structure,
                                           limit=limit, seed=seed)
     real_found = datasets.find_cases(ircadb_folder, structure, layout="ircadb")

@@ -88,8 +88,21 @@ def test_mismatched_ids(cases):
 
 
 def test_missing_btcv_folder(tmp_path):
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="does not exist or is not a folder"):
         dg.domain_gap("liver", tmp_path / "nothing", tmp_path / "nothing", train_config=TINY)
+
+
+def test_btcv_folder_without_label_maps(tmp_path):
+    (tmp_path / "btcv").mkdir()
+    (tmp_path / "btcv" / "notes.txt").write_text("no label maps here")
+    with pytest.raises(InputError, match="no cases found in .* with layout 'btcv'"):
+        dg.domain_gap("liver", tmp_path / "btcv", tmp_path / "nothing", train_config=TINY)
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2.5])
+def test_bad_limit(tmp_path, limit):
+    with pytest.raises(ConfigError, match="limit must be None or an integer >= 2"):
+        dg.domain_gap("liver", tmp_path, tmp_path, train_config=TINY, limit=limit)
 
 
 def test_reorient_lps_flips_btcv_direction_and_keeps_physical_points():
