@@ -29,12 +29,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -42,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ._atomic import atomic_write_text
 from ._config import JsonConfig
 from .errors import ConfigError, GeometryError, InputError
 from .volume import Geometry, Volume
@@ -294,7 +290,7 @@ def _shape3(shape: Sequence[int]) -> tuple[int, int, int]:
 # CropRecord
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class CropRecord:
+class CropRecord(JsonConfig):
     """Everything needed to map working-grid arrays back to the original grid.
 
     Args:
@@ -362,28 +358,6 @@ class CropRecord:
         return cls(tuple(data["original_shape_zyx"]),  # type: ignore[arg-type]
                    Box.from_dict(data["box"]),
                    Box.from_dict(data["crop"]), tuple(data["size_zyx"]))  # type: ignore[arg-type]
-
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        """JSON text of the record; also written atomically to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            atomic_write_text(path, text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | os.PathLike) -> "CropRecord":
-        """Read a record from a JSON string or a path to a JSON file."""
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            path = Path(text_or_path)
-            if not path.is_file():
-                raise InputError(f"crop record file {path} does not exist")
-            text = path.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"crop record is not valid JSON ({exc})") from exc
-        return cls.from_dict(data)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from iunet_nb.checkpoint import ModelCard
 from iunet_nb.compare import (
     IMPROVED_CONFIG,
     METHODS,
@@ -22,30 +21,10 @@ from iunet_nb.compare import (
     random_walker_round,
 )
 from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
+from iunet_nb.nets import build_network
+from iunet_nb.preprocess import Box
 from iunet_nb.robot import RobotConfig, plan_stroke, run_robot
 from iunet_nb.session import RefineConfig, Session, fine_tune
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def card() -> ModelCard:
-    return ModelCard(net=NetConfig(base_channels=4),
-                     preprocess=PreprocessConfig(size_zyx=(8, 16, 16)))
-
-
-@pytest.fixture
-def model(card):
-    torch.manual_seed(0)
-    return build_network(card.net).eval()
 
 
 # ------------------------------------------------------------------------------ random walker

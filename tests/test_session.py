@@ -12,37 +12,15 @@ import pytest
 import torch
 
 import iunet_nb.session as session_mod
-from iunet_nb.checkpoint import ModelCard
 from iunet_nb.errors import ConfigError, InputError, SessionError
 from iunet_nb.io import read_mask
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
+from iunet_nb.nets import build_network
+from iunet_nb.preprocess import Box
 from iunet_nb.session import RefineConfig, Session, stroke_to_voxels
 from iunet_nb.volume import Volume
 
 EVENT_FIELDS = {"t_monotonic", "t_wall", "session_id", "case_id", "reader_id", "event",
                 "duration_s", "dsc", "n_scribble_voxels", "details"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's 2 cores are shared: tiny convolutions are 20x slower with 2 threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def card() -> ModelCard:
-    return ModelCard(net=NetConfig(base_channels=4),
-                     preprocess=PreprocessConfig(size_zyx=(8, 16, 16)))
-
-
-@pytest.fixture
-def model(card: ModelCard):
-    torch.manual_seed(0)
-    return build_network(card.net).eval()
 
 
 @pytest.fixture
