@@ -8,12 +8,14 @@ loads them without any download.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,9 +26,12 @@ from .nets import NetConfig, build_network
 from .preprocess import PreprocessConfig
 
 __all__ = ["ModelCard", "save_model", "load_model", "load_bundled_model", "bundled_model_path",
-           "select_device", "machine_description", "file_sha256", "BUNDLED_SHA256"]
+           "select_device", "machine_description", "file_sha256", "BUNDLED_SHA256",
+           "load_bundled_detector", "bundled_detector_path"]
 
 BUNDLED_MODEL = "iunet_pancreas.pt"
+BUNDLED_DETECTOR = "zhou_pancreas_detector.pt"
+BUNDLED_DETECTOR_SHA256 = "7f5a0e911a50fa282c955778096298e38d287a5215535337fe89253a5f12c3eb"
 # SHA-256 of the shipped weights: a damaged or swapped file is refused before it is loaded.
 # Update it (and the card) whenever scripts/train_bundled_model.py retrains them.
 BUNDLED_SHA256 = "828b3ad48b71fa6b99c3e57d477ac14016088f7890dc5408c872602892980217"
@@ -121,6 +126,26 @@ def bundled_model_path() -> Path:
     return Path(str(resources.files("iunet_nb") / "assets" / BUNDLED_MODEL))
 
 
+def bundled_detector_path() -> Path:
+    """Path of the shipped automatic-box detector (Zhou coarse stage) for the pancreas."""
+    return Path(str(resources.files("iunet_nb") / "assets" / BUNDLED_DETECTOR))
+
+
+@functools.lru_cache(maxsize=2)
+def load_bundled_detector(device: str = "cpu") -> Any:
+    """The shipped automatic-box detector (a :class:`iunet_nb.systems.zhou.ZhouModel`), loaded
+    once per process; SHA-256-checked like the bundled iUnet."""
+    from .systems.zhou import load_zhou
+
+    path = bundled_detector_path()
+    if not path.is_file():
+        raise CheckpointError(
+            f"the bundled box detector {path} is missing from this installation; draw a box, "
+            "or retrain it with `python scripts/train_bundled_detector.py`")
+    _check_sha256(path, BUNDLED_DETECTOR_SHA256)
+    return load_zhou(path, device)
+
+
 def load_bundled_model(device: str | torch.device | None = "cpu",
                        ) -> tuple[torch.nn.Module, ModelCard]:
     """The shipped pancreas iUnet and its card (no download, ever)."""
@@ -129,13 +154,17 @@ def load_bundled_model(device: str | torch.device | None = "cpu",
         raise CheckpointError(
             f"the bundled weights {path} are missing from this installation; reinstall iunet-nb "
             "or retrain them with `python scripts/train_bundled_model.py`")
+    _check_sha256(path, BUNDLED_SHA256)
+    return load_model(path, device)
+
+
+def _check_sha256(path: Path, expected: str) -> None:
     digest = file_sha256(path)
-    if digest != BUNDLED_SHA256:
+    if digest != expected:
         raise CheckpointError(
             f"the bundled weights {path} do not have the SHA-256 this release shipped "
-            f"({digest[:12]}... instead of {BUNDLED_SHA256[:12]}...): the file is damaged or was "
+            f"({digest[:12]}... instead of {expected[:12]}...): the file is damaged or was "
             "replaced; reinstall iunet-nb, or load your own weights with load_model(path)")
-    return load_model(path, device)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

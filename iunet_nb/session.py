@@ -118,7 +118,7 @@ VIEWS: dict[str, tuple[int, tuple[int, int]]] = {
 _FG, _BG = 1, 2
 _FORMAT = "iunet-nb-session"
 _FORMAT_VERSION = 1
-_BOX_FALLBACKS = ("error", "whole")
+_BOX_FALLBACKS = ("detector", "error", "whole")
 # temporaries of _atomic.atomic_path left by a crash mid-write (".<stem>.<random><suffix>")
 _ORPHAN_TMP = re.compile(r"\.(state|config|card|(mask|scribbles|params|prob)-\d+|[0-9a-f]{32})"
                          r"\.[A-Za-z0-9_]+\.((prev\.)?json|nii\.gz|npz|pt|npy)")
@@ -194,9 +194,12 @@ class RefineConfig(JsonConfig):
             always honoured even where the network disagrees.
         mask_threshold: foreground probability threshold of the mask (on the CT grid, after
             resampling the probabilities).
-        box_fallback: what :meth:`Session.predict` does without a box: ``"error"`` (default)
-            raises :class:`SessionError` asking for one (the bundled models were trained on
-            organ boxes and give poor masks on a whole CT); ``"whole"`` uses the whole image.
+        box_fallback: what :meth:`Session.predict` does without a box: ``"detector"``
+            (default) finds one with the bundled automatic-box detector (the coarse stage of
+            Zhou et al., :func:`iunet_nb.systems.autobox.detect_box`; pancreas models only,
+            else it raises like ``"error"``); ``"error"`` raises :class:`SessionError` asking
+            for a box (the models were trained on organ boxes and give poor masks on a whole
+            CT); ``"whole"`` uses the whole image.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         seed: base seed; round ``k`` runs under ``torch.manual_seed(seed + k)``.
         max_history_mb: bound on the undo/redo history in memory (MiB); the oldest entries
@@ -223,7 +226,7 @@ class RefineConfig(JsonConfig):
     one_way: bool = True
     force_scribbles: bool = True
     mask_threshold: float = 0.5
-    box_fallback: str = "error"
+    box_fallback: str = "detector"
     device: str = "auto"
     seed: int = 0
     max_history_mb: float = 256.0
@@ -973,6 +976,25 @@ class Session:
             return Volume(restore_probabilities(self._prob, record), self._volume.geometry)
 
     # -- actions: prediction ---------------------------------------------------------------------
+    def _fallback_box(self) -> Box:
+        """The box :meth:`predict` uses when none was given (``config.box_fallback``)."""
+        fallback = self._config.box_fallback
+        if fallback == "whole":
+            return Box((0, 0, 0), self._volume.shape)
+        if fallback == "detector" and self._card.structure == "pancreas":
+            from .checkpoint import load_bundled_detector
+            from .systems.autobox import detect_box
+
+            box = detect_box(self._volume, load_bundled_detector())
+            logger.info("no box given: the automatic detector proposes %s", box.to_dict())
+            return box
+        why = ("there is no automatic detector for "
+               f"'{self._card.structure}'" if fallback == "detector" else "no box was given")
+        raise SessionError(
+            f"no box: {why}. Draw a box around the structure and pass it to predict(box) (or "
+            "Session(..., box=...)); iunet_nb.predict.make_box builds one from voxel or "
+            "physical corners. RefineConfig(box_fallback='whole') uses the whole image instead")
+
     def predict(self, box: Box | None = None) -> Volume:
         """Segment the structure in the box with the network's current weights.
 
@@ -995,13 +1017,7 @@ class Session:
             if box is not None:
                 box.validate(self._volume.shape)
             elif self._box is None:
-                if self._config.box_fallback == "error":
-                    raise SessionError(
-                        "no box: draw a box around the structure and pass it to predict(box) "
-                        "(or Session(..., box=...)); iunet_nb.predict.make_box builds one from "
-                        "voxel or physical corners. RefineConfig(box_fallback='whole') uses "
-                        "the whole image instead")
-                box = Box((0, 0, 0), self._volume.shape)
+                box = self._fallback_box()
             new_box = box if box is not None else self._box
             assert new_box is not None
             prob = self._forward(new_box)

@@ -25,7 +25,8 @@ EVENT_FIELDS = {"t_monotonic", "t_wall", "session_id", "case_id", "reader_id", "
 
 @pytest.fixture
 def cfg() -> RefineConfig:
-    return RefineConfig(device="cpu", iterations=3, lr=1e-2)
+    # box_fallback="error": these tiny ellipsoid cases are not abdomens for the pancreas detector
+    return RefineConfig(device="cpu", iterations=3, lr=1e-2, box_fallback="error")
 
 
 @pytest.fixture
@@ -628,3 +629,19 @@ def test_new_strokes_survive_undo_redo_and_load(case, model, card, tmp_path):
     loaded.refine()
     assert loaded.events[-1]["details"]["new_scribbles"] == [1, 2]
     loaded.close()
+
+
+def test_without_a_box_the_bundled_detector_finds_the_pancreas():
+    from iunet_nb.checkpoint import load_bundled_model
+    from iunet_nb.evaluate import dice
+    from iunet_nb.synth import load_sample
+
+    ct, ref = load_sample()
+    model, card = load_bundled_model()
+    s = Session(ct, model, card, None, config=RefineConfig(device="cpu"))
+    mask = s.predict()
+    box = s.box
+    inside = ref.array[box.slices].sum() / ref.array.sum()
+    assert inside > 0.98, f"the detected box {box.to_dict()} holds {inside:.1%} of the pancreas"
+    assert dice(mask.array, ref.array) > 0.8
+    assert s.events[-1]["details"]["box"] == box.to_dict()

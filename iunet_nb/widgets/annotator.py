@@ -550,9 +550,18 @@ class Annotator(w.VBox):
         self._update_box_display()
 
     def segment(self) -> None:
-        """Predict the mask in the box (``Session.predict``)."""
+        """Predict the mask in the box (``Session.predict``); with no box drawn at all, the
+        Session's automatic detector proposes one, which is then shown on the views."""
         t0 = time.perf_counter()
-        self.session.predict(self.box())
+        box = self.box() if self._box_ranges else None
+        try:
+            self.session.predict(box)
+        except SessionError:
+            if box is None:
+                self.box()  # no detector for this structure: say how to draw the box
+            raise
+        if box is None and self.session.box is not None:
+            self.set_box(self.session.box)
         self._predicted = True
         self._after("segment", t0, mask_changed=True)
 
