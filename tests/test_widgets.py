@@ -390,3 +390,17 @@ def test_lab_command(tmp_path):
     assert f"--ServerApp.root_dir={tmp_path}" in cmd
     with pytest.raises(InputError, match="port"):
         lab_command(tmp_path, port=70000)
+
+
+def test_segment_without_a_box_shows_the_detected_box():
+    from iunet_nb.checkpoint import load_bundled_model
+    from iunet_nb.synth import load_sample
+
+    ct, ref = load_sample()
+    model, card = load_bundled_model()
+    app = Annotator(ct, model, ref, card=card, config=RefineConfig(device="cpu"), view3d="none")
+    app.segment()
+    box = app.box()                         # the views now hold the detector's box
+    assert box == app.session.box
+    assert ref.array[box.slices].sum() == ref.array.sum()
+    assert app.session.mask.array.sum() > 0
