@@ -27,8 +27,10 @@ def _restore_locale():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions run up to 20x slower with 2 threads on a busy 2-core machine."""
+def _one_thread(monkeypatch):
+    """Tiny convolutions run up to 20x slower with 2 threads on a busy 2-core machine; the
+    environment variable carries the same setting into notebook kernels papermill starts."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -370,12 +370,6 @@ def _resume_damaged(tmp: Path) -> None:
     Session.load(tmp / "s", s.volume, _model(), CARD)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])

@@ -36,12 +36,6 @@ from iunet_nb.volume import Geometry, Volume
 TINY = {"iterations": 2, "batch_size": 2, "base_channels": 4, "size_zyx": (8, 16, 16)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the 2 shared cores: tiny convolutions are faster on one thread
-    yield
-    torch.set_num_threads(before)
 
 
 def _paired_dataset(root, n, seed=0, prefix="case"):

@@ -36,11 +36,6 @@ def _kernel():
                     "`python -m ipykernel install --user --name python3`)")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    # the kernel inherits this: on the 2 shared cores tiny convolutions are far faster on one
-    # thread than on two contended ones
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,6 @@ def _kernel():
         pytest.skip("no 'python3' Jupyter kernel: pip install ipykernel")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def _run(name: str, tmp_path: Path, **parameters) -> nbformat.NotebookNode:

@@ -30,12 +30,6 @@ from iunet_nb.synth import make_phantom
 TINY_REFINE = RefineConfig(device="cpu", iterations=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -452,14 +452,6 @@ def test_validate_analysis_parameters(tmp_path):
 
 
 # ----------------------------------------------------------------------------- with a Session
-@pytest.fixture
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions on the 2 shared cores
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.usefixtures("_one_thread")

@@ -19,12 +19,6 @@ from iunet_nb.systems.roth import RothConfig, RothModel
 from iunet_nb.volume import Geometry, Volume
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _run(argv):

@@ -28,12 +28,6 @@ from iunet_nb.systems.kloenne import (
 from iunet_nb.volume import Geometry, Volume
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _cases(n=2, shape=(12, 24, 24)):

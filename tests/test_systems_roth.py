@@ -29,12 +29,6 @@ from iunet_nb.systems.roth import (
 from iunet_nb.volume import Geometry, Volume
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = RothConfig(base_channels=2, depth=2, patch_size=(8, 8, 8), batch_size=2, iterations=2,

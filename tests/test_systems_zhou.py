@@ -17,13 +17,6 @@ from iunet_nb.systems.zhou import FCN2D, ZhouConfig, ZhouModel, load_zhou, predi
 from iunet_nb.volume import Geometry, Volume
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two shared cores: torch's intra-op threads only contend (measured 25x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _cases(n=2, shape=(16, 24, 24)):
