@@ -8,7 +8,23 @@ The forward pipeline, in this order:
 2. **window**: clip HU to ``hu_window`` and rescale linearly to ``[-1, 1]``;
 3. **crop** to the box plus a margin on each side of ``ceil(margin_frac * n)`` voxels for an
    image dimension of ``n`` voxels, clipped to the image;
-4. **resample** the crop to ``size_zyx`` voxels, trilinear.
+4. **reorient** the crop to the patient axes (LPS): working axis 0 runs inferior -> superior,
+   axis 1 anterior -> posterior (+y of LPS), axis 2 right -> left (+x of LPS), whatever order
+   the file stores its axes in. Only a transpose and flips (exact, no interpolation), read from
+   the image's direction matrix (:func:`lps_orientation`); a plain array (no geometry) and an
+   identity direction are left as they are. The crop box stays in *array* indices;
+5. **resample** the crop to ``size_zyx`` voxels, trilinear.
+
+Orientation: the network must see the same anatomy in the same place whatever the storage
+order (a DICOM series with identity direction, a NIfTI stored right-to-left or
+posterior-to-anterior, a volume stored x-first). :class:`CropRecord` records the transpose
+(``axes_zyx``) and the flips (``flip_zyx``), and every inverse (:func:`restore_probabilities`,
+:func:`restore_mask`, :func:`crop_mask`, :meth:`CropRecord.working_to_original_index`,
+:meth:`CropRecord.working_geometry`) undoes them, so masks come back on the array as stored.
+An oblique direction (not a signed permutation) is mapped to the nearest signed permutation,
+i.e. the nearest patient axes, with a warning in the log: the network then sees the anatomy
+rotated by the angle between the image's axes and LPS (reported), as it would in any
+array-based tool; resample the CT to an axis-aligned grid first if that angle matters.
 
 Grid convention (used both ways): ``torch.nn.functional.interpolate(mode="trilinear",
 align_corners=False)`` with an explicit output size. A crop of ``n`` voxels resampled to ``m``
@@ -24,11 +40,14 @@ Example:
     >>> box = Box.from_mask(mask)                                    # doctest: +SKIP
     >>> x, record = preprocess_image(ct, box, cfg)                   # doctest: +SKIP
     >>> mask_back = restore_mask(prob_working, record)               # doctest: +SKIP
+    >>> lps_orientation(ct.geometry)     # a volume stored right-to-left (x flipped)  # doctest: +SKIP
+    ((0, 1, 2), (False, False, True))
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -51,6 +70,9 @@ __all__ = [
     "crop_mask",
     "restore_probabilities",
     "restore_mask",
+    "lps_orientation",
+    "reorient_to_lps",
+    "reorient_from_lps",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +80,147 @@ logger = logging.getLogger(__name__)
 #: scipy's default Gaussian truncation (in sigmas); the crop is padded by the filter radius.
 _TRUNCATE = 4.0
 _EPS_INDEX = 1e-6  # float noise tolerated when rounding physical boxes to voxel indices
+#: a direction matrix within this (max abs entry) of a signed permutation counts as axis-aligned
+_AXIS_ALIGNED_TOL = 1e-3
+_IDENTITY_AXES: tuple[int, int, int] = (0, 1, 2)
+_NO_FLIPS: tuple[bool, bool, bool] = (False, False, False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Orientation
+# ----------------------------------------------------------------------------------------------
+def lps_orientation(geometry: Geometry | None,
+                    ) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """How to bring an array in ``geometry`` to patient (LPS) order by a transpose and flips.
+
+    The LPS working order is ``(z, y, x)`` of LPS: axis 0 inferior -> superior, axis 1
+    anterior -> posterior, axis 2 right -> left. Array axis ``axes[w]`` becomes working axis
+    ``w``, reversed when ``flips[w]``: ``working = np.flip(np.transpose(a, axes), [w for w
+    in range(3) if flips[w]])`` (see :func:`reorient_to_lps`).
+
+    An oblique direction is mapped to the nearest signed permutation (the assignment of
+    index axes to physical axes with the largest total ``|cosine|``); this is logged as a
+    warning with the angle between the image's axes and the patient axes.
+
+    Args:
+        geometry: the array's geometry; None (a plain array) means "already in working order".
+
+    Returns:
+        ``(axes, flips)``; ``((0, 1, 2), (False, False, False))`` for None or an identity
+        direction.
+    """
+    if geometry is None:
+        return _IDENTITY_AXES, _NO_FLIPS
+    d = geometry.matrix  # columns: physical directions of the index axes x, y, z
+    # array axis a is SimpleITK index axis 2 - a; physical axis p (x, y, z) is working axis 2 - p
+    best, best_score = None, -1.0
+    for perm in itertools.permutations(range(3)):  # perm[j]: physical axis of index axis j
+        score = sum(abs(d[perm[j], j]) for j in range(3))
+        if score > best_score + 1e-12:
+            best, best_score = perm, score
+    assert best is not None
+    axes = [0, 0, 0]
+    flips = [False, False, False]
+    snapped = np.zeros((3, 3))
+    for j, p in enumerate(best):
+        sign = 1.0 if d[p, j] >= 0 else -1.0
+        snapped[p, j] = sign
+        axes[2 - p] = 2 - j
+        flips[2 - p] = sign < 0
+    if np.max(np.abs(d - snapped)) > _AXIS_ALIGNED_TOL:
+        rot = snapped.T @ d
+        angle = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(rot) - 1.0) / 2.0))))
+        logger.warning(
+            "oblique direction %s: the working grid follows the nearest patient axes (array "
+            "axes %s, flips %s), so the network sees the anatomy rotated by %.1f degrees from "
+            "LPS; resample the CT to an axis-aligned grid if that matters",
+            np.round(d, 4).tolist(), axes, flips, angle)
+    return (axes[0], axes[1], axes[2]), (flips[0], flips[1], flips[2])
+
+
+def _is_identity(axes: Sequence[int], flips: Sequence[bool]) -> bool:
+    return tuple(axes) == _IDENTITY_AXES and not any(flips)
+
+
+def _to_working_order(array: np.ndarray, axes: Sequence[int], flips: Sequence[bool],
+                      ) -> np.ndarray:
+    """Transpose/flip the last 3 axes of ``array`` (array order -> working order); a view."""
+    if _is_identity(axes, flips):
+        return array
+    lead = array.ndim - 3
+    out = np.transpose(array, tuple(range(lead)) + tuple(lead + a for a in axes))
+    flip_axes = tuple(lead + w for w in range(3) if flips[w])
+    return np.flip(out, flip_axes) if flip_axes else out
+
+
+def _from_working_order(array: np.ndarray, axes: Sequence[int], flips: Sequence[bool],
+                        ) -> np.ndarray:
+    """Inverse of :func:`_to_working_order` (working order -> array order); a view."""
+    if _is_identity(axes, flips):
+        return array
+    lead = array.ndim - 3
+    flip_axes = tuple(lead + w for w in range(3) if flips[w])
+    out = np.flip(array, flip_axes) if flip_axes else array
+    inverse = [0, 0, 0]
+    for w, a in enumerate(axes):
+        inverse[a] = w
+    return np.transpose(out, tuple(range(lead)) + tuple(lead + w for w in inverse))
+
+
+def _reoriented_geometry(geometry: Geometry, shape: Sequence[int], axes: Sequence[int],
+                         flips: Sequence[bool]) -> Geometry:
+    """Geometry of ``_to_working_order(array of shape, axes, flips)``: same physical points."""
+    spacing = tuple(geometry.spacing_mm[a] for a in axes)
+    first = [0.0, 0.0, 0.0]  # array index of the new voxel (0, 0, 0)
+    for w, a in enumerate(axes):
+        first[a] = float(int(shape[a]) - 1) if flips[w] else 0.0
+    origin = geometry.index_to_physical(first)
+    d = geometry.matrix
+    cols = []
+    for j in range(3):  # new SimpleITK index axis j = working axis 2 - j
+        w = 2 - j
+        col = d[:, 2 - axes[w]] * (-1.0 if flips[w] else 1.0)
+        cols.append(col)
+    direction = np.stack(cols, axis=1)
+    return Geometry(spacing, tuple(origin.tolist()),  # type: ignore[arg-type]
+                    tuple(direction.ravel().tolist()))
+
+
+def reorient_to_lps(volume: Volume) -> Volume:
+    """The same image stored in patient (LPS) axis order: exact transpose and flips.
+
+    Physical positions are unchanged: the voxel that held a value sits at the same point in
+    mm before and after. An axis-aligned direction becomes the identity; an oblique one keeps
+    the residual rotation (:func:`lps_orientation`).
+
+    Args:
+        volume: any 3D :class:`Volume`.
+
+    Returns:
+        ``volume`` itself when it is already in LPS order, else a new contiguous Volume (same
+        dtype and meta).
+    """
+    axes, flips = lps_orientation(volume.geometry)
+    if _is_identity(axes, flips):
+        return volume
+    array = np.ascontiguousarray(_to_working_order(volume.array, axes, flips))
+    geometry = _reoriented_geometry(volume.geometry, volume.shape, axes, flips)
+    return Volume(array, geometry, dict(volume.meta))
+
+
+def reorient_from_lps(array: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Inverse of :func:`reorient_to_lps` for an array: LPS order back to ``geometry``'s order.
+
+    Args:
+        array: ``(..., Z, Y, X)`` in the LPS order of an image with ``geometry`` (e.g. a mask
+            predicted on ``reorient_to_lps(ct)``).
+        geometry: the original image's geometry.
+
+    Returns:
+        a contiguous array in the original array order.
+    """
+    axes, flips = lps_orientation(geometry)
+    return np.ascontiguousarray(_from_working_order(np.asarray(array), axes, flips))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,11 +457,21 @@ class CropRecord(JsonConfig):
     """Everything needed to map working-grid arrays back to the original grid.
 
     Args:
-        original_shape_zyx: shape of the original image.
-        box: the box given to :func:`preprocess_image` (before the margin), for provenance.
-        crop: the crop actually taken: ``box`` plus the margin, clipped to the image.
-        size_zyx: the working grid ``(D, H, W)``.
+        original_shape_zyx: shape of the original image (array order).
+        box: the box given to :func:`preprocess_image` (before the margin), for provenance;
+            array indices.
+        crop: the crop actually taken: ``box`` plus the margin, clipped to the image; array
+            indices.
+        size_zyx: the working grid ``(D, H, W)``, in working (LPS) order.
         version: format version of the record.
+        axes_zyx: working axis ``w`` comes from array axis ``axes_zyx[w]`` (identity default:
+            the working grid follows the array, as in records saved before orientation was
+            recorded).
+        flip_zyx: working axis ``w`` runs against array axis ``axes_zyx[w]`` when True.
+
+    Raises:
+        InputError: a shape or crop that does not fit, or ``axes_zyx`` / ``flip_zyx`` that are
+            not a permutation of (0, 1, 2) / three booleans.
     """
 
     original_shape_zyx: tuple[int, int, int]
@@ -306,58 +479,98 @@ class CropRecord(JsonConfig):
     crop: Box
     size_zyx: tuple[int, int, int]
     version: int = 1
+    axes_zyx: tuple[int, int, int] = _IDENTITY_AXES
+    flip_zyx: tuple[bool, bool, bool] = _NO_FLIPS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "original_shape_zyx", _shape3(self.original_shape_zyx))
         object.__setattr__(self, "size_zyx", _shape3(self.size_zyx))
         if min(self.size_zyx) < 1:
             raise InputError(f"CropRecord.size_zyx must be positive, got {self.size_zyx}")
+        axes = tuple(self.axes_zyx)
+        if sorted(axes) != [0, 1, 2] or not all(_is_int(a) for a in axes):
+            raise InputError(f"CropRecord.axes_zyx must be a permutation of (0, 1, 2) (the array "
+                             f"axis behind each working axis), got {self.axes_zyx!r}")
+        flips = tuple(self.flip_zyx)
+        if len(flips) != 3 or not all(isinstance(f, (bool, np.bool_)) for f in flips):
+            raise InputError(f"CropRecord.flip_zyx must be three booleans, got {self.flip_zyx!r}")
+        object.__setattr__(self, "axes_zyx", tuple(int(a) for a in axes))
+        object.__setattr__(self, "flip_zyx", tuple(bool(f) for f in flips))
         self.crop.validate(self.original_shape_zyx)
 
     @property
+    def crop_size_working(self) -> tuple[int, int, int]:
+        """The crop's size in working (LPS) axis order, voxels of the original grid."""
+        c = self.crop.size
+        return c[self.axes_zyx[0]], c[self.axes_zyx[1]], c[self.axes_zyx[2]]
+
+    @property
     def scale_zyx(self) -> tuple[float, float, float]:
-        """Original voxels per working voxel along ``(z, y, x)`` (crop size / working size)."""
-        c, s = self.crop.size, self.size_zyx
+        """Original voxels per working voxel along each *working* axis (crop / working size)."""
+        c, s = self.crop_size_working, self.size_zyx
         return c[0] / s[0], c[1] / s[1], c[2] / s[2]
 
     def working_to_original_index(self, index_zyx: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Continuous working-grid index/indices ``(..., 3)`` to original-grid indices."""
+        """Continuous working-grid index/indices ``(..., 3)`` to original-grid (array) indices."""
         idx = np.asarray(index_zyx, dtype=float)
-        return (idx + 0.5) * np.array(self.scale_zyx) - 0.5 + np.array(self.crop.lo_zyx)
+        n = np.array(self.crop_size_working, dtype=float)
+        c = (idx + 0.5) * np.array(self.scale_zyx) - 0.5        # index in the reoriented crop
+        c = np.where(np.array(self.flip_zyx), n - 1.0 - c, c)
+        out = np.empty_like(c)
+        out[..., list(self.axes_zyx)] = c                       # array axis axes[w] <- w
+        return out + np.array(self.crop.lo_zyx)
 
     def original_to_working_index(self, index_zyx: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Continuous original-grid index/indices ``(..., 3)`` to working-grid indices."""
+        """Continuous original-grid (array) index/indices ``(..., 3)`` to working-grid indices."""
         idx = np.asarray(index_zyx, dtype=float) - np.array(self.crop.lo_zyx)
-        return (idx + 0.5) / np.array(self.scale_zyx) - 0.5
+        c = idx[..., list(self.axes_zyx)]                       # working axis w <- axes[w]
+        n = np.array(self.crop_size_working, dtype=float)
+        c = np.where(np.array(self.flip_zyx), n - 1.0 - c, c)
+        return (c + 0.5) / np.array(self.scale_zyx) - 0.5
 
     def working_geometry(self, geometry: Geometry) -> Geometry:
         """Physical geometry of the working grid, given the original image's geometry.
 
-        Spacing is ``spacing * scale``; the origin is the physical position of working voxel
-        ``(0, 0, 0)``; the direction is unchanged. Use it for anything measured in mm on the
-        working grid (e.g. geodesic distances).
+        Spacing (working order) is the original spacing of the array axis behind each working
+        axis times :attr:`scale_zyx`; the origin is the physical position of working voxel
+        ``(0, 0, 0)``; the direction is the original one with its columns permuted and signed
+        like the axes (the identity for an axis-aligned image, since the working grid is in
+        LPS order). Use it for anything measured in mm on the working grid (e.g. geodesic
+        distances): ``working_geometry(g).index_to_physical(w) ==
+        g.index_to_physical(working_to_original_index(w))``.
         """
-        spacing = tuple(s * k for s, k in zip(geometry.spacing_mm, self.scale_zyx))
+        axes, flips = self.axes_zyx, self.flip_zyx
+        spacing = tuple(geometry.spacing_mm[a] * k for a, k in zip(axes, self.scale_zyx))
         origin = geometry.index_to_physical(self.working_to_original_index((0.0, 0.0, 0.0)))
+        d = geometry.matrix
+        cols = [d[:, 2 - axes[2 - j]] * (-1.0 if flips[2 - j] else 1.0) for j in range(3)]
         return Geometry(spacing, tuple(origin.tolist()),  # type: ignore[arg-type]
-                        geometry.direction)
+                        tuple(np.stack(cols, axis=1).ravel().tolist()))
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "original_shape_zyx": list(self.original_shape_zyx),
                 "box": self.box.to_dict(), "crop": self.crop.to_dict(),
-                "size_zyx": list(self.size_zyx)}
+                "size_zyx": list(self.size_zyx), "axes_zyx": list(self.axes_zyx),
+                "flip_zyx": list(self.flip_zyx)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CropRecord":
+        """Read :meth:`to_dict`'s output; a record saved before ``axes_zyx`` / ``flip_zyx``
+        existed has no such keys and gets the identity (its working grid was in array order).
+        """
         keys = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, dict) or not keys - {"version"} <= set(data) or set(data) - keys:
-            raise InputError(f"a CropRecord needs exactly the keys {sorted(keys)}, got "
+        optional = {"version", "axes_zyx", "flip_zyx"}
+        if not isinstance(data, dict) or not keys - optional <= set(data) or set(data) - keys:
+            raise InputError(f"a CropRecord needs the keys {sorted(keys - optional)} (optional: "
+                             f"{sorted(optional)}), got "
                              f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
         if data.get("version", 1) != 1:
             raise InputError(f"CropRecord version {data['version']} is not supported (expected 1)")
         return cls(tuple(data["original_shape_zyx"]),  # type: ignore[arg-type]
                    Box.from_dict(data["box"]),
-                   Box.from_dict(data["crop"]), tuple(data["size_zyx"]))  # type: ignore[arg-type]
+                   Box.from_dict(data["crop"]), tuple(data["size_zyx"]),  # type: ignore[arg-type]
+                   axes_zyx=tuple(data.get("axes_zyx", _IDENTITY_AXES)),  # type: ignore[arg-type]
+                   flip_zyx=tuple(data.get("flip_zyx", _NO_FLIPS)))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,17 +606,20 @@ def _smooth_crop(image: np.ndarray, crop: Box, sigma_vox: float) -> np.ndarray:
 
 def preprocess_image(image: Volume | np.ndarray, box: Box,
                      cfg: PreprocessConfig | None = None) -> tuple[np.ndarray, CropRecord]:
-    """Smooth, window, crop and resample a CT to the working grid.
+    """Smooth, window, crop, reorient to LPS and resample a CT to the working grid.
 
     Args:
-        image: CT in HU, ``(z, y, x)``, any real dtype (a :class:`Volume` or an array).
-        box: the organ's bounding box on this image (e.g. :meth:`Box.from_mask` of the
-            reference, or a user's box); must lie inside the image.
+        image: CT in HU, ``(z, y, x)``, any real dtype. A :class:`Volume`'s direction decides
+            the reorientation to patient (LPS) order (:func:`lps_orientation`); a plain array
+            is taken as already in working order (nothing is transposed or flipped).
+        box: the organ's bounding box on this image in *array* indices (e.g.
+            :meth:`Box.from_mask` of the reference, or a user's box); must lie inside the image.
         cfg: settings; defaults to :class:`PreprocessConfig()`.
 
     Returns:
-        ``(x, record)``: ``x`` float32 ``cfg.size_zyx`` with values in ``[-1, 1]``, and the
-        :class:`CropRecord` that undoes the crop and resampling.
+        ``(x, record)``: ``x`` float32 ``cfg.size_zyx`` (LPS order) with values in
+        ``[-1, 1]``, and the :class:`CropRecord` that undoes the crop, reorientation and
+        resampling.
 
     Raises:
         InputError: the image is not 3D, the box is outside/empty, or the voxels read
@@ -411,6 +627,7 @@ def preprocess_image(image: Volume | np.ndarray, box: Box,
     """
     cfg = cfg if cfg is not None else PreprocessConfig()
     arr = image.array if isinstance(image, Volume) else np.asarray(image)
+    axes, flips = lps_orientation(image.geometry if isinstance(image, Volume) else None)
     if arr.ndim != 3:
         raise InputError(f"preprocess_image expects a 3D image (z, y, x), got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
@@ -428,14 +645,16 @@ def preprocess_image(image: Volume | np.ndarray, box: Box,
     region *= np.float32(2.0 / (high - low))
     region -= np.float32(1.0)
     np.clip(region, -1.0, 1.0, out=region)  # guards against float rounding past +-1
-    record = CropRecord(tuple(arr.shape), box, crop, cfg.size_zyx)  # type: ignore[arg-type]
-    out = _resample(region, cfg.size_zyx)
-    logger.debug("preprocessed %s -> %s via crop %s", arr.shape, out.shape, crop.to_dict())
+    record = CropRecord(tuple(arr.shape), box, crop, cfg.size_zyx,  # type: ignore[arg-type]
+                        axes_zyx=axes, flip_zyx=flips)
+    out = _resample(_to_working_order(region, axes, flips), cfg.size_zyx)
+    logger.debug("preprocessed %s -> %s via crop %s (working axes %s, flips %s)", arr.shape,
+                 out.shape, crop.to_dict(), axes, flips)
     return out, record
 
 
 def crop_mask(mask: np.ndarray, record: CropRecord) -> np.ndarray:
-    """A mask on the working grid: crop, then trilinear resample of the binary mask.
+    """A mask on the working grid: crop, reorient as the image, trilinear resample.
 
     Args:
         mask: ``(z, y, x)`` of the original shape; non-zero = foreground.
@@ -452,6 +671,7 @@ def crop_mask(mask: np.ndarray, record: CropRecord) -> np.ndarray:
         raise GeometryError(f"mask shape {mask.shape} does not match the image the record was "
                             f"made from {record.original_shape_zyx}; use the image's own mask")
     region = (mask[record.crop.slices] != 0).astype(np.float32)
+    region = _to_working_order(region, record.axes_zyx, record.flip_zyx)
     return np.clip(_resample(region, record.size_zyx), 0.0, 1.0)
 
 
@@ -466,7 +686,8 @@ def restore_probabilities(prob_working: np.ndarray, record: CropRecord, *,
 
     Returns:
         float32 of the original shape ``(Z, Y, X)`` (or ``(K, Z, Y, X)``): the trilinear
-        resample to the crop's size pasted at the crop, ``fill`` elsewhere.
+        resample to the crop's size, brought back to array order, pasted at the crop,
+        ``fill`` elsewhere.
 
     Raises:
         GeometryError: the spatial shape is not ``record.size_zyx``.
@@ -474,8 +695,14 @@ def restore_probabilities(prob_working: np.ndarray, record: CropRecord, *,
     """
     prob = _check_working(prob_working, record)
     full = np.full(prob.shape[:-3] + record.original_shape_zyx, fill, dtype=np.float32)
-    full[(Ellipsis,) + record.crop.slices] = _resample(prob, record.crop.size)
+    full[(Ellipsis,) + record.crop.slices] = _restore_region(prob, record)
     return full
+
+
+def _restore_region(prob: np.ndarray, record: CropRecord) -> np.ndarray:
+    """Working-grid array resampled to the crop and brought back to array order."""
+    region = _resample(prob, record.crop_size_working)
+    return _from_working_order(region, record.axes_zyx, record.flip_zyx)
 
 
 def _check_working(prob_working: np.ndarray, record: CropRecord) -> np.ndarray:
@@ -509,7 +736,7 @@ def restore_mask(prob_working: np.ndarray, record: CropRecord,
         uint8 ``(Z, Y, X)`` of the original shape.
     """
     prob = _check_working(prob_working, record)
-    region = _resample(prob, record.crop.size)
+    region = _restore_region(prob, record)
     # Outside the crop every probability is 0 (fill): label 0, or (0 >= threshold) for 1 channel.
     if region.ndim == 4:
         labels, outside = np.argmax(region, axis=0).astype(np.uint8), 0

@@ -2007,9 +2007,11 @@ class Session:
 
 
 def _local_record(record: CropRecord) -> CropRecord:
-    """A record whose 'original image' is just the crop: restores/crops the crop region only."""
+    """A record whose 'original image' is just the crop: restores/crops the crop region only
+    (with the same reorientation to the working grid's LPS order)."""
     size = record.crop.size
-    return CropRecord(size, Box((0, 0, 0), size), Box((0, 0, 0), size), record.size_zyx)
+    return CropRecord(size, Box((0, 0, 0), size), Box((0, 0, 0), size), record.size_zyx,
+                      axes_zyx=record.axes_zyx, flip_zyx=record.flip_zyx)
 
 
 def _config_from_saved(text: str) -> RefineConfig:
