@@ -39,6 +39,7 @@ __all__ = [
     "noise_texture",
     "overlap_coefficient",
     "read_ircadb_tissues",
+    "resample_to_spacing",
     "synthetic_tissues",
     "tissue_masks",
     "tissue_statistics",
@@ -250,6 +251,61 @@ def noise_texture(ct: Volume, mask: np.ndarray, *, window_mm: float = 4.0,
     else:
         nps, mean_f = np.full(nb, np.nan), float("nan")
     return NoiseTexture(local_sd, tuple(corr), freq, nps, mean_f, used)  # type: ignore[arg-type]
+
+
+def resample_to_spacing(volume: Volume, spacing_mm: tuple[float, float, float], *,
+                        labels: bool = False, antialias: bool = True) -> Volume:
+    """The same field of view on a grid of ``spacing_mm`` (e.g. a real CT on the 2 mm BTCV grid).
+
+    For comparing noise texture across grids: a 0.7 mm CT and a 2 mm synthetic CT differ in
+    neighbour correlation and NPS for the grid alone. Images are low-pass filtered first when
+    ``antialias`` (Gaussian, sigma ``(factor - 1) / 2`` source voxels per axis where the grid
+    coarsens by ``factor``, scikit-image's ``rescale`` convention), then sampled trilinearly;
+    label maps/masks are sampled by nearest neighbour, unfiltered. The first voxel centre and the
+    direction stay; the extent is ``floor(n * old / new)`` voxels per axis.
+
+    Args:
+        volume: image (any real dtype) or mask/label map ``(z, y, x)``.
+        spacing_mm: new ``(z, y, x)`` voxel size, mm, each > 0.
+        labels: nearest-neighbour sampling, keep the dtype (for masks and label maps).
+        antialias: Gaussian pre-filter for images (ignored with ``labels``).
+
+    Returns:
+        Volume: float32 for images, the input dtype for ``labels``; meta kept.
+
+    Raises:
+        InputError: ``spacing_mm`` not three positive finite numbers.
+
+    Example:
+        >>> ct2 = resample_to_spacing(ct, (2.0, 2.0, 2.0))          # doctest: +SKIP
+    """
+    import SimpleITK as sitk
+
+    sp = tuple(float(s) for s in spacing_mm) if len(spacing_mm) == 3 else ()
+    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+        raise InputError(f"spacing_mm must be three positive numbers (z, y, x) in mm, got "
+                         f"{spacing_mm!r}")
+    old = volume.spacing_mm
+    size_zyx = [max(1, int(np.floor(n * o / s + 1e-6))) for n, o, s in zip(volume.shape, old, sp)]
+    a = np.asarray(volume.array)
+    if labels and a.dtype == bool:
+        a = a.astype(np.uint8)
+    if not labels:
+        a = a.astype(np.float32)
+        if antialias:
+            sig = [max(0.0, (s / o - 1.0) / 2.0) for s, o in zip(sp, old)]
+            if max(sig) > 0:
+                a = ndi.gaussian_filter(a, sig, mode="nearest")
+    img = volume.geometry.apply_to(sitk.GetImageFromArray(a))
+    ref = sitk.Image([int(n) for n in size_zyx[::-1]], img.GetPixelID())
+    ref.SetSpacing(sp[::-1])
+    ref.SetOrigin(img.GetOrigin())
+    ref.SetDirection(img.GetDirection())
+    interp = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    out = sitk.Resample(img, ref, sitk.Transform(), interp, 0.0, img.GetPixelID())
+    arr = sitk.GetArrayFromImage(out)
+    return Volume(arr.astype(volume.array.dtype if labels else np.float32, copy=False),
+                  type(volume.geometry).from_sitk(out), dict(volume.meta))
 
 
 def overlap_coefficient(p: np.ndarray, q: np.ndarray) -> float:

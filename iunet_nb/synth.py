@@ -86,7 +86,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 
 BTCV: dict[str, int] = {"spleen": 1, "right_kidney": 2, "left_kidney": 3, "gallbladder": 4,
                         "esophagus": 5, "liver": 6, "stomach": 7, "aorta": 8, "ivc": 9,
@@ -113,12 +113,13 @@ class SynthConfig(JsonConfig):
     See the module docstring for the HU sources. ``version`` tracks the meaning of the fields.
     """
 
-    version: int = 1
+    version: int = 2
     liver_hu: Range = (100.0, 130.0)
     spleen_hu: Range = (105.0, 130.0)
     pancreas_hu: Range = (90.0, 110.0)
-    kidney_cortex_hu: Range = (185.0, 215.0)
-    kidney_medulla_drop_hu: Range = (40.0, 70.0)
+    kidney_hu: Range = (180.0, 210.0)
+    kidney_medulla_drop_hu: Range = (30.0, 70.0)
+    kidney_texture_sd_hu: Range = (10.0, 18.0)
     aorta_hu: Range = (150.0, 200.0)
     ivc_hu: Range = (120.0, 170.0)
     portal_vein_hu: Range = (150.0, 200.0)
@@ -130,10 +131,10 @@ class SynthConfig(JsonConfig):
     bowel_wall_hu: Range = (60.0, 100.0)
     bowel_content_hu: Range = (0.0, 30.0)
     oral_contrast_hu: Range = (150.0, 350.0)
-    fat_hu: Range = (-110.0, -85.0)
+    fat_hu: Range = (-105.0, -80.0)
     muscle_hu: Range = (40.0, 60.0)
     skin_hu: Range = (20.0, 50.0)
-    trabecular_hu: Range = (120.0, 240.0)
+    trabecular_hu: Range = (130.0, 240.0)
     cortical_hu: Range = (700.0, 1200.0)
     disc_hu: Range = (70.0, 100.0)
     csf_hu: Range = (0.0, 15.0)
@@ -143,6 +144,9 @@ class SynthConfig(JsonConfig):
     liver_vessel_delta_hu: Range = (30.0, 70.0)
     texture_sd_hu: Range = (3.0, 8.0)
     texture_length_mm: Range = (12.0, 30.0)
+    fat_texture_sd_hu: Range = (10.0, 18.0)
+    bone_texture_sd_hu: Range = (30.0, 60.0)
+    edge_smooth_mm: Range = (1.5, 2.5)
     subcut_fat_mm: Range = (10.0, 35.0)
     muscle_wall_mm: Range = (6.0, 14.0)
     bowel_fraction: Range = (0.35, 0.6)
@@ -151,8 +155,8 @@ class SynthConfig(JsonConfig):
     psf_sigma_mm: Range = (0.5, 0.9)
     slice_sigma_mm: Range = (0.6, 1.2)
     noise_sd_hu: Range = (10.0, 20.0)
-    noise_sigma_mm: Range = (0.5, 0.9)
-    min_noise_sigma_vox: float = 0.6
+    noise_peak_per_mm: Range = (0.15, 0.25)
+    noise_z_sigma_mm: Range = (0.7, 1.1)
 
     def __post_init__(self) -> None:
         for f in self.__dataclass_fields__:
@@ -196,6 +200,70 @@ def _field(shape: tuple[int, ...], spacing: tuple[float, ...], length_mm: float,
         w /= np.sqrt((w ** 2).sum(1, keepdims=True))
         f = np.moveaxis(np.tensordot(f, w, axes=([ax], [1])), -1, ax)
     return np.ascontiguousarray(f, dtype=np.float32)
+
+
+def _ct_noise(shape: tuple[int, int, int], spacing: tuple[float, ...], sd_hu: float,
+              peak_per_mm: float, z_sigma_mm: float, rng: np.random.Generator) -> np.ndarray:
+    """CT-like noise, float32 ``(z, y, x)`` with standard deviation ``sd_hu``.
+
+    FBP noise: in plane a ramp-times-Gaussian noise power spectrum ``f * exp(-f^2 / (2 p^2))``
+    (``f`` radial frequency in cycles/mm, peak at ``p = peak_per_mm``), along z a Gaussian
+    correlation of ``z_sigma_mm`` (the slice profile). The spectrum is defined in physical
+    frequency and folded (aliased) onto the grid, as a scanner reconstructing on that grid
+    would sample it: on a 0.7 mm grid the ramp shows, on a 2 mm grid (Nyquist 0.25 cycles/mm,
+    below the peak) the noise is almost white with a slight negative neighbour correlation.
+    White noise shaped in the Fourier domain (one real FFT each way).
+    """
+    from scipy import fft as sfft
+
+    w = rng.standard_normal(shape, dtype=np.float32)
+    freqs = [np.fft.fftfreq(shape[0], spacing[0]), np.fft.fftfreq(shape[1], spacing[1]),
+             np.fft.rfftfreq(shape[2], spacing[2])]
+
+    def folded(f0: np.ndarray, d: float, sigma_per_mm: float) -> list[np.ndarray]:
+        k = int(np.ceil(4.0 * sigma_per_mm * d)) + 1
+        return [f0 + j / d for j in range(-k, k + 1)]
+
+    sz = 1.0 / (2.0 * np.pi * max(z_sigma_mm, 1e-3))          # frequency sd of the z profile
+    s_z = sum(np.exp(-0.5 * (f / sz) ** 2) for f in folded(freqs[0], spacing[0], sz))
+    s_xy = np.zeros((shape[1], freqs[2].size))
+    for fy in folded(freqs[1], spacing[1], peak_per_mm):
+        for fx in folded(freqs[2], spacing[2], peak_per_mm):
+            fr = np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+            s_xy += fr * np.exp(-0.5 * (fr / peak_per_mm) ** 2)
+    amp = (np.sqrt(s_z)[:, None, None] * np.sqrt(s_xy)[None]).astype(np.float32)
+    out = sfft.irfftn(sfft.rfftn(w, workers=1) * amp, shape, workers=1).astype(np.float32)
+    out *= np.float32(sd_hu / (out.std() + 1e-6))
+    return out
+
+
+def _smooth_labels(arr: np.ndarray, spacing: tuple[float, ...], sigma_mm: float) -> np.ndarray:
+    """The label map with its voxel staircase smoothed: argmax of Gaussian-smoothed one-hots.
+
+    Each label's indicator is smoothed (sigma ``sigma_mm``, at least half a voxel along each
+    axis, so thick-slice steps along z are rounded off too) in its padded bounding box; a voxel
+    takes the label whose smoothed indicator is largest, unless background's (one minus the
+    sum of the others) is larger.
+    Organ volumes change by a few per cent (convex parts keep their size; thin parts can thin).
+    """
+    sig = [max(sigma_mm / s, 0.5) for s in spacing]
+    pad = [int(np.ceil(3 * g)) + 1 for g in sig]
+    best = np.zeros(arr.shape, np.float32)
+    total = np.zeros(arr.shape, np.float32)
+    out = np.zeros_like(arr)
+    boxes = ndi.find_objects(arr.astype(np.int32, copy=False))
+    for v, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        b = tuple(slice(max(sl.start - p, 0), min(sl.stop + p, n))
+                  for sl, p, n in zip(box, pad, arr.shape))
+        pr = ndi.gaussian_filter((arr[b] == v).astype(np.float32), sig, mode="nearest")
+        total[b] += pr
+        win = pr > best[b]
+        best[b][win] = pr[win]
+        out[b][win] = v
+    out[best <= 1.0 - total] = 0          # background wins
+    return out
 
 
 def _fill_series(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
@@ -454,21 +522,26 @@ def synthesize(labels: Volume, *, label_table: Mapping[str, int] = BTCV,
             tissue[inner & (f3 < q_con) & (f3 < q_gas)] = TISSUE["oral_contrast"]
     n_shell = max(1, round(1.0 / sp[1]))
     cort = bone & ~ndi.binary_erosion(bone, iterations=n_shell)
-    # a ~1 mm cortex in a thicker shell of voxels: partial volume lowers the shell's HU
+    # a ~1 mm cortex in a thicker shell of voxels: each shell voxel holds a random fraction of
+    # cortex (partial volume), so bone HU has a long tail up to the cortical value
     cort_frac = min(1.0, 1.0 / (n_shell * sp[1]))
     tissue[bone] = TISSUE["bone_trabecular"]
     tissue[cort] = TISSUE["bone_cortical"]
 
     # --- paint HU ---------------------------------------------------------------------------
+    # organs are painted from the label map with its voxel staircase smoothed (the tissue map
+    # records what was painted); the label map itself is not changed
+    arr = _smooth_labels(arr, sp, p["edge_smooth_mm"])
+    fg = arr > 0
     hu_of = {TISSUE["air"]: p["outside_air_hu"], TISSUE["fat"]: p["fat_hu"], TISSUE["muscle"]: p["muscle_hu"],
              TISSUE["skin"]: p["skin_hu"], TISSUE["bone_trabecular"]: p["trabecular_hu"],
-             TISSUE["bone_cortical"]: p["trabecular_hu"] + cort_frac * (p["cortical_hu"] - p["trabecular_hu"]), TISSUE["disc"]: p["disc_hu"],
+             TISSUE["bone_cortical"]: p["trabecular_hu"], TISSUE["disc"]: p["disc_hu"],
              TISSUE["canal"]: p["csf_hu"], TISSUE["bowel_wall"]: p["bowel_wall_hu"],
              TISSUE["bowel_content"]: p["bowel_content_hu"], TISSUE["bowel_gas"]: -1000.0,
              TISSUE["oral_contrast"]: p["oral_contrast_hu"], TISSUE["lung"]: p["lung_hu"],
              TISSUE["heart"]: p["blood_pool_hu"]}
     organ_hu = {"liver": p["liver_hu"], "spleen": p["spleen_hu"], "pancreas": p["pancreas_hu"],
-                "right_kidney": p["kidney_cortex_hu"], "left_kidney": p["kidney_cortex_hu"],
+                "right_kidney": p["kidney_hu"], "left_kidney": p["kidney_hu"],
                 "aorta": p["aorta_hu"], "sma": p["aorta_hu"], "ivc": p["ivc_hu"],
                 "portal_splenic_vein": p["portal_vein_hu"], "gallbladder": p["gallbladder_hu"],
                 "right_adrenal": p["adrenal_hu"], "left_adrenal": p["adrenal_hu"],
@@ -486,9 +559,12 @@ def synthesize(labels: Volume, *, label_table: Mapping[str, int] = BTCV,
     soft = fg | (tissue == TISSUE["muscle"])
     ct[soft] += p["texture_sd_hu"] * tex[soft]
     fatm = tissue == TISSUE["fat"]
-    ct[fatm] += 8.0 * tex[fatm]
+    ct[fatm] += p["fat_texture_sd_hu"] * tex[fatm]
     bonem = (tissue == TISSUE["bone_trabecular"]) | (tissue == TISSUE["bone_cortical"])
-    ct[bonem] += 30.0 * tex[bonem]
+    ct[bonem] += p["bone_texture_sd_hu"] * tex[bonem]
+    cortm = tissue == TISSUE["bone_cortical"]
+    u = np.minimum(cort_frac * rng.uniform(0.1, 2.0, int(cortm.sum())), 1.0).astype(np.float32)
+    ct[cortm] += u * (p["cortical_hu"] - p["trabecular_hu"])
     lung = tissue == TISSUE["lung"]
     ct[lung] += 25.0 * tex[lung]
 
@@ -505,9 +581,13 @@ def synthesize(labels: Volume, *, label_table: Mapping[str, int] = BTCV,
         if k.any():
             box = ndi.find_objects(k.astype(np.uint8))[0]
             shp = tuple(b.stop - b.start for b in box)
-            # medullary pyramids: blobs under a cortex of 4-7 mm
-            pyr = (_depth_inside(k[box], sp) > rng.uniform(4, 6)) & (_field(shp, sp, 12.0, rng) > -0.3)
-            ct[box][pyr] -= p["kidney_medulla_drop_hu"]
+            # medulla: darker towards the centre under a 4-6 mm cortex, blending smoothly (at
+            # ~70 s the corticomedullary contrast is fading: one broad peak, not two levels)
+            depth = _depth_inside(k[box], sp)
+            ramp = np.clip((depth - rng.uniform(3, 5)) / 4.0, 0.0, 1.0)
+            blob = 1.0 / (1.0 + np.exp(-2.5 * _field(shp, sp, 12.0, rng)))
+            kt = p["kidney_texture_sd_hu"] * _field(shp, sp, 6.0, rng)
+            ct[box][k[box]] += (kt - p["kidney_medulla_drop_hu"] * ramp * blob)[k[box]]
     st = organ("stomach", "duodenum")
     if st.any():
         d = _depth_inside(st, sp)
@@ -524,12 +604,8 @@ def synthesize(labels: Volume, *, label_table: Mapping[str, int] = BTCV,
     # --- partial volume, noise --------------------------------------------------------------
     psf = [p["slice_sigma_mm"] / sp[0], p["psf_sigma_mm"] / sp[1], p["psf_sigma_mm"] / sp[2]]
     ct = ndi.gaussian_filter(ct, psf, mode="nearest")
-    s_n = [max(p["noise_sigma_mm"] / s, config.min_noise_sigma_vox) for s in sp]
-    s_n[0] = max(s_n[0], 1.2 * p["slice_sigma_mm"] / sp[0]) * 0.6
-    w = rng.standard_normal(arr.shape, dtype=np.float32)
-    nz_ = ndi.gaussian_filter(w, s_n) - 0.5 * ndi.gaussian_filter(w, [2 * s for s in s_n])
-    nz_ *= p["noise_sd_hu"] / (nz_.std() + 1e-6)
-    ct += nz_
+    ct += _ct_noise(arr.shape, sp, p["noise_sd_hu"], p["noise_peak_per_mm"],
+                    p["noise_z_sigma_mm"], rng)
     np.clip(ct, -1024.0, 3071.0, out=ct)
     params = {**p, "orientation_ap_lr_si": [float(s_ap), float(s_lr), float(s_si)],
               "generator_version": GENERATOR_VERSION}

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from iunet_nb._atomic import atomic_write_text
+from iunet_nb.augment import AugmentConfig
 from iunet_nb.domain_gap import domain_gap
 from iunet_nb.nets import NetConfig
 from iunet_nb.preprocess import PreprocessConfig
@@ -42,12 +43,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--no-reorient", action="store_true",
                     help="keep the stored array order (BTCV and DICOM then differ by an x/y flip)")
+    ap.add_argument("--aug-noise-hu", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                    help="training noise sigma range in HU (default: AugmentConfig's, 0..3)")
     ap.add_argument("--out", default="runs/domain_gap")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(net=NetConfig(base_channels=args.base_channels),
+    augment = (AugmentConfig() if args.aug_noise_hu is None
+               else AugmentConfig(noise_sigma_hu=tuple(args.aug_noise_hu)))
+    cfg = TrainConfig(net=NetConfig(base_channels=args.base_channels), augment=augment,
                       preprocess=PreprocessConfig(size_zyx=(24, 64, 64)),
                       iterations=args.iterations, batch_size=args.batch, lr=args.lr,
                       seed=args.seed, checkpoint_every=25, structure=args.structure)
