@@ -12,6 +12,18 @@
 * ``"btcv"``: BTCV label maps ``0001.nii.gz`` ... (``label0001.nii.gz`` in ``label/`` with
   ``img/img0001.nii.gz`` also works), labels as in :data:`BTCV_LABELS`.
 
+BTCV orientation: the shared BTCV label maps (the Learn2Reg re-release, ``../shared/data``)
+carry a NIfTI header whose direction, ``diag(-1, -1, 1)`` in SimpleITK's LPS terms, does not
+describe their anatomy: increasing x runs from the patient's right to left and increasing y
+from posterior to anterior, i.e. ``diag(1, -1, 1)`` (:data:`BTCV_DIRECTION`). Since
+:mod:`iunet_nb.preprocess` brings every image to the patient axes, a wrong header would mirror
+the anatomy left-right. So the ``"btcv"`` layout reads its label maps (and images, if any)
+with :data:`BTCV_DIRECTION` instead of the header's direction, logged once per
+:func:`find_cases` call; ``find_cases(..., btcv_direction=None)`` trusts the header (e.g. a
+BTCV copy whose headers you have checked), and any other direction can be given. The array is
+unchanged; the origin is moved so that the image's centre (and so its physical bounding box)
+stays where the header put it (:func:`with_true_direction`).
+
 :func:`make_folds` splits case ids into seeded k folds; :func:`save_folds` /
 :func:`load_folds` keep them in a JSON file that records ``k`` and the seed.
 
@@ -29,17 +41,18 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ._atomic import atomic_write_text
-from .errors import ConfigError, InputError
+from .errors import ConfigError, GeometryError, InputError
 from .io import (READ_EXTENSIONS, check_same_grid, list_dicom_mask_organs,
                  read_dicom_mask_series, read_image, read_label_map)
-from .volume import Volume
+from .volume import Geometry, Volume
 
 __all__ = [
+    "BTCV_DIRECTION",
     "BTCV_LABELS",
     "LAYOUTS",
     "Case",
@@ -47,6 +60,7 @@ __all__ = [
     "make_folds",
     "save_folds",
     "load_folds",
+    "with_true_direction",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +81,12 @@ BTCV_LABELS: dict[str, int] = {
     "right_adrenal_gland": 12,
     "left_adrenal_gland": 13,
 }
+
+#: True direction of the shared BTCV label maps (SimpleITK row-major 3 x 3, columns = the x, y,
+#: z index axes): x right-to-left (+x of LPS), y posterior-to-anterior (-y of LPS), z
+#: inferior-to-superior. Their NIfTI header says ``diag(-1, -1, 1)``, which mirrors x
+#: (``../shared/data/README.md``, "Geometry").
+BTCV_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
 #: Layout names accepted by :func:`find_cases` (besides ``"auto"``).
 LAYOUTS: tuple[str, ...] = ("msd", "paired", "ircadb", "btcv")
@@ -98,6 +118,48 @@ _IRCADB_NAMES: dict[str, str] = {
 _BTCV_FILE = re.compile(r"^(?:label)?(\d+)\.nii(?:\.gz)?$", re.IGNORECASE)
 
 
+def with_true_direction(volume: Volume, direction: Sequence[float]) -> Volume:
+    """The same array with ``direction`` instead of the header's, centre kept in place.
+
+    For files whose header direction is known to be wrong (:data:`BTCV_DIRECTION`). The
+    array, spacing and meta are unchanged; the origin is moved so that the physical position
+    of the grid's centre voxel (and so the image's physical bounding box, for a direction that
+    only flips or permutes axes) is what the header said. Positions *inside* the image change:
+    that is the correction.
+
+    Args:
+        volume: the image or label map as read.
+        direction: 9 numbers, row-major 3 x 3, orthonormal.
+
+    Returns:
+        ``volume`` itself when its direction already is ``direction``, else a new Volume.
+
+    Raises:
+        GeometryError: ``direction`` is not an orthonormal 3 x 3 matrix.
+    """
+    old = volume.geometry
+    new_dir = tuple(float(d) for d in np.asarray(direction, dtype=float).ravel())
+    probe = Geometry(old.spacing_mm, old.origin_mm, new_dir)  # validates the matrix
+    if np.allclose(probe.direction, old.direction, atol=1e-9):
+        return volume
+    centre = (np.asarray(volume.shape, dtype=float) - 1.0) / 2.0
+    origin = old.index_to_physical(centre) - (probe.index_to_physical(centre)
+                                              - np.asarray(old.origin_mm))
+    geometry = Geometry(old.spacing_mm, tuple(origin.tolist()), new_dir)  # type: ignore[arg-type]
+    return Volume(volume.array, geometry, dict(volume.meta))
+
+
+def _check_direction(direction: Sequence[float] | None, what: str) -> tuple[float, ...] | None:
+    if direction is None:
+        return None
+    try:
+        return Geometry(direction=tuple(direction)).direction  # type: ignore[arg-type]
+    except (GeometryError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} must be None (trust the header) or 9 numbers forming an "
+                          f"orthonormal row-major 3 x 3 direction matrix, got {direction!r} "
+                          f"({exc})") from None
+
+
 def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
@@ -123,6 +185,9 @@ class Case:
             (a binary mask, or the DICOM mask series of ``structure``).
         source: layout name (``"msd"``, ``"paired"``, ``"ircadb"``, ``"btcv"``).
         structure: target structure name (for ``"ircadb"``, the organ folder to read).
+        direction: direction set on the label map (and image) when read, replacing the
+            header's (:func:`with_true_direction`); None trusts the header. The ``"btcv"``
+            layout sets :data:`BTCV_DIRECTION` by default.
     """
 
     case_id: str
@@ -131,9 +196,33 @@ class Case:
     label_value: int | None
     source: str
     structure: str | None = None
+    direction: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction",
+                           _check_direction(self.direction, f"Case {self.case_id}: direction"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def _oriented(self, volume: Volume) -> Volume:
+        if self.direction is None:
+            return volume
+        logger.debug("case %s: direction %s set instead of the header's %s", self.case_id,
+                     self.direction, volume.geometry.direction)
+        return with_true_direction(volume, self.direction)
+
+    def read_labels(self) -> Volume:
+        """The whole label map (all labels), with :attr:`direction` applied if set.
+
+        Raises:
+            InputError: unreadable file (see :func:`iunet_nb.io.read_label_map`); not for
+                ``"ircadb"`` cases, whose masks are one DICOM series per organ.
+        """
+        if self.source == "ircadb":
+            raise InputError(f"case {self.case_id}: 3D-IRCADb masks are one DICOM series per "
+                             "organ, not a label map; use load()")
+        return self._oriented(read_label_map(self.label_path))
 
     def load(self) -> tuple[Volume | None, Volume]:
         """Read the image and the target's binary mask on the image's grid.
@@ -151,7 +240,7 @@ class Case:
             mask = read_dicom_mask_series(self.label_path, self.structure or "")
             labels_seen: list[int] = []
         else:
-            labels = read_label_map(self.label_path)
+            labels = self.read_labels()
             labels_seen = [int(v) for v in np.unique(labels.array) if v != 0]
             if self.label_value is None:
                 if len(labels_seen) > 1:
@@ -173,7 +262,7 @@ class Case:
         mask = Volume(mask.array, mask.geometry, {**mask.meta, **meta})
         if self.image_path is None:
             return None, mask
-        image = read_image(self.image_path)
+        image = self._oriented(read_image(self.image_path))
         image = Volume(image.array, image.geometry, {**image.meta, **meta})
         check_same_grid(image, mask, what=f"reference mask of case {self.case_id}")
         return image, mask
@@ -337,7 +426,8 @@ def _find_ircadb(root: Path, structure: str | int) -> list[Case]:
     return cases
 
 
-def _find_btcv(root: Path, structure: str | int) -> list[Case]:
+def _find_btcv(root: Path, structure: str | int,
+               direction: tuple[float, ...] | None = BTCV_DIRECTION) -> list[Case]:
     label_dir = root / "label" if (root / "label").is_dir() else root
     image_dir = root / "img"
     value, name = _resolve_value(structure, BTCV_LABELS, "BTCV")
@@ -349,7 +439,8 @@ def _find_btcv(root: Path, structure: str | int) -> list[Case]:
         case_id = match.group(1)
         candidates = (image_dir / f"img{case_id}.nii.gz", image_dir / f"img{case_id}.nii")
         image = next((p for p in candidates if p.is_file()), None)
-        cases.append(Case(case_id, str(image) if image else None, str(path), value, "btcv", name))
+        cases.append(Case(case_id, str(image) if image else None, str(path), value, "btcv", name,
+                          direction))
     return cases
 
 
@@ -376,7 +467,8 @@ def _detect_layout(root: Path) -> str:
 
 
 def find_cases(root: str | os.PathLike, structure: str | int = "pancreas",
-               layout: str = "auto") -> list[Case]:
+               layout: str = "auto", *,
+               btcv_direction: Sequence[float] | None = BTCV_DIRECTION) -> list[Case]:
     """Cases of a data-set folder, sorted by case id.
 
     Args:
@@ -385,6 +477,10 @@ def find_cases(root: str | os.PathLike, structure: str | int = "pancreas",
             aliases, e.g. ``"kidney_left"``) or a label value. For ``"paired"`` a name means
             "every nonzero voxel" (binary masks); pass a value for multi-label maps.
         layout: ``"auto"`` (detect) or one of :data:`LAYOUTS`.
+        btcv_direction: for the ``"btcv"`` layout, the direction its files are read with
+            instead of their header's (default :data:`BTCV_DIRECTION`, the true orientation
+            of the shared BTCV label maps, whose header mirrors x); None trusts the header.
+            Recorded in each :attr:`Case.direction`; other layouts ignore it.
 
     Returns:
         Sorted, deterministic list of :class:`Case` (no file is read beyond listings and
@@ -394,9 +490,10 @@ def find_cases(root: str | os.PathLike, structure: str | int = "pancreas",
     Raises:
         InputError: missing folder, undetectable layout (lists what was looked for), unknown
             structure, no cases.
-        ConfigError: unknown layout name.
+        ConfigError: unknown layout name, or ``btcv_direction`` not an orthonormal 3 x 3.
     """
     root = Path(root)
+    direction = _check_direction(btcv_direction, "btcv_direction")
     if layout != "auto" and layout not in _FINDERS:
         raise ConfigError(f"unknown layout {layout!r}; use 'auto' or one of {list(LAYOUTS)}")
     if not root.is_dir():
@@ -404,7 +501,15 @@ def find_cases(root: str | os.PathLike, structure: str | int = "pancreas",
     if layout == "auto":
         layout = _detect_layout(root)
         logger.info("%s: detected layout %r", root, layout)
-    cases = sorted(_FINDERS[layout](root, structure), key=lambda c: c.case_id)
+    if layout == "btcv":
+        cases = _find_btcv(root, structure, direction)
+        if cases and direction is not None:
+            logger.info("btcv: reading %d label map(s) in %s with direction %s instead of their "
+                        "header's (the shared BTCV maps' header mirrors x; pass "
+                        "btcv_direction=None to trust the header)", len(cases), root, direction)
+    else:
+        cases = _FINDERS[layout](root, structure)
+    cases = sorted(cases, key=lambda c: c.case_id)
     if not cases:
         raise InputError(f"no cases found in {root} with layout {layout!r}; expected "
                          f"{_LOOKED_FOR}")

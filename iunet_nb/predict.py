@@ -1,9 +1,14 @@
 """Automatic segmentation of a CT inside a box, back in the CT's own geometry.
 
 Staged as in MONAILabel's infer tasks: pre-transform (:func:`iunet_nb.preprocess.preprocess_image`:
-smooth, window, crop box + margin, resample to the working grid), inferer (the network,
-softmax), inverse transform (:func:`iunet_nb.preprocess.restore_probabilities`: resample back to
-the crop and paste into the full grid), post-transform (threshold).
+smooth, window, crop box + margin, reorient the crop to the patient axes (LPS), resample to the
+working grid), inferer (the network, softmax), inverse transform
+(:func:`iunet_nb.preprocess.restore_probabilities`: resample back to the crop, undo the
+reorientation and paste into the full grid), post-transform (threshold).
+
+The network therefore sees the same anatomy whatever order the CT's file stores its axes in
+(identity-direction DICOM, a NIfTI stored right-to-left, ...), and the mask comes back on the
+CT's own array and geometry; boxes are always in the CT's array indices.
 """
 
 from __future__ import annotations

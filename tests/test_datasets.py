@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from iunet_nb.datasets import (BTCV_LABELS, LAYOUTS, Case, find_cases, load_folds, make_folds,
-                               save_folds)
+from iunet_nb.datasets import (BTCV_DIRECTION, BTCV_LABELS, LAYOUTS, Case, find_cases, load_folds,
+                               make_folds, save_folds, with_true_direction)
 from iunet_nb.errors import ConfigError, GeometryError, InputError
 from iunet_nb.io import write_image, write_mask
 from iunet_nb.volume import Geometry, Volume
@@ -256,6 +256,71 @@ def test_btcv_layout_synthetic(tmp_path, geometry):
         find_cases(root, "kidney")
 
 
+def _btcv_header_geometry() -> Geometry:
+    # what SimpleITK reads from the shared BTCV maps' header (NIfTI RAS affine diag(2, 2, 2))
+    return Geometry(spacing_mm=(2.0, 2.0, 2.0), origin_mm=(0.0, 0.0, 0.0),
+                    direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+
+
+def test_btcv_maps_are_read_in_their_true_orientation(tmp_path, caplog):
+    root = tmp_path / "btcv"
+    labels = np.where(_labels(1) == 1, 11, 0).astype(np.uint8)
+    header = _btcv_header_geometry()
+    write_mask(Volume(labels, header), root / "0001.nii.gz")
+    with caplog.at_level("INFO", logger="iunet_nb.datasets"):
+        (case,) = find_cases(root)
+    assert "instead of their header's" in caplog.text and "btcv_direction=None" in caplog.text
+    assert case.direction == BTCV_DIRECTION == (1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)
+    _, mask = case.load()
+    np.testing.assert_array_equal(mask.array, (labels == 11).astype(np.uint8))  # array as stored
+    np.testing.assert_allclose(mask.geometry.direction, BTCV_DIRECTION)
+    assert mask.geometry.spacing_mm == (2.0, 2.0, 2.0)
+    # the origin moves so the grid's centre, hence its physical bounding box, stays put:
+    # x spans -(9 - 1) * 2 .. 0 mm in both, but voxel x = 0 now sits at -16 mm instead of 0
+    np.testing.assert_allclose(mask.geometry.origin_mm, (-16.0, 0.0, 0.0), atol=1e-9)
+    corners = np.array([[z, y, x] for z in (0, 5) for y in (0, 7) for x in (0, 8)])
+    for g in (header, mask.geometry):
+        p = g.index_to_physical(corners)
+        np.testing.assert_allclose([p.min(0), p.max(0)], [[-16, -14, 0], [0, 0, 10]], atol=1e-9)
+    assert case.read_labels().array.max() == 11
+    # overridable: None trusts the header, any other orthonormal matrix is applied
+    (trusting,) = find_cases(root, btcv_direction=None)
+    assert trusting.direction is None
+    np.testing.assert_allclose(trusting.load()[1].geometry.direction, header.direction)
+    assert Case(**json.loads(json.dumps(case.to_dict()))) == case
+
+
+def test_btcv_image_gets_the_same_direction_as_its_label_map(tmp_path):
+    root = tmp_path / "btcv_full"
+    labels = np.where(_labels(1) == 1, 11, 0).astype(np.uint8)
+    write_mask(Volume(labels, _btcv_header_geometry()), root / "label" / "label0001.nii.gz")
+    write_image(Volume(_ct(labels, 0), _btcv_header_geometry()), root / "img" / "img0001.nii.gz")
+    image, mask = find_cases(root)[0].load()
+    assert image is not None and image.geometry.is_close(mask.geometry, atol=1e-6)
+    np.testing.assert_allclose(image.geometry.direction, BTCV_DIRECTION)
+
+
+@pytest.mark.parametrize("bad", [(1, 0, 0), (2, 0, 0, 0, 1, 0, 0, 0, 1), "diag"])
+def test_bad_btcv_direction_is_a_config_error(tmp_path, bad):
+    root = tmp_path / "btcv"
+    write_mask(Volume(np.ones((2, 2, 2), np.uint8) * 11, _btcv_header_geometry()),
+               root / "0001.nii.gz")
+    with pytest.raises(ConfigError, match="btcv_direction must be None .* orthonormal"):
+        find_cases(root, btcv_direction=bad)
+
+
+def test_with_true_direction_keeps_the_array_and_the_centre(geometry):
+    v = Volume(np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4), geometry, {"k": 1})
+    out = with_true_direction(v, (-1, 0, 0, 0, 1, 0, 0, 0, -1))
+    assert out.array is v.array and out.meta == {"k": 1}
+    centre = (np.array(v.shape) - 1) / 2
+    np.testing.assert_allclose(out.geometry.index_to_physical(centre),
+                               geometry.index_to_physical(centre), atol=1e-9)
+    assert with_true_direction(v, geometry.direction) is v
+    with pytest.raises(GeometryError, match="not orthonormal"):
+        with_true_direction(v, (1, 1, 0, 0, 1, 0, 0, 0, 1))
+
+
 def test_btcv_label_table():
     assert BTCV_LABELS["pancreas"] == 11 and BTCV_LABELS["spleen"] == 1
     assert sorted(BTCV_LABELS.values()) == list(range(1, 14))
@@ -342,6 +407,17 @@ def test_real_btcv(shared_data):
     image, mask = cases[0].load()
     assert image is None and mask.shape == (256, 160, 192)
     assert int(mask.array.sum()) == 17105
+    # read with the true direction, the anatomy sits where LPS says: liver (6) on the
+    # patient's right (smaller x) of the spleen (1), aorta (8) behind (larger y) the pancreas
+    # (11), liver above (larger z) the right kidney (2); the header alone mirrors x
+    for case in cases[:3]:
+        for direction, right_ok in ((BTCV_DIRECTION, True), (None, False)):
+            labels = (case if direction else Case(**{**case.to_dict(), "direction": None})
+                      ).read_labels()
+            c = {k: labels.geometry.index_to_physical(np.argwhere(labels.array == k).mean(0))
+                 for k in (1, 2, 6, 8, 11)}
+            assert (c[6][0] < c[1][0]) == right_ok, case.case_id
+            assert c[8][1] > c[11][1] and c[6][2] > c[2][2], case.case_id
     gallbladder = {c.case_id: c for c in find_cases(shared_data / "btcv_labels", "gallbladder")}
     with pytest.raises(InputError, match="case 0023: empty reference mask"):
         gallbladder["0023"].load()
