@@ -32,6 +32,7 @@ from ._atomic import atomic_path, atomic_write_text
 from ._config import JsonConfig
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import ModelCard, machine_description, save_model, select_device
+from .datasets import BTCV_DIRECTION
 from .errors import CheckpointError, ConfigError, InputError
 from .losses import one_hot, soft_dice_loss
 from .nets import NetConfig, build_network
@@ -93,10 +94,15 @@ def prepare_cases(cases: Iterable[tuple[Volume, Volume]], cfg: PreprocessConfig,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop every case to its reference box (+ margin) and resample to the working grid.
 
-    As in the paper's training, the box comes from the reference mask.
+    As in the paper's training, the box comes from the reference mask. The working grid is in
+    patient (LPS) order (:func:`iunet_nb.preprocess.preprocess_image`): the *image's* direction
+    decides the transpose/flips, and the mask, taken voxel by voxel on the image's array, goes
+    through the same ones, so cases stored in different axis orders train one consistent
+    network.
 
     Args:
-        cases: ``(image, mask)`` pairs; image in HU, mask uint8 {0, 1} on the image's grid.
+        cases: ``(image, mask)`` pairs; image in HU (a :class:`Volume` with its true
+            direction), mask uint8 {0, 1} on the image's grid.
         cfg: preprocessing settings.
 
     Returns:
@@ -251,18 +257,26 @@ def _read_losses(path: Path, upto: int) -> list[float]:
 
 def load_training_cases(data: str, *, structure: str | int = "pancreas", layout: str = "auto",
                         limit: int | None = None, seed: int = 0,
+                        btcv_direction: tuple[float, ...] | None = BTCV_DIRECTION,
                         ) -> tuple[list[tuple[Volume, Volume]], str]:
     """Training cases ``(CT, mask)`` from a data source string, and a description of it.
 
     Sources:
         ``<folder>``: a data set in a layout :func:`iunet_nb.datasets.find_cases` reads.
         ``btcv-synth:<folder>``: synthetic CT made from each BTCV label map in the folder
-        (:func:`iunet_nb.synth.synthesize_ct`, case ``i`` seeded with ``seed + i``).
+        (:func:`iunet_nb.synth.synthesize_ct`, case ``i`` seeded with ``seed + i``), on the
+        label map's grid with its true direction (``btcv_direction``).
         ``phantom:<n>``: ``n`` procedural phantoms (:func:`iunet_nb.synth.make_phantom`).
+
+    Args:
+        btcv_direction: direction BTCV label maps (and images) are read with instead of their
+            header's (:func:`iunet_nb.datasets.find_cases`); default
+            :data:`~iunet_nb.datasets.BTCV_DIRECTION`, the shared maps' true orientation
+            (their header mirrors x); None trusts the header.
     """
     from tqdm.auto import tqdm
 
-    from . import datasets, io, synth
+    from . import datasets, synth
 
     if data.startswith("phantom:"):
         try:
@@ -273,18 +287,20 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
         return cases, f"{n} procedural phantoms (seeds {seed}..{seed + n - 1})"
     if data.startswith("btcv-synth:"):
         root = data.split(":", 1)[1]
-        label_cases = datasets.find_cases(root, structure=structure, layout="btcv")[:limit]
+        label_cases = datasets.find_cases(root, structure=structure, layout="btcv",
+                                          btcv_direction=btcv_direction)[:limit]
         value = label_cases[0].label_value if label_cases else None
         cases = []
         for i, case in enumerate(tqdm(label_cases, desc="Synthesising CT", unit="case")):
-            labels = io.read_label_map(case.label_path)
+            labels = case.read_labels()  # the true direction, not the header's
             ct = synth.synthesize_ct(labels, rng=seed + i)
             mask = labels.with_array((labels.array == value).astype(np.uint8))
             cases.append((ct, mask))
         ids = [c.case_id for c in label_cases]
         return cases, (f"synthetic CT from {len(ids)} BTCV label maps ({ids[0]}..{ids[-1]}), "
                        f"seeds {seed}..{seed + len(ids) - 1}, target label {value}")
-    found = datasets.find_cases(data, structure=structure, layout=layout)[:limit]
+    found = datasets.find_cases(data, structure=structure, layout=layout,
+                                btcv_direction=btcv_direction)[:limit]
     cases = []
     for case in tqdm(found, desc="Loading cases", unit="case"):
         image, mask = case.load()
