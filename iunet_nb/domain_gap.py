@@ -6,6 +6,11 @@ give the synthetic-to-synthetic DSC, and the real 3D-IRCADb-01 CTs with a mask o
 structure give the synthetic-to-real DSC. Both use the box from the reference mask (the
 paper's Experiment 1 protocol), so the two numbers differ only by the images.
 
+Orientation: the BTCV label maps are read with their true direction
+(:data:`iunet_nb.datasets.BTCV_DIRECTION`; their header mirrors x) and
+:mod:`iunet_nb.preprocess` works on the patient axes, so the synthetic training cases and the
+real DICOM CTs reach the network in the same (LPS) orientation without any step here.
+
 Example:
     >>> table = domain_gap("liver", "data/btcv_labels", "data/ircadb",
     ...                    train_config=TrainConfig(iterations=200), n_val=5, seed=0,
@@ -26,20 +31,18 @@ import pandas as pd
 import torch
 
 from ._atomic import atomic_write_text
+from .datasets import BTCV_DIRECTION
 from .errors import ConfigError, InputError
 from .evaluate import dice
 from .predict import make_box, segment
+from .preprocess import reorient_to_lps
 from .train import TrainConfig, load_training_cases, prepare_cases, train
 from .volume import Volume
 
-__all__ = ["BTCV_DIRECTION", "COLUMNS", "domain_gap", "domain_gap_from_cases", "evaluate_cases", "reorient_lps"]
+__all__ = ["BTCV_DIRECTION", "COLUMNS", "domain_gap", "domain_gap_from_cases", "evaluate_cases",
+           "reorient_lps"]
 
 logger = logging.getLogger(__name__)
-
-#: True direction of the shared BTCV label maps (x right-to-left, y posterior-to-anterior, z
-#: inferior-to-superior; ../shared/data/README.md): their NIfTI header says diag(-1, -1, 1),
-#: which mirrors x.
-BTCV_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
 #: Columns of the table :func:`domain_gap` returns (one row per test case).
 COLUMNS = ("structure", "domain", "case_id", "dsc", "pred_voxels", "ref_voxels")
@@ -48,10 +51,9 @@ COLUMNS = ("structure", "domain", "case_id", "dsc", "pred_voxels", "ref_voxels")
 def reorient_lps(volume: Volume) -> Volume:
     """The same image with its array reordered/flipped to the identity (LPS) direction.
 
-    The working grid of :mod:`iunet_nb.preprocess` follows the array axes, not the patient
-    axes, so a network trained on BTCV label maps (stored posterior-to-anterior in y) sees
-    mirrored anatomy on DICOM CT (identity direction) unless both are brought to one
-    orientation first. Physical positions are unchanged.
+    :func:`iunet_nb.preprocess.reorient_to_lps` (exact transpose and flips; physical positions
+    unchanged). Not needed before training or prediction, whose working grid is already in
+    LPS order; useful to *show* slices of differently stored volumes in one orientation.
 
     Args:
         volume: any axis-aligned Volume.
@@ -60,17 +62,7 @@ def reorient_lps(volume: Volume) -> Volume:
         ``volume`` itself when its direction is already the identity, else a reoriented copy
         (same dtype and meta).
     """
-    if np.allclose(volume.geometry.direction, np.eye(3).ravel()):
-        return volume
-    import SimpleITK as sitk
-
-    out = Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), "LPS"), **dict(volume.meta))
-    return out.with_array(out.array.astype(volume.array.dtype, copy=False))
-
-
-def _with_direction(volume: Volume, direction: tuple[float, ...]) -> Volume:
-    g = dataclasses.replace(volume.geometry, direction=tuple(float(d) for d in direction))
-    return Volume(volume.array, g, dict(volume.meta))
+    return reorient_to_lps(volume)
 
 
 def evaluate_cases(model: torch.nn.Module, cases: Sequence[tuple[Volume, Volume]],
@@ -157,7 +149,7 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
                *, train_config: TrainConfig | None = None, n_val: int = 5, seed: int = 0,
                out_dir: str | os.PathLike | None = None, limit: int | None = None,
                progress: bool = False, reorient: bool = True,
-               btcv_direction: tuple[float, ...] | None = BTCV_DIRECTION) -> pd.DataFrame:
+               btcv_direction: Sequence[float] | None = BTCV_DIRECTION) -> pd.DataFrame:
     """Synthetic-to-synthetic and synthetic-to-real DSC of an iUnet trained on BTCV-synthetic CT.
 
     Args:
@@ -173,11 +165,13 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
             :func:`domain_gap_from_cases`).
         limit: use only the first ``limit`` BTCV label maps (None: all).
         progress: show a training progress bar.
-        reorient: bring every CT and mask to the identity direction (:func:`reorient_lps`)
-            before training and testing; False keeps the stored array order (BTCV and DICOM
-            then differ by a flip of y on the working grid).
-        btcv_direction: the BTCV maps' true direction, set on the synthetic cases before
-            reorienting (default :data:`BTCV_DIRECTION`); None trusts their header.
+        reorient: store every CT and mask in LPS array order (:func:`reorient_lps`) before
+            training and testing. Since the preprocessing's working grid is in LPS order
+            anyway, this does not change what the network sees (the working arrays agree to
+            float rounding of the smoothing); it is kept for callers that pass it.
+        btcv_direction: the direction the BTCV maps are read with instead of their header's
+            (default :data:`BTCV_DIRECTION`, their true orientation); None trusts the header,
+            which mirrors the synthetic anatomy left-right relative to the real CT.
 
     Returns:
         DataFrame with :data:`COLUMNS`, one row per held-out synthetic case and per real case.
@@ -191,19 +185,18 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 2):
         raise ConfigError(f"limit must be None or an integer >= 2 (BTCV maps to use), got {limit!r}")
     cfg = dataclasses.replace(train_config or TrainConfig(), structure=str(structure))
-    btcv_ids = [c.case_id for c in datasets.find_cases(btcv_folder, structure, layout="btcv")]
+    direction = None if btcv_direction is None else tuple(float(d) for d in btcv_direction)
+    btcv_ids = [c.case_id for c in datasets.find_cases(btcv_folder, structure, layout="btcv",
+                                                       btcv_direction=direction)]
     btcv_ids = btcv_ids[:limit]
     synthetic, desc = load_training_cases(f"btcv-synth:{btcv_folder}", structure=structure,
-                                          limit=limit, seed=seed)
+                                          limit=limit, seed=seed, btcv_direction=direction)
     real_found = datasets.find_cases(ircadb_folder, structure, layout="ircadb")
     real = []
     for case in real_found:
         ct, mask = case.load()
         assert ct is not None  # ircadb cases always have an image
         real.append((ct, mask))
-    if reorient and btcv_direction is not None:
-        synthetic = [(_with_direction(c, btcv_direction), _with_direction(m, btcv_direction))
-                     for c, m in synthetic]
     if reorient:
         synthetic = [(reorient_lps(c), reorient_lps(m)) for c, m in synthetic]
         real = [(reorient_lps(c), reorient_lps(m)) for c, m in real]

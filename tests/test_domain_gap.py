@@ -123,9 +123,49 @@ def test_reorient_lps_flips_btcv_direction_and_keeps_physical_points():
 
 def test_btcv_direction_flips_only_y():
     # the shared BTCV maps run x right-to-left (as LPS) and y posterior-to-anterior (against
-    # LPS): with their true direction set, only y is reversed on the way to LPS
+    # LPS): read with their true direction (now set by iunet_nb.datasets, re-exported here),
+    # only y is reversed on the way to LPS
+    from iunet_nb.datasets import BTCV_DIRECTION, with_true_direction
+
+    assert dg.BTCV_DIRECTION is BTCV_DIRECTION
     header = Geometry(spacing_mm=(2.0, 2.0, 2.0), origin_mm=(0.0, 0.0, 0.0),
                       direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
     a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    fixed = dg._with_direction(Volume(a, header), dg.BTCV_DIRECTION)
+    fixed = with_true_direction(Volume(a, header), dg.BTCV_DIRECTION)
     np.testing.assert_array_equal(dg.reorient_lps(fixed).array, a[:, ::-1, :])
+
+
+BTCV = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("given, expected", [((), BTCV), ((None,), None)])
+def test_domain_gap_reads_btcv_with_the_true_direction_unless_told_otherwise(
+        monkeypatch, tmp_path, given, expected):
+    # the reorientation workaround is gone: the direction goes to the BTCV readers, and the
+    # synthetic cases reach domain_gap_from_cases as loaded (preprocess handles orientation)
+    import iunet_nb.datasets as ds
+
+    seen: dict = {}
+    synthetic = [_case(i) for i in range(3)]
+
+    def fake_find(root, structure, layout="auto", *, btcv_direction=ds.BTCV_DIRECTION):
+        seen.setdefault(layout, []).append(btcv_direction)
+        return [] if layout == "ircadb" else [ds.Case(f"{i:04d}", None, "x", 6, "btcv", "liver",
+                                                      btcv_direction) for i in range(3)]
+
+    def fake_load(data, **kw):
+        seen["load"] = kw["btcv_direction"]
+        return synthetic, "fake"
+
+    def fake_from_cases(syn, sids, real, rids, **kw):
+        seen["synthetic"] = syn
+        return pd.DataFrame()
+
+    monkeypatch.setattr(ds, "find_cases", fake_find)
+    monkeypatch.setattr(dg, "load_training_cases", fake_load)
+    monkeypatch.setattr(dg, "domain_gap_from_cases", fake_from_cases)
+    kwargs = {"btcv_direction": given[0]} if given else {}
+    dg.domain_gap("liver", tmp_path, tmp_path, train_config=TINY, n_val=1, **kwargs)
+    assert seen["btcv"] == [expected] and seen["load"] == expected
+    assert all(c is s_c and m is s_m for (c, m), (s_c, s_m) in zip(seen["synthetic"], synthetic))
+
