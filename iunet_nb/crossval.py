@@ -1,9 +1,16 @@
-"""Experiment 1: k-fold cross-validation of iUnet, Cicek's 3D U-Net and the dilated FCN.
+"""Experiment 1: k-fold cross-validation of iUnet, Cicek's 3D U-Net, the dilated FCN and the
+seed papers' systems (Zhou, Roth, Kloenne).
 
 The paper's protocol (Boers et al. 2020, section 2.8): the cases are split at random into
 ``k`` equally sized folds; each architecture is trained on ``k - 1`` folds and segments the
 held-out fold *inside the reference bounding box* (the box comes from the reference mask, as
 in training); DSC per case; mean +- sd per method; Wilcoxon signed-rank tests paired by case.
+
+The seed papers' systems (``CVConfig.systems``, :mod:`iunet_nb.systems.cv`) are trained on the
+same training cases of the same folds and tested on the same test cases with the same metrics,
+but they are **fully automatic**: they get no box. Every row says so in its ``box`` column
+(``"reference"`` for the architectures, ``"none"`` for the systems), and the tables carry it,
+because it makes the comparison unequal in the architectures' favour.
 
 Scaling out: every fold is an independent job. :func:`run_fold` trains and evaluates one
 fold and writes ``fold_<i>.csv``; any scheduler can run the ``k`` jobs on ``k`` machines
@@ -19,10 +26,13 @@ Output folder::
                              when the test cases come from another source
     fold_<i>.csv             per-case metrics of every architecture on fold i
     fold_<i>/<arch>/         model.pt + model.json (card), loss.jsonl, train_config.json
+    fold_<i>/<system>/       the system's model(s) + cards (Kloenne: one folder per member)
     results.csv              all folds (merge_folds)
     dsc_per_case.csv         case x method DSC table
     summary.csv              per method: n, mean, sd, median, min, max (DSC)
     table1.csv, table1.md    shaped like the paper's Table 1, p-values vs the baseline
+    comparison.csv, .md      per method: box, structure, n, DSC mean +- sd, median, training
+                             compute and seconds per fold, the paper's own number
     wilcoxon.csv             every pair of methods
     results.json             all of the above in one file
     dsc_plot.png             box + violin plot of DSC per method
@@ -57,6 +67,14 @@ from ._atomic import atomic_path, atomic_write_text
 from ._config import JsonConfig
 from .errors import ConfigError, InputError
 from .nets import ARCHITECTURES
+from .systems.cv import (
+    SCALES,
+    SYSTEM_NAMES,
+    SYSTEMS,
+    check_system,
+    compute_description,
+    system_config,
+)
 from .train import TrainConfig
 from .volume import Volume
 
@@ -89,6 +107,7 @@ METHOD_NAMES: dict[str, str] = {
     "iunet": "iUnet",
     "cicek": "3D U-Net (Cicek et al.)",
     "dilated_fcn": "iFCN (dilated FCN)",
+    **SYSTEM_NAMES,
 }
 #: The paper's Experiment 1 results on D1 (90 CTs, 5-fold): DSC % as (mean, sd).
 PAPER_TABLE1: dict[str, tuple[float, float]] = {
@@ -120,12 +139,23 @@ class CVConfig(JsonConfig):
         limit: use at most this many cases of each source (None: all).
         k: number of folds (paper: 5).
         seed: seed of the split(s) and of the synthetic CT (case ``i`` gets ``seed + i``).
-        architectures: networks to compare (any of ``nets.ARCHITECTURES``).
-        baseline: the method the other methods are tested against in Table 1 (paper: iUnet).
+        architectures: networks to compare (any of ``nets.ARCHITECTURES``), tested inside
+            the reference box; may be empty when ``systems`` is not.
+        baseline: the method the other methods are tested against in Table 1 (paper: iUnet);
+            one of ``architectures`` or ``systems``.
         train: training template; ``train.net.arch`` is replaced by each architecture, the
             rest (iterations, batch, lr, base_channels, working size, seed) is shared.
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
         tolerance_mm: surface-Dice tolerance of :func:`iunet_nb.evaluate.evaluate_case`.
+        systems: the seed papers' systems to train and test on the same folds (any of
+            :data:`iunet_nb.systems.cv.SYSTEMS`: ``"zhou"``, ``"roth"``, ``"kloenne"``); fully
+            automatic, no box. A system that does not cover ``structure`` (Roth: only its
+            seven organs) or cannot learn from ``data`` (Roth: ``btcv-synth:`` only) is refused.
+        system_scale: ``"reduced"`` (each system's documented CPU scale) or ``"full"`` (the
+            papers' settings, for GPUs).
+        system_overrides: optional ``{system: {field: value}}`` changes to the systems'
+            configs (see :func:`iunet_nb.systems.cv.system_config`), e.g.
+            ``{"zhou": {"coarse_iterations": 400}}``. The systems' seed is ``train.seed``.
 
     Raises:
         ConfigError: a value of the wrong type or out of range.
@@ -144,6 +174,9 @@ class CVConfig(JsonConfig):
     train: TrainConfig = TrainConfig()
     device: str | None = None
     tolerance_mm: float = 2.0
+    systems: tuple[str, ...] = ()
+    system_scale: str = "reduced"
+    system_overrides: dict[str, dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.version != 1:
@@ -165,19 +198,55 @@ class CVConfig(JsonConfig):
         if self.limit is not None and (not _is_int(self.limit) or self.limit < 2):
             raise ConfigError(f"CVConfig.limit must be None or an integer >= 2, got "
                               f"{self.limit!r}")
-        archs = self.architectures
-        if not isinstance(archs, tuple) or not archs:
+        archs, systems = self.architectures, self.systems
+        if not isinstance(systems, tuple):
+            raise ConfigError(f"CVConfig.systems must be a tuple of names from {list(SYSTEMS)}, "
+                              f"got {systems!r}")
+        if not isinstance(archs, tuple) or not (archs or systems):
             raise ConfigError(f"CVConfig.architectures must be a non-empty tuple of names from "
-                              f"{list(ARCHITECTURES)}, got {archs!r}")
+                              f"{list(ARCHITECTURES)} (or empty with systems from "
+                              f"{list(SYSTEMS)}), got {archs!r}")
         for arch in archs:
             if arch not in ARCHITECTURES:
-                raise ConfigError(f"unknown architecture {arch!r}{_did_you_mean(arch, ARCHITECTURES)}"
-                                  f"; choose from {list(ARCHITECTURES)}")
+                hint = (f"; {arch!r} is a system: list it in systems" if arch in SYSTEMS
+                        else _did_you_mean(arch, ARCHITECTURES))
+                raise ConfigError(f"unknown architecture {arch!r}{hint}; choose from "
+                                  f"{list(ARCHITECTURES)}")
         if len(set(archs)) != len(archs):
             raise ConfigError(f"CVConfig.architectures lists a name twice: {list(archs)}")
-        if self.baseline not in archs:
+        for system in systems:
+            if system in ARCHITECTURES:
+                raise ConfigError(f"{system!r} is an architecture, not a system: list it in "
+                                  f"architectures; systems are {list(SYSTEMS)}")
+            check_system(system, self.structure, self.data)
+        if len(set(systems)) != len(systems):
+            raise ConfigError(f"CVConfig.systems lists a name twice: {list(systems)}")
+        if self.baseline not in archs + systems:
             raise ConfigError(f"CVConfig.baseline {self.baseline!r} is not among the "
-                              f"architectures {list(archs)}")
+                              f"methods {list(archs + systems)}")
+        if self.system_scale not in SCALES:
+            raise ConfigError(f"CVConfig.system_scale must be one of {list(SCALES)}, got "
+                              f"{self.system_scale!r}")
+        overrides = self.system_overrides
+        if overrides is not None:
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"CVConfig.system_overrides must be None or an object "
+                                  f"{{system: {{field: value}}}}, got {overrides!r}")
+            try:  # JSON-native (lists, not tuples), so that a saved config compares equal
+                object.__setattr__(self, "system_overrides", json.loads(json.dumps(overrides)))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"CVConfig.system_overrides must hold JSON values only: "
+                                  f"{exc}") from exc
+            for system, fields in self.system_overrides.items():
+                if not isinstance(fields, dict):
+                    raise ConfigError(f"CVConfig.system_overrides[{system!r}] must be an object "
+                                      f"of config fields, got {fields!r}")
+                if system not in systems:
+                    raise ConfigError(f"CVConfig.system_overrides names {system!r}, which is "
+                                      f"not among the systems {list(systems)}"
+                                      f"{_did_you_mean(system, SYSTEMS)}")
+        for system in systems:  # builds each config once: a bad field stops here
+            self.system_config(system)
         if not isinstance(self.train, TrainConfig):
             raise ConfigError(f"CVConfig.train must be a TrainConfig, got "
                               f"{type(self.train).__name__}")
@@ -193,6 +262,22 @@ class CVConfig(JsonConfig):
         """The training config of one architecture (the template with ``net.arch`` set)."""
         net = dataclasses.replace(self.train.net, arch=arch)
         return dataclasses.replace(self.train, net=net, structure=str(self.structure))
+
+    def system_config(self, system: str) -> Any:
+        """The config a system is trained with (:func:`iunet_nb.systems.cv.system_config`)."""
+        return system_config(system, self.system_scale,
+                             (self.system_overrides or {}).get(system), int(self.train.seed))
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """Every method of the experiment: the architectures, then the systems."""
+        return tuple(self.architectures) + tuple(self.systems)
+
+    def compute(self, method: str) -> str:
+        """Training compute of one method in words (steps, batch), for the tables."""
+        if method in self.systems:
+            return compute_description(method, self.system_config(method))
+        return f"{self.train.iterations} iterations, batch {self.train.batch_size}"
 
 
 def _is_int(value: Any) -> bool:
@@ -211,13 +296,19 @@ def validate_cv_parameters(data: str, structure: str | int = "pancreas", k: int 
                            baseline: str = "iunet", iterations: int = 2000,
                            batch_size: int = 8, lr: float = 1e-4, base_channels: int = 16,
                            size_zyx: Sequence[int] = (24, 64, 64), train_seed: int = 0,
-                           device: str | None = None) -> CVConfig:
+                           device: str | None = None, systems: Sequence[str] = (),
+                           system_scale: str = "reduced",
+                           system_overrides: dict[str, dict[str, Any]] | None = None
+                           ) -> CVConfig:
     """Check notebook / CLI parameters and build the :class:`CVConfig`, or stop with a message.
 
     Called in the first cell after a papermill ``parameters`` cell, so a typo stops the run
     at once (not after an hour of training). Checks types, that folders exist, that the
     structure is known to the source (with a "did you mean" for typos), that ``k`` is at
-    most the number of cases, and that the working size suits every architecture.
+    most the number of cases, that the working size suits every architecture, and that each
+    system (``systems``: ``"zhou"``, ``"roth"``, ``"kloenne"``, with "did you mean") covers the
+    structure and can learn from ``data``. With systems only, pass ``architectures=[]`` and a
+    system as ``baseline``.
 
     Returns:
         The config.
@@ -231,11 +322,23 @@ def validate_cv_parameters(data: str, structure: str | int = "pancreas", k: int 
         raise ConfigError(f"data must be a source string ({_SOURCE_KINDS}), got {data!r}")
     if isinstance(architectures, str):
         architectures = [architectures]
+    if isinstance(systems, str):
+        systems = [systems] if systems else []
+    if systems is None:
+        systems = []
+    if not isinstance(systems, (list, tuple)):
+        raise ConfigError(f"systems must be a list of names from {list(SYSTEMS)}, got "
+                          f"{systems!r}")
+    for system in systems:
+        if system not in SYSTEMS:
+            raise ConfigError(f"unknown system {system!r}{_did_you_mean(str(system), SYSTEMS)}; "
+                              f"choose from {list(SYSTEMS)}")
     train_cfg = _build_train_config(structure, iterations, batch_size, lr, base_channels,
                                     size_zyx, train_seed)
     cfg = CVConfig(data=data, test_data=test_data, structure=str(structure), layout=layout,
                    limit=limit, k=k, seed=seed, architectures=tuple(architectures),
-                   baseline=baseline, train=train_cfg, device=device)
+                   baseline=baseline, train=train_cfg, device=device, systems=tuple(systems),
+                   system_scale=system_scale, system_overrides=system_overrides or None)
     for arch in cfg.architectures:
         _check_size(cfg.train, arch)
     n_train = len(case_ids(cfg.data, cfg.structure, cfg.layout, cfg.limit))
@@ -399,11 +502,13 @@ def case_ids(source: str, structure: str | int = "pancreas", layout: str = "auto
 
 
 def _case_loader(source: str, structure: str | int, layout: str, limit: int | None, seed: int,
-                 ) -> tuple[list[str], Callable[[str], tuple[Volume, Volume]], str]:
+                 *, full_labels: bool = False) -> tuple[list[str], Callable[[str], Any], str]:
     """(ids, load(id) -> (ct, mask), description); one case at a time (memory stays low).
 
     The same cases as :func:`iunet_nb.train.load_training_cases` makes from the source: case
-    ``i`` of a synthetic source is seeded with ``seed + i``.
+    ``i`` of a synthetic source is seeded with ``seed + i``. With ``full_labels`` (a
+    ``btcv-synth:`` source only) ``load`` returns ``(ct, mask, BTCV label map)``, which the
+    multi-organ Roth system trains on.
     """
     kind, rest = _parse_source(source)
     ids = case_ids(source, structure, layout, limit)
@@ -419,12 +524,20 @@ def _case_loader(source: str, structure: str | int, layout: str, limit: int | No
 
         cases = {c.case_id: c for c in _find(rest, structure, "btcv")}
 
-        def load(cid: str) -> tuple[Volume, Volume]:
+        def load_full(cid: str) -> tuple[Volume, Volume, Volume]:
             case = cases[cid]
             labels = io.read_label_map(case.label_path)
             ct = synth.synthesize_ct(labels, rng=seed + index[cid])
-            return ct, labels.with_array((labels.array == case.label_value).astype(np.uint8))
-        return ids, load, f"synthetic CT from {len(ids)} BTCV label maps in {rest}"
+            mask = labels.with_array((labels.array == case.label_value).astype(np.uint8))
+            return ct, mask, labels
+
+        def load(cid: str) -> tuple[Volume, Volume]:
+            return load_full(cid)[:2]
+        return (ids, load_full if full_labels else load,
+                f"synthetic CT from {len(ids)} BTCV label maps in {rest}")
+    if full_labels:
+        raise ConfigError(f"full multi-organ label maps come only from 'btcv-synth:' sources, "
+                          f"not {source!r}")
     cases = {c.case_id: c for c in _find(rest, structure, layout)}
 
     def load(cid: str) -> tuple[Volume, Volume]:
@@ -477,12 +590,15 @@ def _claim_folder(cfg: CVConfig, out: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 def run_fold(cfg: CVConfig, fold: int, out_dir: str | os.PathLike, *,
              overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Train every architecture on one fold's training cases and evaluate its test cases.
+    """Train every method on one fold's training cases and evaluate its test cases.
 
     The training cases are loaded and prepared (reference box + margin, resampled to the
     working grid) once and shared by all architectures; each test case is loaded once and
     segmented by every architecture inside its reference bounding box (the paper's protocol),
-    then scored with :func:`iunet_nb.evaluate.evaluate_case` on the CT's own grid.
+    then scored with :func:`iunet_nb.evaluate.evaluate_case` on the CT's own grid. The
+    ``systems`` train on the same training cases (whole CTs; Roth on the full BTCV label maps)
+    and segment the same test cases without a box, scored by the same function; their models
+    are kept in ``fold_<i>/<system>/`` and reloaded when the fold is run again.
 
     Args:
         cfg: the experiment.
@@ -494,8 +610,10 @@ def run_fold(cfg: CVConfig, fold: int, out_dir: str | os.PathLike, *,
         progress: tqdm progress bars.
 
     Returns:
-        One row per (architecture, test case): ``fold``, ``architecture``, ``case_id``, the
-        metrics of ``evaluate_case`` (``dice`` ...), ``train_s``, ``predict_s``.
+        One row per (method, test case): ``fold``, ``architecture`` (the method: an
+        architecture or a system), ``case_id``, the metrics of ``evaluate_case`` (``dice``
+        ...), ``train_s``, ``predict_s``, ``box`` (``"reference"`` or ``"none"``),
+        ``structure`` and ``compute`` (training steps and batch in words).
 
     Raises:
         ConfigError: ``fold`` out of range, or ``out_dir`` holds another experiment.
@@ -505,6 +623,7 @@ def run_fold(cfg: CVConfig, fold: int, out_dir: str | os.PathLike, *,
 
     from .evaluate import evaluate_case
     from .predict import make_box, segment
+    from .systems.cv import train_system
     from .train import prepare_cases, train
 
     if not _is_int(fold) or not 0 <= fold < cfg.k:
@@ -519,23 +638,34 @@ def run_fold(cfg: CVConfig, fold: int, out_dir: str | os.PathLike, *,
     train_folds, test_folds = _folds(cfg, out)
     train_ids = train_folds[fold]["train"]
     test_ids = (train_folds if test_folds is None else test_folds)[fold]["test"]
+    need_labels = "roth" in cfg.systems
     _, load_train, description = _case_loader(cfg.data, cfg.structure, cfg.layout, cfg.limit,
-                                              cfg.seed)
-    if cfg.test_data is None:
-        load_test = load_train
-    else:
-        _, load_test, _ = _case_loader(cfg.test_data, cfg.structure, cfg.layout, cfg.limit,
-                                       cfg.seed)
-    logger.info("fold %d/%d: %d training cases, %d test cases, architectures %s", fold + 1,
-                cfg.k, len(train_ids), len(test_ids), list(cfg.architectures))
+                                              cfg.seed, full_labels=need_labels)
+    _, load_test, _ = _case_loader(cfg.test_data or cfg.data, cfg.structure, cfg.layout,
+                                   cfg.limit, cfg.seed)
+    logger.info("fold %d/%d: %d training cases, %d test cases, methods %s", fold + 1,
+                cfg.k, len(train_ids), len(test_ids), list(cfg.methods))
+
+    # The systems train on the whole CTs, so with systems every training case is loaded once
+    # and kept for the fold; without, the cases stream through the crop (memory stays low).
+    kept: list[tuple[Any, ...]] = []
 
     def training_cases() -> Iterator[tuple[Volume, Volume]]:
         for cid in tqdm(train_ids, desc=f"fold {fold}: preparing", unit="case",
                         disable=not progress):
-            yield load_train(cid)
+            case = load_train(cid)
+            if cfg.systems:
+                kept.append(case)
+            yield case[0], case[1]
 
-    images, masks = prepare_cases(training_cases(), cfg.train.preprocess)
-    models, train_s = {}, {}
+    if cfg.architectures:
+        images, masks = prepare_cases(training_cases(), cfg.train.preprocess)
+    else:
+        images = masks = None
+        for _ in training_cases():
+            pass
+    models: dict[str, Any] = {}
+    train_s: dict[str, float] = {}
     for arch in cfg.architectures:
         t0 = time.perf_counter()
         result = train(images, masks, cfg.train_config(arch), out / f"fold_{fold}" / arch,
@@ -546,18 +676,35 @@ def run_fold(cfg: CVConfig, fold: int, out_dir: str | os.PathLike, *,
         logger.info("fold %d: trained %s in %.1f s (final loss %.4f)", fold, arch, train_s[arch],
                     result.losses[-1])
     del images, masks
+    for system in cfg.systems:
+        cases = [(c[0], c[2]) if system == "roth" else (c[0], c[1]) for c in kept]
+        trained = train_system(
+            system, cases, cfg.structure, scale=cfg.system_scale,
+            overrides=(cfg.system_overrides or {}).get(system), seed=int(cfg.train.seed),
+            out_dir=out / f"fold_{fold}" / system, resume=not overwrite, device=cfg.device,
+            progress=progress, data_description=f"{description}, fold {fold} of {cfg.k} (seed "
+                                                f"{cfg.seed}): {len(train_ids)} training cases")
+        models[system], train_s[system] = trained.predict, trained.train_s
+        del cases
+    kept.clear()
     rows = []
     for cid in tqdm(test_ids, desc=f"fold {fold}: testing", unit="case", disable=not progress):
         image, mask = load_test(cid)
         box = make_box(image, reference=mask)
-        for arch in cfg.architectures:
+        for method in cfg.methods:
             t0 = time.perf_counter()
-            pred = segment(image, models[arch], box, cfg.train.preprocess, device=cfg.device)
+            if method in cfg.systems:
+                pred = models[method](image)  # fully automatic: no box
+            else:
+                pred = segment(image, models[method], box, cfg.train.preprocess,
+                               device=cfg.device)
             predict_s = time.perf_counter() - t0
-            row = {"fold": fold, "architecture": arch,
+            row = {"fold": fold, "architecture": method,
                    **evaluate_case(pred.array, mask.array, image.spacing_mm, cfg.tolerance_mm,
                                    case_id=cid),
-                   "train_s": round(train_s[arch], 3), "predict_s": round(predict_s, 4)}
+                   "train_s": round(train_s[method], 3), "predict_s": round(predict_s, 4),
+                   "box": "none" if method in cfg.systems else "reference",
+                   "structure": str(cfg.structure), "compute": cfg.compute(method)}
             rows.append(row)
     table = pd.DataFrame(rows)
     with atomic_path(csv_path) as tmp:
@@ -684,6 +831,9 @@ class CVTables:
             and the paper's value on D1 for reference.
         wilcoxon: every pair of methods (paired by case): statistics of :func:`paired_wilcoxon`.
         baseline: the architecture the Table 1 p-values compare against.
+        comparison: per method: box (``"reference"`` or ``"none"``), structure, n, DSC mean
+            +- sd and median (%), training compute and mean seconds per fold, and the
+            paper's own number for reference (its data, not ours).
     """
 
     per_case: pd.DataFrame
@@ -692,6 +842,7 @@ class CVTables:
     table1: pd.DataFrame
     wilcoxon: pd.DataFrame
     baseline: str
+    comparison: pd.DataFrame | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN become None)."""
@@ -701,6 +852,8 @@ class CVTables:
             "table1": self.table1.to_dict(orient="records"),
             "wilcoxon": self.wilcoxon.to_dict(orient="records"),
             "dsc_per_case": self.dsc.reset_index().to_dict(orient="records"),
+            "comparison": ([] if self.comparison is None
+                           else self.comparison.to_dict(orient="records")),
         })
 
 
@@ -778,15 +931,65 @@ def cv_tables(per_case: pd.DataFrame, baseline: str = "iunet",
             w = paired_wilcoxon(complete[m], complete[baseline])
             p, note = w["p_value"], w["note"]
         paper = PAPER_TABLE1.get(m)
+        info = _method_info(per_case, m)
         t1.append({"Method": METHOD_NAMES.get(m, m), "architecture": m, "n": int(s["n"]),
                    "DSC (%)": f"{100 * s['mean']:.1f} ± {100 * s['sd']:.1f}"
                    if math.isfinite(s["sd"]) else f"{100 * s['mean']:.1f}",
+                   "box": info["box"],
                    "mean_pct": 100 * s["mean"], "sd_pct": 100 * s["sd"],
                    f"p vs {METHOD_NAMES.get(baseline, baseline)}": _format_p(p), "p_value": p,
                    "paper D1 DSC (%)": f"{paper[0]:.1f} ± {paper[1]:.1f}" if paper else "",
                    "note": note})
     return CVTables(per_case=per_case, dsc=wide, summary=summary, table1=pd.DataFrame(t1),
-                    wilcoxon=wilcoxon, baseline=baseline)
+                    wilcoxon=wilcoxon, baseline=baseline,
+                    comparison=_comparison(per_case, summary, methods, metric))
+
+
+def _method_info(per_case: pd.DataFrame, method: str) -> dict[str, Any]:
+    """box / structure / compute / mean training seconds per fold of one method's rows.
+
+    Rows written before these columns existed (fold CSVs of an older version) hold only
+    architectures, which were all tested inside the reference box.
+    """
+    rows = per_case[per_case["architecture"] == method]
+
+    def first(column: str, default: str) -> str:
+        if column not in rows.columns:
+            return default
+        values = rows[column].dropna()
+        return str(values.iloc[0]) if len(values) else default
+
+    per_fold = (rows.groupby("fold")["train_s"].first() if {"fold", "train_s"} <= set(rows.columns)
+                else pd.Series(dtype=float))
+    return {"box": first("box", "none" if method in SYSTEMS else "reference"),
+            "structure": first("structure", ""), "compute": first("compute", ""),
+            "train_s": float(per_fold.mean()) if len(per_fold) else math.nan,
+            "folds": int(per_fold.size)}
+
+
+def _comparison(per_case: pd.DataFrame, summary: pd.DataFrame, methods: Sequence[str],
+                metric: str) -> pd.DataFrame:
+    from .systems.cv import PAPER_RESULTS
+
+    rows = []
+    for m in methods:
+        info, s = _method_info(per_case, m), summary.loc[m]
+        scale = 100.0 if metric == "dice" else 1.0
+        paper = PAPER_TABLE1.get(m)
+        paper_text = (f"{paper[0]:.1f} ± {paper[1]:.1f} (D1, 90 CTs)" if paper
+                      else PAPER_RESULTS.get(m, {}).get(info["structure"], ""))
+        rows.append({
+            "Method": METHOD_NAMES.get(m, m), "architecture": m, "box": info["box"],
+            "structure": info["structure"], "n": int(s["n"]),
+            f"{metric} mean ± sd" + (" (%)" if metric == "dice" else ""):
+                f"{scale * s['mean']:.1f} ± {scale * s['sd']:.1f}" if math.isfinite(s["sd"])
+                else f"{scale * s['mean']:.1f}",
+            "median": scale * float(s["median"]),
+            "training per fold": info["compute"],
+            "train s per fold": round(info["train_s"], 1) if math.isfinite(info["train_s"])
+            else math.nan,
+            "folds": info["folds"], "paper (their data)": paper_text})
+    return pd.DataFrame(rows)
 
 
 def _markdown_table(df: pd.DataFrame) -> str:
@@ -861,6 +1064,13 @@ def write_cv_report(tables: CVTables, out_dir: str | os.PathLike) -> dict[str, P
     shown = tables.table1.drop(columns=["architecture", "mean_pct", "sd_pct", "p_value"])
     files["table1_md"] = out / "table1.md"
     atomic_write_text(files["table1_md"], _markdown_table(shown))
+    if tables.comparison is not None:
+        files["comparison"] = out / "comparison.csv"
+        with atomic_path(files["comparison"]) as tmp:
+            tables.comparison.to_csv(tmp, index=False)
+        files["comparison_md"] = out / "comparison.md"
+        atomic_write_text(files["comparison_md"],
+                          _markdown_table(tables.comparison.drop(columns=["architecture"])))
     files["json"] = out / "results.json"
     atomic_write_text(files["json"], json.dumps(tables.to_dict(), indent=2) + "\n")
     files["plot"] = out / "dsc_plot.png"
@@ -902,7 +1112,9 @@ def _cmd_cv(args: argparse.Namespace) -> int:
                 limit=args.limit, seed=args.seed, architectures=args.arch,
                 baseline=args.baseline, iterations=args.iterations, batch_size=args.batch,
                 lr=args.lr, base_channels=args.base_channels, size_zyx=tuple(args.size),
-                train_seed=args.train_seed, device=args.device)
+                train_seed=args.train_seed, device=args.device, systems=args.systems,
+                system_scale=args.system_scale,
+                system_overrides=_parse_overrides(args.system_config))
         if args.fold is not None:
             table = run_fold(cfg, args.fold, out, overwrite=args.overwrite)
             means = table.groupby("architecture")["dice"].mean()
@@ -916,11 +1128,26 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_overrides(text: str | None) -> dict[str, dict[str, Any]] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--system-config must be a JSON object such as "
+                          f"'{{\"zhou\": {{\"coarse_iterations\": 400}}}}': {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"--system-config must be a JSON object {{system: {{field: value}}}}, "
+                          f"got {text!r}")
+    return value
+
+
 def add_cli(subparsers: Any) -> None:
     """Register ``iunet-nb cv`` on an ``argparse`` subparsers object.
 
     ``iunet-nb cv --data D --out DIR`` runs every fold and the merge; ``--fold i`` runs one
     fold (a scheduler runs ``i = 0 .. k-1`` anywhere, sharing DIR); ``--merge`` combines them.
+    ``--systems zhou roth kloenne`` adds the seed papers' systems (no box) to the same folds.
     """
     p = subparsers.add_parser("cv", help="k-fold cross-validation of architectures (Experiment 1)",
                               description=add_cli.__doc__)
@@ -938,8 +1165,16 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="seed of the split and synthetic CT")
     p.add_argument("--train-seed", type=int, default=0, help="seed of the training runs")
-    p.add_argument("--arch", nargs="+", default=["iunet", "cicek", "dilated_fcn"],
-                   choices=list(ARCHITECTURES))
+    p.add_argument("--arch", nargs="*", default=["iunet", "cicek", "dilated_fcn"],
+                   choices=list(ARCHITECTURES),
+                   help="architectures, tested inside the reference box (none: --arch alone)")
+    p.add_argument("--systems", nargs="*", default=[], choices=list(SYSTEMS),
+                   help="the seed papers' systems, fully automatic (no box)")
+    p.add_argument("--system-scale", choices=list(SCALES), default="reduced",
+                   help="reduced: each system's documented CPU scale; full: the papers' "
+                        "settings (GPU)")
+    p.add_argument("--system-config", default=None,
+                   help='JSON overrides per system, e.g. \'{"zhou": {"coarse_iterations": 400}}\'')
     p.add_argument("--baseline", default="iunet")
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--batch", type=int, default=8)

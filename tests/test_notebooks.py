@@ -79,6 +79,45 @@ def test_train_notebook_writes_model_card_and_loss(tmp_path, data):
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # a notebook run with a Zhou training: ~12 s on 2 shared cores
+def test_train_notebook_trains_a_system(tmp_path, data):
+    from test_systems_cv import ZHOU_TINY
+
+    from iunet_nb.systems.zhou import ZhouConfig, load_zhou
+
+    nb = _run("train", tmp_path, data=str(data), system="zhou", system_overrides=ZHOU_TINY,
+              seed=2, out_dir=str(tmp_path / "zhou"))
+    model = load_zhou(tmp_path / "zhou" / "model.pt")
+    assert model.config == ZhouConfig.reduced(seed=2, **{**ZHOU_TINY, "fine_margin_px": (1, 2)})
+    card = json.loads((tmp_path / "zhou" / "model.json").read_text())
+    assert card["system"] == "zhou" and "4 cases from" in card["data"]
+    losses = json.loads((tmp_path / "zhou" / "losses.json").read_text())
+    assert sorted(losses) == sorted(f"{s}/{v}" for s in ("coarse", "fine")
+                                    for v in ("coronal", "sagittal", "axial"))
+    assert all(len(v) == 2 for v in losses.values())
+    assert not (tmp_path / "zhou" / "loss.png").exists()  # the iUnet-only cells were skipped
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "2 coarse + 2 fine steps x 3 views" in text and "zhou: no crop" in text
+
+
+@pytest.mark.slow  # one notebook run, 2 folds x (1 network + 1 system): ~15 s
+def test_cross_validation_notebook_with_a_system(tmp_path, data):
+    from test_systems_cv import ZHOU_TINY
+
+    out = tmp_path / "cv"
+    _run("cross_validation", tmp_path, data=str(data), k=2, architectures=["dilated_fcn"],
+         baseline="dilated_fcn", systems=["zhou"], system_overrides={"zhou": ZHOU_TINY},
+         out_dir=str(out), **TINY)
+    results = pd.read_csv(out / "results.csv", dtype={"case_id": str})
+    assert len(results) == 8
+    assert dict(results.groupby("architecture")["box"].first()) == {"dilated_fcn": "reference",
+                                                                   "zhou": "none"}
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert list(comparison["architecture"]) == ["dilated_fcn", "zhou"]
+    assert (out / "fold_1" / "zhou" / "model.pt").is_file()
+
+
 @pytest.mark.slow  # two notebook runs, 4 trainings: ~20 s on 2 shared cores
 def test_cross_validation_notebook_one_fold_per_job_then_merge(tmp_path, data):
     out = tmp_path / "cv"
@@ -133,6 +172,12 @@ def test_reader_study_analysis_notebook_reads_generated_logs(tmp_path):
     ("cross_validation", {"data": "phantom:3", "k": 5}, "ConfigError", "only 3 case"),
     pytest.param("cross_validation", {"data": "phantom:3", "architectures": ["iunte"]},
                  "ConfigError", "did you mean 'iunet'", marks=pytest.mark.slow),
+    pytest.param("cross_validation", {"data": "phantom:3", "k": 2, "systems": ["roth"]},
+                 "ConfigError", "btcv-synth", marks=pytest.mark.slow),
+    pytest.param("cross_validation", {"data": "phantom:3", "k": 2, "systems": ["zhuo"]},
+                 "ConfigError", "did you mean 'zhou'", marks=pytest.mark.slow),
+    pytest.param("train", {"data": "phantom:2", "system": "rot"}, "ConfigError",
+                 "did you mean 'roth'", marks=pytest.mark.slow),
     pytest.param("reader_study_design", {"readers": ["a/b", "c"]}, "ConfigError",
                  "path separator", marks=pytest.mark.slow),
     pytest.param("reader_study_analysis", {"study_dir": "/no/such/study"}, "InputError",
