@@ -77,15 +77,103 @@ def test_organ_hu_within_documented_ranges(labels, case):
         assert lo - 10 <= mean <= hi + 10
 
 
-def test_noise_sd_in_range_and_spatially_correlated(labels, case):
+def test_noise_sd_in_range_and_high_frequency(labels, case):
     core = _eroded(labels.array == PHANTOM_LABELS["liver"], labels.spacing_mm, 4.0)
     tex = noise_texture(case.ct, core)
     assert 5.0 <= tex.local_sd_hu <= 25.0, tex.local_sd_hu
-    assert tex.neighbour_corr_zyx[2] > 0.3 and tex.neighbour_corr_zyx[1] > 0.3
-    # white noise would give about 0; check the measure can fail
-    white = Volume(np.random.default_rng(0).normal(100, 15, case.ct.shape).astype(np.float32),
-                   case.ct.geometry)
-    assert noise_texture(white, core).neighbour_corr_zyx[2] < 0.1
+    # generator 1.0 (Gaussian-smoothed noise) gave neighbour correlation 0.41-0.50 in plane and
+    # NPS mean frequency 0.12-0.15 cycles/mm on this 2 mm phantom; 2.0 gives 0.15-0.28 and 0.17-0.19
+    assert tex.neighbour_corr_zyx[1] < 0.33 and tex.neighbour_corr_zyx[2] < 0.33, tex
+    assert tex.mean_freq_per_mm > 0.16, tex.mean_freq_per_mm
+    # smoothed noise of the same level fails these checks
+    w = np.random.default_rng(0).normal(0, 1, case.ct.shape).astype(np.float32)
+    smooth = Volume(100 + 15 * ndi.gaussian_filter(w, 0.8) / ndi.gaussian_filter(w, 0.8).std(),
+                    case.ct.geometry)
+    assert noise_texture(smooth, core).neighbour_corr_zyx[2] > 0.33
+
+
+def _hankel_corr(peak: float, r_mm: float) -> float:
+    """Autocorrelation at lag r of 2D isotropic noise with NPS f exp(-f^2 / 2 peak^2)."""
+    from scipy import integrate, special
+
+    def acf(r: float) -> float:
+        return integrate.quad(lambda f: f * f * np.exp(-0.5 * (f / peak) ** 2)
+                              * special.j0(2 * np.pi * f * r), 0, 12 * peak, limit=200)[0]
+
+    return acf(r_mm) / acf(0.0)
+
+
+@pytest.mark.parametrize("peak", [0.15, 0.25])
+def test_ct_noise_matches_its_spectrum_golden(peak):
+    from iunet_nb.synth import _ct_noise
+
+    sp = (1.6, 0.5, 0.5)        # fine grid: the spectrum is (almost) not aliased
+    n = _ct_noise((24, 192, 192), sp, 12.0, peak, 0.9, np.random.default_rng(1))
+    assert n.dtype == np.float32 and n.std() == pytest.approx(12.0, rel=1e-3)
+
+    def corr(ax: int, lag: int) -> float:
+        a, b = np.moveaxis(n, ax, 0)[:-lag], np.moveaxis(n, ax, 0)[lag:]
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+    for lag in (1, 2):          # in plane: the Hankel transform of the NPS, computed independently
+        want = _hankel_corr(peak, lag * 0.5)
+        assert corr(1, lag) == pytest.approx(want, abs=0.03), (lag, want)
+        assert corr(2, lag) == pytest.approx(want, abs=0.03), (lag, want)
+    assert corr(0, 1) == pytest.approx(np.exp(-0.5 * (1.6 / 0.9) ** 2), abs=0.03)  # Gaussian in z
+    # the real CT's texture (3D-IRCADb: NPS mean frequency 0.24-0.35 cycles/mm on 0.74-0.78 mm
+    # pixels) is reproduced on its own grid (peak 0.25: 0.39, a slightly sharper kernel)
+    fine = Volume(100 + _ct_noise((16, 160, 160), (1.6, 0.78, 0.78), 15.0, peak, 0.9,
+                                  np.random.default_rng(2)), Geometry(spacing_mm=(1.6, 0.78, 0.78)))
+    tex = noise_texture(fine, np.ones(fine.shape, bool))
+    assert 0.22 <= tex.mean_freq_per_mm <= 0.41, tex.mean_freq_per_mm
+    # on a 2 mm grid the peak lies above Nyquist: almost white
+    coarse = _ct_noise((16, 96, 96), (2.0, 2.0, 2.0), 15.0, peak, 0.9, np.random.default_rng(3))
+    c = np.corrcoef(coarse[:, :, :-1].ravel(), coarse[:, :, 1:].ravel())[0, 1]
+    assert abs(c) < 0.12, c
+
+
+def test_smooth_labels_rounds_off_a_staircase():
+    from iunet_nb.synth import _smooth_labels
+
+    # a slanted plane labelled on thick slices: steps of 3 voxels every 3 slices along z
+    z, y, x = np.mgrid[:30, :24, :24]
+    stair = (y < 3 + 3 * (z // 3)).astype(np.uint8) * 6
+    stair[:, :, 12:] = np.where(stair[:, :, 12:] == 6, 1, 0)   # second label beside it
+    out = _smooth_labels(stair, (2.0, 2.0, 2.0), 2.0)
+    assert out.dtype == stair.dtype and set(np.unique(out)) <= {0, 1, 6}
+
+    def edge(lab: np.ndarray) -> np.ndarray:   # boundary position per slice (middle column)
+        return (lab[:, :, 6] > 0).sum(1)[3:-3]
+
+    # the smoothed boundary moves by at most 2 voxels per slice instead of 3 every third slice
+    assert np.abs(np.diff(edge(stair))).max() == 3
+    assert np.abs(np.diff(edge(out))).max() <= 2
+    assert abs(int((out > 0).sum()) - int((stair > 0).sum())) < 0.03 * (stair > 0).sum()
+    # adjacent labels stay adjacent (no background gap opens between them)
+    assert ((out[:, :, 11] == 6) == (out[:, :, 12] == 1)).mean() > 0.95
+    # a single stray voxel disappears
+    speck = np.zeros((10, 10, 10), np.uint8)
+    speck[5, 5, 5] = 3
+    assert not _smooth_labels(speck, (2.0, 2.0, 2.0), 2.0).any()
+
+
+def test_kidney_bone_fat_histogram_shapes(labels, case):
+    # generator 1.0 on this phantom (seeds 3, 4): kidney bimodality coefficient 0.48, 0.53 (two
+    # levels), bone p95 456, 628 HU, fat sd 15, 18 HU; 2.0: 0.34, 0.37, 1027, 1066 HU, 22, 22 HU
+    import scipy.stats as ss
+
+    bcs = []
+    for seed in (3, 4):
+        c = case if seed == 3 else synthesize(labels, label_table=PHANTOM_LABELS, rng=seed)
+        a, t = c.ct.array, c.tissue.array
+        v = a[_eroded(np.isin(labels.array, [2, 3]), labels.spacing_mm, 2.0)].astype(np.float64)
+        n, g, k = v.size, ss.skew(v), ss.kurtosis(v)
+        bcs.append((g * g + 1) / (k + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3))))
+        bone = np.isin(t, [TISSUE["bone_trabecular"], TISSUE["bone_cortical"]])
+        assert np.percentile(a[bone], 95) > 700, seed
+        fat = (t == TISSUE["fat"]) & (a > -190) & (a < -30)
+        assert a[fat].std() > 20.5, seed
+    assert np.mean(bcs) < 0.42, bcs       # above 5/9 a histogram is called bimodal
 
 
 def test_anatomy_body_encloses_labels_spine_behind_aorta(labels, case):
