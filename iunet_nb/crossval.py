@@ -520,13 +520,13 @@ def _case_loader(source: str, structure: str | int, layout: str, limit: int | No
             return make_phantom(rng=seed + index[cid])
         return ids, load, f"{len(ids)} procedural phantoms (seeds {seed}..{seed + len(ids) - 1})"
     if kind == "btcv-synth":
-        from . import io, synth
+        from . import synth
 
         cases = {c.case_id: c for c in _find(rest, structure, "btcv")}
 
         def load_full(cid: str) -> tuple[Volume, Volume, Volume]:
             case = cases[cid]
-            labels = io.read_label_map(case.label_path)
+            labels = case.read_labels()  # in the maps' true direction (datasets.BTCV_DIRECTION)
             ct = synth.synthesize_ct(labels, rng=seed + index[cid])
             mask = labels.with_array((labels.array == case.label_value).astype(np.uint8))
             return ct, mask, labels

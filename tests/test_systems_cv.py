@@ -143,9 +143,11 @@ def test_roth_trains_on_the_label_maps_and_scores_the_organ_asked_for(tmp_path):
     assert model.config == RothConfig.reduced(seed=0, **{
         k: tuple(v) if isinstance(v, list) else v for k, v in ROTH_TINY.items()})
     # scored: the liver output (label 3) against the liver of the BTCV map (label 6)
-    from iunet_nb import io, synth
+    from iunet_nb import synth
+    from iunet_nb.datasets import BTCV_DIRECTION, find_cases
     cid = rows.iloc[0]["case_id"]
-    labels = io.read_label_map(root / f"{cid}.nii.gz")
+    labels = {c.case_id: c for c in find_cases(root, "liver", layout="btcv")}[cid].read_labels()
+    assert labels.geometry.direction == BTCV_DIRECTION  # the maps' true direction
     ct = synth.synthesize_ct(labels, rng=cfg.seed + int(cid) - 1)
     pred = predict_roth(ct, model)
     liver = (pred.labels.array == 3).astype(np.uint8)
