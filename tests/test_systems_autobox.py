@@ -115,3 +115,40 @@ def test_a_box_over_half_the_image_is_flagged(ct, caplog):
     caplog.clear()
     detect_box(ct, lambda v: _prob(ct.shape, ORGAN), margin_mm=0)
     assert "covers" not in caplog.text
+
+
+def test_detected_box_is_the_same_physical_box_for_a_copy_stored_otherwise():
+    import SimpleITK as sitk
+
+    g = Geometry(spacing_mm=(2.0, 1.0, 1.2), origin_mm=(3.0, -7.0, 11.0),
+                 direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    mask = make_ellipsoid((16, 24, 28), center=(6.0, 9.0, 17.0), radii=(3, 5, 6))
+    ct = Volume(np.where(mask > 0, 150.0, -80.0).astype(np.float32), g)
+    copy = Volume.from_sitk(sitk.DICOMOrient(sitk.PermuteAxes(ct.to_sitk(), [2, 0, 1]), "ASL"))
+
+    class UpperHalf(torch.nn.Module):
+        """Bright voxels in the first half of each slice's rows: depends on the slicing."""
+
+        min_size = 1
+
+        def forward(self, x):
+            out = torch.where(x > 0, 50.0, -50.0)
+            out[..., x.shape[-2] // 2:, :] = -50.0
+            return out
+
+    class Nothing(torch.nn.Module):
+        min_size = 1
+
+        def forward(self, x):
+            return torch.full_like(x, -50.0)
+
+    model = zhou.ZhouModel(zhou.ZhouConfig(base_channels=2, depth=3))
+    for v in zhou.VIEWS:   # only the axial view votes (1/3 after fusion, above 0.1)
+        model.coarse[v] = UpperHalf() if v == "axial" else Nothing()
+        model.fine[v] = model.coarse[v]
+    b1, b2 = detect_box(ct, model, margin_mm=3.0), detect_box(copy, model, margin_mm=3.0)
+    # the same physical box: corner voxel centres map to the same points (mm)
+    c1 = ct.geometry.index_to_physical(np.array([b1.lo_zyx, np.array(b1.hi_zyx) - 1]))
+    c2 = copy.geometry.index_to_physical(np.array([b2.lo_zyx, np.array(b2.hi_zyx) - 1]))
+    np.testing.assert_allclose(np.sort(c1, axis=0), np.sort(c2, axis=0), atol=1e-6)
+    assert b1.size != b2.size   # stored otherwise: the voxel box really differs

@@ -260,3 +260,42 @@ def test_z_range_limits_the_slices():
     assert not part[:5].any() and not part[8:].any() and full[:5].any()
     with pytest.raises(InputError, match="z_range"):
         predict_kloenne(ct, model, z_range=(8, 8))
+
+
+# ------------------------------------------------------------------------------ orientation
+def _stored_otherwise(v: Volume) -> Volume:
+    """The same physical image stored x-first and reversed in two axes (SimpleITK)."""
+    import SimpleITK as sitk
+
+    return Volume.from_sitk(sitk.Flip(sitk.PermuteAxes(v.to_sitk(), [1, 2, 0]), [True, False, True]))
+
+
+def _back_on(reference: Volume, moved: Volume) -> np.ndarray:
+    import SimpleITK as sitk
+
+    img = moved.to_sitk()
+    return sitk.GetArrayFromImage(sitk.Resample(img, reference.to_sitk(), sitk.Transform(),
+                                                sitk.sitkNearestNeighbor, 0, img.GetPixelID()))
+
+
+class _BrightUpperRows(_Bright):
+    """Foreground where bright, in the first half of each slice's rows (depends on slicing)."""
+
+    def forward(self, x):
+        out = super().forward(x).clone()
+        out[..., x.shape[-2] // 2:, :] = torch.tensor([20.0, -20.0]).view(
+            1, 2, *([1] * (x.ndim - 2)))
+        return out
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_copy_stored_otherwise_gives_the_same_mask_in_physical_space(dims):
+    (ct, _), = _cases(1, shape=(13, 32, 32))
+    copy = _stored_otherwise(ct)
+    # slice_size 32 = the in-plane size of the LPS-ordered volume: no in-plane resampling
+    model = KloenneModel(_tiny(dims=dims, slice_size=32, n_slices=4))
+    model.net = _BrightUpperRows()
+    model.stats.copy_(torch.tensor([35.0, 50.0]))
+    m1, m2 = predict_kloenne(ct, model), predict_kloenne(copy, model)
+    assert 0 < m1.array.sum() < m1.array.size and m2.geometry == copy.geometry
+    np.testing.assert_array_equal(_back_on(ct, m2), m1.array)

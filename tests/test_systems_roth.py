@@ -217,3 +217,48 @@ def test_training_reduces_the_loss():
                         "patch_size": (8, 16, 16), "lr": 3e-3})
     result = train_roth(cases, cfg, progress=False)
     assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10]) - 0.05
+
+
+# ------------------------------------------------------------------------------ orientation
+def _stored_otherwise(v: Volume) -> Volume:
+    """The same physical image stored x-first and reversed in two axes (SimpleITK)."""
+    import SimpleITK as sitk
+
+    return Volume.from_sitk(sitk.Flip(sitk.PermuteAxes(v.to_sitk(), [1, 2, 0]), [True, False, True]))
+
+
+def _back_on(reference: Volume, moved: Volume) -> np.ndarray:
+    import SimpleITK as sitk
+
+    img = moved.to_sitk()
+    return sitk.GetArrayFromImage(sitk.Resample(img, reference.to_sitk(), sitk.Transform(),
+                                                sitk.sitkNearestNeighbor, 0, img.GetPixelID()))
+
+
+class _UpperRows(_Const):
+    """Like _Const, but liver only in the first half of each tile's rows (depends on slicing)."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        half = x.shape[-2] // 2
+        out[:, 3, :, half:] = -20.0
+        out[:, 0, :, half:] = 20.0
+        return out
+
+
+def test_a_copy_stored_otherwise_gives_the_same_labels_in_physical_space():
+    ct, _ = _case(shape=(20, 24, 24))
+    copy = _stored_otherwise(ct)
+    cfg = RothConfig(**{**TINY.to_dict(), "hu_window": (-100.0, 140.0), "tile_z": 8,
+                        "downsample": (1.0, 1.0, 1.0)})
+    model = RothModel(cfg)
+    model.net = _UpperRows()
+    l1, l2 = predict_roth(ct, model).labels, predict_roth(copy, model).labels
+    assert 0 < np.count_nonzero(l1.array) and l2.geometry == copy.geometry
+    np.testing.assert_array_equal(_back_on(ct, l2), l1.array)
+    torch.manual_seed(0)
+    net = RothModel(TINY).eval()   # a random network, downsampled grid
+    p1 = net.organ_probability(ct, organ="pancreas")
+    p2 = net.organ_probability(copy, organ="pancreas")
+    np.testing.assert_allclose(_back_on(ct, copy.with_array(p2)), p1, atol=1e-5)
+    assert p1.std() > 1e-5

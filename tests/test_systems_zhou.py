@@ -296,3 +296,58 @@ def test_training_learns_the_ellipsoid():
         assert np.mean(losses[-10:]) < np.mean(losses[:10]), key
     pred = predict_zhou(cases[0][0], result.model)
     assert dice(pred.mask.array, cases[0][1].array) > 0.8
+
+
+# ------------------------------------------------------------------------------ orientation
+def _stored_otherwise(v: Volume) -> Volume:
+    """The same physical image stored x-first and reversed in two axes (SimpleITK keeps every
+    voxel at its physical point)."""
+    import SimpleITK as sitk
+
+    return Volume.from_sitk(sitk.Flip(sitk.PermuteAxes(v.to_sitk(), [1, 2, 0]), [True, False, True]))
+
+
+def _back_on(reference: Volume, moved: Volume) -> np.ndarray:
+    import SimpleITK as sitk
+
+    img = moved.to_sitk()
+    return sitk.GetArrayFromImage(sitk.Resample(img, reference.to_sitk(), sitk.Transform(),
+                                                sitk.sitkNearestNeighbor, 0, img.GetPixelID()))
+
+
+def test_a_copy_stored_otherwise_gives_the_same_result_in_physical_space():
+    (ct, mask), = _cases(1)
+    copy = _stored_otherwise(ct)
+    assert copy.shape != ct.shape
+    # stub views: the result is the organ; the fine boxes cover the same voxels
+    cfg = ZhouConfig(hu_window=(-100.0, 240.0), base_channels=2, depth=3, test_frame_px=2)
+    stub = _stub_model(cfg, coarse_level=-2.0, fine_level=0.0)
+    p1, p2 = predict_zhou(ct, stub), predict_zhou(copy, stub)
+    np.testing.assert_array_equal(p1.mask.array, mask.array)
+    np.testing.assert_array_equal(_back_on(ct, p2.mask), p1.mask.array)
+    assert p2.mask.geometry == copy.geometry and p1.iterations == p2.iterations == 2
+    for (lo1, hi1), (lo2, hi2) in zip(p1.boxes, p2.boxes):
+        in1, in2 = np.zeros(ct.shape, np.uint8), np.zeros(copy.shape, np.uint8)
+        in1[tuple(slice(a, b) for a, b in zip(lo1, hi1))] = 1
+        in2[tuple(slice(a, b) for a, b in zip(lo2, hi2))] = 1
+        np.testing.assert_array_equal(_back_on(ct, copy.with_array(in2)), in1)
+    # a random network: the same probabilities (its views see the same anatomical slices)
+    torch.manual_seed(0)
+    net = ZhouModel(TINY).eval()
+    q1 = net.organ_probability(ct, stage="fine")
+    q2 = net.organ_probability(copy, stage="fine")
+    np.testing.assert_allclose(_back_on(ct, copy.with_array(q2)), q1, atol=1e-5)
+    assert q1.std() > 1e-4   # not a constant map: the comparison means something
+
+
+def test_training_on_copies_stored_otherwise_gives_the_same_weights():
+    cases = _cases(2)
+    copies = [(_stored_otherwise(c), _stored_otherwise(m)) for c, m in cases]
+    a = train_zhou(cases, TINY, progress=False).model.state_dict()
+    b = train_zhou(copies, TINY, progress=False).model.state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    with torch.random.fork_rng():
+        torch.manual_seed(TINY.seed)        # the initial weights train_zhou starts from
+        init = ZhouModel(TINY).state_dict()
+    assert any(not torch.allclose(a[k].float(), init[k].float()) for k in a)  # it trained

@@ -6,6 +6,12 @@ Grid convention (the same as :mod:`iunet_nb.preprocess`): resampling a ``(z, y, 
 ``n`` voxels to ``m`` voxels uses ``torch.nn.functional.interpolate(..., align_corners=False)``
 with an explicit size, so the first and last voxel *edges* of both grids coincide and the
 inverse resampling maps every voxel centre back to the same physical point.
+
+Orientation: every system trains and predicts on volumes brought to patient (LPS) array order
+first (:func:`_lps` / :func:`_lps_pair`, exact transposes and flips from the direction matrix,
+:func:`iunet_nb.preprocess.reorient_to_lps`), and maps its outputs back to the CT's own array
+order, so a CT stored in another axis order (a NIfTI stored right-to-left, a DICOM series,
+...) is sliced along the same anatomical views and gives the same result in physical space.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch.nn.functional as F
 from .._atomic import atomic_path, atomic_write_text
 from ..checkpoint import machine_description, select_device
 from ..errors import CheckpointError, ConfigError, InputError
+from ..preprocess import lps_orientation, reorient_to_lps
 from ..volume import Volume
 
 __all__: list[str] = []
@@ -52,6 +59,53 @@ def _check_pair(ct: Any, mask: Any, i: int) -> tuple[Volume, Volume]:
         raise InputError(f"case {i}: CT shape {ct.shape} != mask shape {mask.shape}; give "
                          "each CT with the mask drawn on its own grid")
     return ct, mask
+
+
+class _Orientation:
+    """Maps arrays and boxes of a CT's LPS-ordered copy back to the CT's own array order."""
+
+    def __init__(self, geometry: Any) -> None:
+        self.axes, self.flips = lps_orientation(geometry)
+        self.identity = self.axes == (0, 1, 2) and not any(self.flips)
+
+    def array_back(self, array: np.ndarray) -> np.ndarray:
+        """``(..., Z, Y, X)`` in LPS order -> the CT's array order (contiguous)."""
+        arr = np.asarray(array)
+        if self.identity:
+            return arr
+        lead = arr.ndim - 3
+        flip_axes = tuple(lead + w for w in range(3) if self.flips[w])
+        out = np.flip(arr, flip_axes) if flip_axes else arr
+        inverse = [0, 0, 0]
+        for w, a in enumerate(self.axes):
+            inverse[a] = w
+        return np.ascontiguousarray(np.transpose(out, tuple(range(lead))
+                                                 + tuple(lead + w for w in inverse)))
+
+    def box_back(self, lo: Sequence[int], hi: Sequence[int], shape: Sequence[int],
+                 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """A box ``[lo, hi)`` on an LPS-ordered grid of ``shape`` -> the same voxels' box on
+        that grid in the CT's array order."""
+        out_lo, out_hi = [0, 0, 0], [0, 0, 0]
+        for w, a in enumerate(self.axes):
+            n = int(shape[w])
+            out_lo[a], out_hi[a] = ((n - int(hi[w]), n - int(lo[w])) if self.flips[w]
+                                    else (int(lo[w]), int(hi[w])))
+        return tuple(out_lo), tuple(out_hi)
+
+
+def _lps(ct: Volume) -> tuple[Volume, _Orientation]:
+    """``ct`` in LPS array order and the map back (see the module docstring)."""
+    return reorient_to_lps(ct), _Orientation(ct.geometry)
+
+
+def _lps_pair(ct: Volume, mask: Volume) -> tuple[Volume, Volume]:
+    """A training pair in LPS order; the mask follows the CT voxel by voxel (CT's direction)."""
+    lps = reorient_to_lps(ct)
+    if lps is ct:
+        return ct, mask
+    moved = reorient_to_lps(Volume(mask.array, ct.geometry, dict(mask.meta)))
+    return lps, moved
 
 
 def _working_shape(shape: Sequence[int], spacing_mm: Sequence[float],

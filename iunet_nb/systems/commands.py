@@ -36,7 +36,8 @@ def load_label_map_cases(data: str, *, limit: int | None = None, seed: int = 0,
 
     Sources: ``btcv-synth:<folder>`` (synthetic CT from each BTCV label map, case ``i``
     seeded ``seed + i``) or a folder in a :func:`iunet_nb.datasets.find_cases` layout whose
-    label maps carry BTCV label values.
+    label maps carry BTCV label values. BTCV label maps are read in their true orientation
+    (:data:`iunet_nb.datasets.BTCV_DIRECTION`; their header mirrors x).
 
     Raises:
         InputError: no cases, or cases without images.
@@ -47,7 +48,7 @@ def load_label_map_cases(data: str, *, limit: int | None = None, seed: int = 0,
         found = datasets.find_cases(data.split(":", 1)[1], "pancreas", layout="btcv")[:limit]
         out = []
         for i, case in enumerate(found):
-            labels = io.read_label_map(case.label_path)
+            labels = case.read_labels()
             out.append((synth.synthesize_ct(labels, rng=seed + i), labels))
         return out, (f"synthetic CT from {len(out)} BTCV label maps, seeds "
                      f"{seed}..{seed + len(out) - 1}")
@@ -56,7 +57,11 @@ def load_label_map_cases(data: str, *, limit: int | None = None, seed: int = 0,
     for case in found:
         if case.image_path is None:
             raise InputError(f"case {case.case_id} has no image; use 'btcv-synth:{data}'")
-        out.append((io.read_image(case.image_path), io.read_label_map(case.label_path)))
+        image = io.read_image(case.image_path)
+        labels = case.read_labels()
+        if case.direction is not None:   # the btcv layout: the image's header is wrong too
+            image = datasets.with_true_direction(image, case.direction)
+        out.append((image, labels))
     return out, f"{len(out)} cases from {data}"
 
 

@@ -72,6 +72,8 @@ from ._common import (
     _dice,
     _load_card,
     _load_state,
+    _lps,
+    _lps_pair,
     _now,
     _save_system,
     _seeded,
@@ -477,6 +479,7 @@ def train_kloenne(cases: Sequence[tuple[Volume, Volume]], config: KloenneConfig 
     windowed, masks = [], []
     for i, (ct, mask) in enumerate(cases):
         _check_pair(ct, mask, i)
+        ct, mask = _lps_pair(ct, mask)  # axial slices in patient order
         windowed.append(_prepare(ct, config))
         masks.append(np.asarray(mask.array) != 0)
     mean, sd = _zscore_stats(windowed, config, rng)
@@ -589,15 +592,19 @@ def predict_kloenne(ct: Volume, model: KloenneModel | KloenneEnsemble, *,
                     z_range: tuple[int, int] | None = None) -> Volume:
     """Binary mask (uint8 {0, 1}) on ``ct``'s grid and geometry.
 
-    Probabilities on the resized slices (averaged over ensemble members) are resized back to
-    the CT's in-plane size (bilinear) and thresholded.
+    The CT is brought to patient (LPS) array order first (exact transposes/flips), so the
+    slices are axial whatever the storage order. Probabilities on the resized slices (averaged
+    over ensemble members) are resized back to the in-plane size (bilinear), thresholded and
+    mapped back to ``ct``'s own array.
 
     Args:
         ct: CT in HU.
         model: one model or a :class:`KloenneEnsemble`.
         device: None for CUDA when available.
         threshold: foreground threshold.
-        z_range: ``(first, last + 1)`` axial slices to segment; the rest is set to 0. The
+        z_range: ``(first, last + 1)`` slices along ``ct``'s array axis 0 (axial for an
+            axially stored CT; the same index space as a box on ``ct``) to segment; the rest
+            is set to 0. The
             seed trains without background slices "since these are also not considered in
             the test phase": give the organ's slice range (from a box, a detector or, for
             an oracle comparison like iUnet's Experiment 1, the reference) to match that.
@@ -620,10 +627,11 @@ def predict_kloenne(ct: Volume, model: KloenneModel | KloenneEnsemble, *,
         raise InputError(f"predict_kloenne needs a KloenneModel or KloenneEnsemble, got "
                          f"{type(model).__name__}")
     dev = _device(device)
-    prob = sum(_probabilities(m, ct, dev) for m in members) / len(members)
-    full = F.interpolate(prob[:, None], size=ct.shape[1:], mode="bilinear",
+    lps, orientation = _lps(ct)
+    prob = sum(_probabilities(m, lps, dev) for m in members) / len(members)
+    full = F.interpolate(prob[:, None], size=lps.shape[1:], mode="bilinear",
                          align_corners=False)[:, 0].numpy()
-    mask = (full >= threshold).astype(np.uint8)
+    mask = orientation.array_back((full >= threshold).astype(np.uint8))
     if z_range is not None:
         mask[:z0] = 0
         mask[z1:] = 0

@@ -63,6 +63,8 @@ from ._common import (
     _device,
     _load_card,
     _load_state,
+    _lps,
+    _lps_pair,
     _now,
     _resample,
     _seeded,
@@ -335,12 +337,16 @@ class RothModel(nn.Module):
 
     def organ_probability(self, image: Volume, device: str | torch.device | None = None, *,
                           organ: str = "pancreas") -> np.ndarray:
-        """float32 ``(z, y, x)`` probability of one organ on ``image``'s grid."""
+        """float32 ``(z, y, x)`` probability of one organ on ``image``'s grid (computed in LPS
+        array order, mapped back to ``image``'s)."""
         if organ not in ROTH_ORGANS:
             raise ConfigError(f"organ must be one of {list(ROTH_ORGANS)}, got {organ!r}")
-        prob = _predict_working(self, image, _device(device))
+        _check_volume(image, "ct")
+        lps, orientation = _lps(image)
+        prob = _predict_working(self, lps, _device(device))
         k = ROTH_ORGANS.index(organ) + 1
-        return _resample(prob[k], image.shape).numpy().clip(0, 1).astype(np.float32)
+        out = _resample(prob[k], lps.shape).numpy().clip(0, 1).astype(np.float32)
+        return orientation.array_back(out)
 
     def save(self, path: str | os.PathLike, **provenance: Any) -> Path:
         """Write ``path`` (state dict) and its ``.json`` card."""
@@ -423,6 +429,7 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         if not isinstance(lab, Volume) or lab.shape != ct.shape:
             raise InputError(f"case {i}: the label map must be a Volume of the CT's shape "
                              f"{ct.shape}")
+        ct, lab = _lps_pair(ct, lab)  # z tiles and patches in patient order
         roth = map_labels(lab.array, label_table) if label_table is not None else lab.array
         if roth.max() > len(ROTH_ORGANS):
             raise InputError(f"case {i}: labels above {len(ROTH_ORGANS)}; pass label_table to "
@@ -523,7 +530,9 @@ def predict_roth(ct: Volume, model: RothModel, *,
                  device: str | torch.device | None = None) -> RothPrediction:
     """Segment the seven organs of a CT; labels on ``ct``'s grid and geometry.
 
-    The working-grid softmax is resampled to the CT's grid one class at a time (trilinear)
+    The CT is brought to patient (LPS) array order first (exact transposes/flips), so the z
+    tiles run along the patient's axis whatever the storage order; the labels are mapped back
+    to ``ct``'s own array. The working-grid softmax is resampled to the CT's grid one class at a time (trilinear)
     and the label is the arg-max, so memory stays at a few full-size arrays.
 
     Raises:
@@ -532,13 +541,16 @@ def predict_roth(ct: Volume, model: RothModel, *,
     if not isinstance(model, RothModel):
         raise InputError(f"predict_roth needs a RothModel, got {type(model).__name__}")
     t0 = _now()
-    prob = _predict_working(model, ct, _device(device))
-    best = np.full(ct.shape, -1.0, dtype=np.float32)
-    label = np.zeros(ct.shape, dtype=np.uint8)
+    _check_volume(ct, "ct")
+    lps, orientation = _lps(ct)
+    prob = _predict_working(model, lps, _device(device))
+    best = np.full(lps.shape, -1.0, dtype=np.float32)
+    label = np.zeros(lps.shape, dtype=np.uint8)
     for k in range(prob.shape[0]):
-        p = _resample(prob[k], ct.shape).numpy()
+        p = _resample(prob[k], lps.shape).numpy()
         better = p > best
         best[better] = p[better]
         label[better] = k
     meta = {"source": "iunet_nb.systems.roth", "organs": list(ROTH_ORGANS)}
-    return RothPrediction(Volume(label, ct.geometry, meta), round(_now() - t0, 3))
+    return RothPrediction(Volume(orientation.array_back(label), ct.geometry, meta),
+                          round(_now() - t0, 3))

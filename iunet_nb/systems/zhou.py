@@ -72,6 +72,8 @@ from ._common import (
     _dice,
     _load_card,
     _load_state,
+    _lps,
+    _lps_pair,
     _now,
     _resample,
     _save_system,
@@ -364,6 +366,7 @@ def _prepare_cases(cases: Sequence[tuple[Volume, Volume]], cfg: ZhouConfig) -> l
     out = []
     for i, (ct, mask) in enumerate(cases):
         _check_pair(ct, mask, i)
+        ct, mask = _lps_pair(ct, mask)  # views are anatomical whatever the storage order
         image = _to_working(ct, cfg)
         m = _mask_to_working(mask.array, image.shape)
         bb = _bbox(m)
@@ -558,7 +561,9 @@ class ZhouPrediction:
         coarse_mask: uint8 {0, 1} fused coarse segmentation S0.
         probability: float32 probability behind ``mask`` (coarse or last fine iteration).
         inter_iteration_dsc: DSC(S(t-1), S(t)) for t = 1, 2, ... (working grid).
-        boxes: the working-grid boxes ``(lo, hi)`` used by each fine iteration.
+        boxes: the working-grid boxes ``(lo, hi)`` used by each fine iteration, with the axes
+            in the CT's array order (the working grid itself is in LPS order: these are the
+            same voxels' box on it with axes and flips undone).
         elapsed_s: wall-clock time.
     """
 
@@ -579,6 +584,10 @@ def predict_zhou(ct: Volume, model: ZhouModel, *, device: str | torch.device | N
                  fine: bool = True) -> ZhouPrediction:
     """Segment a CT: coarse fusion, then iterative fine segmentation in the predicted box.
 
+    The CT is first brought to patient (LPS) array order (exact transposes/flips), so the
+    axial, coronal and sagittal views are anatomical whatever the file's storage order; the
+    outputs are mapped back to ``ct``'s own array.
+
     Args:
         ct: CT in HU.
         model: a trained :class:`ZhouModel`.
@@ -597,6 +606,8 @@ def predict_zhou(ct: Volume, model: ZhouModel, *, device: str | torch.device | N
     t0 = _now()
     cfg = model.config
     dev = _device(device)
+    original = ct
+    ct, orientation = _lps(ct)
     vol = _to_working(ct, cfg)
     shape = vol.shape
     prob = _fused(model.coarse, vol, (0, 0, 0), shape, dev)
@@ -622,9 +633,12 @@ def predict_zhou(ct: Volume, model: ZhouModel, *, device: str | torch.device | N
                 break
     full = _resample(prob, ct.shape).numpy().clip(0.0, 1.0).astype(np.float32)
     coarse_full = _resample(coarse.astype(np.float32), ct.shape).numpy() >= 0.5
+    full = orientation.array_back(full)
+    coarse_full = orientation.array_back(coarse_full)
     meta = {"source": "iunet_nb.systems.zhou", "iterations": len(history)}
     return ZhouPrediction(
-        mask=Volume((full >= 0.5).astype(np.uint8), ct.geometry, meta),
-        coarse_mask=Volume(coarse_full.astype(np.uint8), ct.geometry, meta),
-        probability=full, inter_iteration_dsc=history, boxes=boxes,
+        mask=Volume((full >= 0.5).astype(np.uint8), original.geometry, meta),
+        coarse_mask=Volume(coarse_full.astype(np.uint8), original.geometry, meta),
+        probability=full, inter_iteration_dsc=history,
+        boxes=[orientation.box_back(lo, hi, shape) for lo, hi in boxes],
         elapsed_s=round(_now() - t0, 3))
