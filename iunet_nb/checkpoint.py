@@ -134,7 +134,9 @@ def bundled_detector_path() -> Path:
 @functools.lru_cache(maxsize=2)
 def load_bundled_detector(device: str = "cpu") -> Any:
     """The shipped automatic-box detector (a :class:`iunet_nb.systems.zhou.ZhouModel`), loaded
-    once per process; SHA-256-checked like the bundled iUnet."""
+    once per process; SHA-256-checked like the bundled iUnet. Like every Zhou model it slices
+    the CT in patient (LPS) order whatever the file's storage order
+    (:func:`iunet_nb.systems.zhou.predict_zhou`) and returns probabilities on the CT's grid."""
     from .systems.zhou import load_zhou
 
     path = bundled_detector_path()
