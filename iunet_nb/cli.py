@@ -37,11 +37,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Train; under torchrun every process runs this and :func:`train` makes them one DDP job."""
     from .augment import AugmentConfig
+    from .distributed import check_divisible, get_world_size, is_main
     from .nets import NetConfig
     from .preprocess import PreprocessConfig
     from .train import TrainConfig, load_training_cases, prepare_cases, train
 
+    if not is_main():  # one voice per job: rank 0 logs and prints
+        logging.getLogger("iunet_nb").setLevel(logging.WARNING)
+    check_divisible(args.batch, get_world_size())  # before loading any data
     cfg = TrainConfig(
         net=NetConfig(arch=args.arch, base_channels=args.base_channels),
         preprocess=PreprocessConfig(size_zyx=tuple(args.size)),
@@ -54,8 +59,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     images, masks = prepare_cases(cases, cfg.preprocess)
     result = train(images, masks, cfg, args.out, resume=args.resume, device=args.device,
                    data_description=description)
-    print(f"trained {cfg.net.arch} for {cfg.iterations} iterations on {len(cases)} cases; "
-          f"final loss {result.losses[-1]:.4f}; model in {Path(args.out) / 'model.pt'}")
+    if is_main():
+        print(f"trained {cfg.net.arch} for {cfg.iterations} iterations on {len(cases)} cases; "
+              f"final loss {result.losses[-1]:.4f}; model in {Path(args.out) / 'model.pt'}")
     return 0
 
 
@@ -111,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     d.set_defaults(func=_cmd_demo)
 
-    t = sub.add_parser("train", help="train a network (paper schedule by default)")
+    t = sub.add_parser("train", help="train a network (paper schedule by default); under "
+                                     "torchrun: one model, DistributedDataParallel")
     t.add_argument("--data", required=True,
                    help="a data folder (MSD, paired images/labels, 3D-IRCADb) or "
                         "'btcv-synth:<folder of BTCV label maps>' or 'phantom:<n cases>'")
@@ -123,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", type=int, nargs=3, default=[24, 64, 64], metavar=("Z", "Y", "X"),
                    help="working size (default: the paper's 24 64 64)")
     t.add_argument("--iterations", type=int, default=2000)
-    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--batch", type=int, default=8,
+                   help="global batch size (split over the processes under torchrun)")
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, default=None, help="use at most this many cases")

@@ -13,6 +13,12 @@ Outputs in ``out_dir``:
 * ``model.pt`` + ``model.json`` — the final weights and their :class:`ModelCard` (what
   :func:`iunet_nb.checkpoint.load_model` reads);
 * ``loss.jsonl`` — one JSON line per iteration: iteration, loss, elapsed_s.
+
+Under ``torchrun`` (:mod:`iunet_nb.distributed`) the same call trains one model with
+DistributedDataParallel: every process draws the whole global batch (``batch_size``) from the
+same seeded generator and trains on its slice, DDP averages the gradients, batch norm is
+synchronised, and only rank 0 writes the files above; the result equals the one-process run up
+to floating-point summation order.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ import torch
 from ._atomic import atomic_path, atomic_write_text
 from ._config import JsonConfig
 from .augment import AugmentConfig, augment_batch
-from .checkpoint import ModelCard, machine_description, save_model, select_device
+from .checkpoint import ModelCard, machine_description, save_model
+from .distributed import (DistContext, check_divisible, convert_sync_batchnorm, distributed,
+                          get_world_size)
 from .datasets import BTCV_DIRECTION
 from .errors import CheckpointError, ConfigError, InputError
 from .losses import one_hot, soft_dice_loss
@@ -138,62 +146,94 @@ def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = Train
         out_dir: where checkpoints, the loss log and the final model go (None: nothing written).
         resume: continue from ``out_dir/checkpoint.pt`` if it exists; the continuation is the
             same as an uninterrupted run (the random generator state is restored too).
-        device: "cpu", "cuda" or None for automatic.
-        progress: show a tqdm progress bar.
+        device: "cpu", "cuda" or None for automatic. Under torchrun each process uses
+            ``cuda:LOCAL_RANK`` (nccl) or the CPU (gloo).
+        progress: show a tqdm progress bar (rank 0 only).
         data_description: recorded in the model card.
 
     Returns:
-        A :class:`TrainResult`; the model is in eval mode on the CPU.
-    """
-    from tqdm.auto import tqdm
+        A :class:`TrainResult`; the model is in eval mode on the CPU (on every rank). Its card's
+        ``machine`` names the world size and backend of a distributed run.
 
+    Raises:
+        InputError: badly shaped images or masks.
+        ConfigError: the working size differs from the config's, or (under torchrun) the
+            batch size is not divisible by the number of processes.
+        CheckpointError: resuming from a checkpoint of other settings, or an unreadable one.
+    """
     if images.ndim != 5 or masks.ndim != 4 or images.shape[0] != masks.shape[0]:
         raise InputError(f"expected images (N, 1, D, H, W) and masks (N, D, H, W), got "
                          f"{tuple(images.shape)} and {tuple(masks.shape)}")
     if tuple(images.shape[2:]) != tuple(config.preprocess.size_zyx):
         raise ConfigError(f"images are {tuple(images.shape[2:])} but the config's working size is "
                           f"{tuple(config.preprocess.size_zyx)}; prepare them with the same config")
-    dev = select_device(device)
+    check_divisible(config.batch_size, get_world_size())
+    with distributed(device) as ctx:
+        return _train(images, masks, config, out_dir, ctx, resume=resume, progress=progress,
+                      data_description=data_description)
+
+
+def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
+           out_dir: str | os.PathLike | None, ctx: DistContext, *, resume: bool,
+           progress: bool, data_description: str) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    dev = ctx.device
     torch.manual_seed(config.seed)  # initial weights; the rest uses `gen`
     model = build_network(config.net).to(dev)
+    if ctx.is_distributed:  # batch statistics of the global batch, not of each slice
+        model = convert_sync_batchnorm(model, dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     start, losses, elapsed_before = 0, [], 0.0
-    out = Path(out_dir) if out_dir is not None else None
+    out = Path(out_dir) if out_dir is not None and ctx.is_main else None  # rank 0 writes
+    resumed = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         config.to_json(out / "train_config.json")
         ckpt_path = out / "checkpoint.pt"
         if resume and ckpt_path.exists():
-            state = _load_checkpoint(ckpt_path, config)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            gen.set_state(state["generator"])
-            start = int(state["iteration"])
-            elapsed_before = float(state["elapsed_s"])
-            losses = _read_losses(out / "loss.jsonl", start)
-            logger.info("resumed from %s at iteration %d", ckpt_path, start)
+            resumed = _resume_payload(ckpt_path, config)
         elif (out / "loss.jsonl").exists():
             (out / "loss.jsonl").unlink()
+    resumed = ctx.broadcast(resumed)  # every rank continues from rank 0's checkpoint
+    if resumed is not None:
+        if "error" in resumed:
+            raise CheckpointError(resumed["error"])
+        state = resumed["state"]
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start = int(state["iteration"])
+        elapsed_before = float(state["elapsed_s"])
+        losses = resumed["losses"]
+        logger.info("resumed from %s at iteration %d", resumed["path"], start)
+    net = model
+    if ctx.is_distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     n = images.shape[0]
     model.train()
     t0 = time.perf_counter() - elapsed_before
     bar = tqdm(range(start, config.iterations), total=config.iterations, initial=start,
-               desc="Training", unit="it", disable=not progress)
+               desc="Training", unit="it", disable=not (progress and ctx.is_main))
     log = open(out / "loss.jsonl", "a", encoding="utf-8") if out is not None else None
     try:
         for it in bar:
+            # every rank draws the whole global batch from the same generator and keeps its
+            # slice, so N processes see the same samples and augmentations as one
             idx = torch.randint(0, n, (config.batch_size,), generator=gen)
             x, y = augment_batch(images[idx], masks[idx], config.augment, gen)
-            x, y = x.to(dev), y.to(dev)
+            x, y = ctx.shard(x).to(dev), ctx.shard(y).to(dev)
             if y.ndim == 5:
                 y = y[:, 0]
-            probs = torch.softmax(model(x), dim=1)
+            probs = torch.softmax(net(x), dim=1)
             loss = soft_dice_loss(probs, one_hot(y.long(), config.net.n_classes))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP averages the gradients over the ranks
             optimizer.step()
-            value = float(loss.detach())
+            value = ctx.mean(loss.detach())  # the global batch's loss
             losses.append(value)
             bar.set_postfix(loss=f"{value:.4f}")
             if log is not None:
@@ -207,14 +247,32 @@ def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = Train
         if log is not None:
             log.close()
         bar.close()
+    if ctx.is_distributed:  # back to plain batch norm (same state-dict keys)
+        plain = build_network(config.net)
+        plain.load_state_dict(model.state_dict())
+        model = plain
     model = model.cpu().eval()
+    machine = machine_description()
+    if ctx.is_distributed:
+        machine = f"{machine}; {ctx.describe()}"
     card = ModelCard(net=config.net, preprocess=config.preprocess, structure=config.structure,
                      data=data_description, iterations=config.iterations, seed=config.seed,
-                     train_time_s=round(time.perf_counter() - t0, 1),
-                     machine=machine_description())
+                     train_time_s=round(time.perf_counter() - t0, 1), machine=machine)
     if out is not None:
         save_model(model, card, out / "model.pt")
-    return TrainResult(model=model, card=card, losses=losses, out_dir=out)
+    ctx.barrier()  # the model is on disk before any rank returns
+    return TrainResult(model=model, card=card, losses=losses,
+                       out_dir=Path(out_dir) if out_dir is not None else None)
+
+
+def _resume_payload(path: Path, config: TrainConfig) -> dict[str, Any]:
+    """Rank 0's checkpoint and loss history, or the reason it cannot be used (for every rank)."""
+    try:
+        state = _load_checkpoint(path, config)
+    except CheckpointError as exc:
+        return {"error": str(exc)}
+    return {"state": state, "losses": _read_losses(path.parent / "loss.jsonl",
+                                                   int(state["iteration"])), "path": str(path)}
 
 
 def _save_checkpoint(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
