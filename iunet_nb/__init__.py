@@ -12,7 +12,16 @@ imports the engine, never the reverse.
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import ModelCard, load_bundled_model, load_model, save_model
 from .crossval import CVConfig, merge_folds, run_cv, run_fold
-from .datasets import BTCV_LABELS, Case, find_cases, load_folds, make_folds, save_folds
+from .datasets import (
+                     BTCV_DIRECTION,
+                     BTCV_LABELS,
+                     Case,
+                     find_cases,
+                     load_folds,
+                     make_folds,
+                     save_folds,
+                     with_true_direction,
+)
 from .dicomseg import read_dicom_seg, write_dicom_seg
 from .errors import (
                      CheckpointError,
@@ -56,7 +65,10 @@ from .preprocess import (
                      CropRecord,
                      PreprocessConfig,
                      crop_mask,
+                     lps_orientation,
                      preprocess_image,
+                     reorient_from_lps,
+                     reorient_to_lps,
                      restore_mask,
                      restore_probabilities,
 )
@@ -78,9 +90,11 @@ __all__ = [
     "Geometry", "Volume",
     "read_image", "read_mask", "read_label_map", "read_dicom_mask_series",
     "list_dicom_mask_organs", "write_image", "write_mask", "check_same_grid",
-    "BTCV_LABELS", "Case", "find_cases", "make_folds", "save_folds", "load_folds",
+    "BTCV_LABELS", "BTCV_DIRECTION", "Case", "find_cases", "make_folds", "save_folds",
+    "load_folds", "with_true_direction",
     # preprocessing
     "PreprocessConfig", "Box", "CropRecord", "preprocess_image", "crop_mask",
+    "lps_orientation", "reorient_to_lps", "reorient_from_lps",
     "restore_probabilities", "restore_mask",
     # networks and training
     "NetConfig", "build_network", "soft_dice_loss", "interactive_loss", "tanimoto_ce_loss",
