@@ -38,9 +38,9 @@ from ._atomic import atomic_path, atomic_write_text
 from ._config import JsonConfig
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import ModelCard, machine_description, save_model
+from .datasets import BTCV_DIRECTION
 from .distributed import (DistContext, check_divisible, convert_sync_batchnorm, distributed,
                           get_world_size)
-from .datasets import BTCV_DIRECTION
 from .errors import CheckpointError, ConfigError, InputError
 from .losses import one_hot, soft_dice_loss
 from .nets import NetConfig, build_network

@@ -32,7 +32,7 @@ from iunet_nb.distributed import (DistContext, check_divisible, convert_sync_bat
 from iunet_nb.errors import ConfigError
 from iunet_nb.nets import NetConfig, build_network
 from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.train import TrainConfig, prepare_cases, train
+from iunet_nb.train import TrainConfig, _resume_payload, prepare_cases, train
 
 ITERATIONS, LR, SEED = 4, 1e-3, 3
 LOSS_ATOL = 1e-5
@@ -63,7 +63,8 @@ def _torchrun(args: list[str], log_dir: Path, nproc: int = 2) -> subprocess.Comp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
            "--log-dir", str(log_dir), "--redirects", "3", "-m", "iunet_nb.cli", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
 
 
 def _rank_output(log_dir: Path, rank: int) -> str:
@@ -174,6 +175,19 @@ def test_resume_under_torchrun_continues_a_one_process_checkpoint(single, tmp_pa
     assert _relative_distance(_weights(single), _weights(out), _initial_weights()) \
         < WEIGHT_REL_TOL
     assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == ITERATIONS
+
+
+def test_resume_payload_carries_the_checkpoint_or_the_refusal_to_every_rank(ellipsoid_case,
+                                                                           tmp_path):
+    cfg = TrainConfig(net=NetConfig(base_channels=4), iterations=2, batch_size=2,
+                      preprocess=PreprocessConfig(size_zyx=(8, 16, 16)), checkpoint_every=1)
+    images, masks = prepare_cases([ellipsoid_case], cfg.preprocess)
+    result = train(images, masks, cfg, tmp_path, progress=False)
+    payload = _resume_payload(tmp_path / "checkpoint.pt", cfg)
+    assert payload["state"]["iteration"] == 2 and payload["losses"] == result.losses
+    changed = TrainConfig.from_dict({**cfg.to_dict(), "seed": 9})
+    refusal = _resume_payload(tmp_path / "checkpoint.pt", changed)
+    assert set(refusal) == {"error"} and "different settings (['seed'])" in refusal["error"]
 
 
 # -- the torchrun environment, without starting processes -------------------------------------
