@@ -23,6 +23,7 @@ from .datasets import (
                      with_true_direction,
 )
 from .dicomseg import read_dicom_seg, write_dicom_seg
+from .distributed import DistContext, distributed, is_main
 from .errors import (
                      CheckpointError,
                      ConfigError,
@@ -97,6 +98,7 @@ __all__ = [
     "lps_orientation", "reorient_to_lps", "reorient_from_lps",
     "restore_probabilities", "restore_mask",
     # networks and training
+    "DistContext", "distributed", "is_main",
     "NetConfig", "build_network", "soft_dice_loss", "interactive_loss", "tanimoto_ce_loss",
     "AugmentConfig", "augment_batch", "TrainConfig", "prepare_cases", "train",
     "ModelCard", "save_model", "load_model", "load_bundled_model",

@@ -40,7 +40,7 @@ from .augment import AugmentConfig, augment_batch
 from .checkpoint import ModelCard, machine_description, save_model
 from .datasets import BTCV_DIRECTION
 from .distributed import (DistContext, check_divisible, convert_sync_batchnorm, distributed,
-                          get_world_size)
+                          get_world_size, is_main)
 from .errors import CheckpointError, ConfigError, InputError
 from .losses import one_hot, soft_dice_loss
 from .nets import NetConfig, build_network
@@ -349,7 +349,8 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
                                           btcv_direction=btcv_direction)[:limit]
         value = label_cases[0].label_value if label_cases else None
         cases = []
-        for i, case in enumerate(tqdm(label_cases, desc="Synthesising CT", unit="case")):
+        for i, case in enumerate(tqdm(label_cases, desc="Synthesising CT", unit="case",
+                                          disable=not is_main())):
             labels = case.read_labels()  # the true direction, not the header's
             ct = synth.synthesize_ct(labels, rng=seed + i)
             mask = labels.with_array((labels.array == value).astype(np.uint8))
@@ -360,7 +361,7 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
     found = datasets.find_cases(data, structure=structure, layout=layout,
                                 btcv_direction=btcv_direction)[:limit]
     cases = []
-    for case in tqdm(found, desc="Loading cases", unit="case"):
+    for case in tqdm(found, desc="Loading cases", unit="case", disable=not is_main()):
         image, mask = case.load()
         if image is None:
             raise InputError(f"case {case.case_id} has no image (label maps only); use "
