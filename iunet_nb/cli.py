@@ -106,6 +106,14 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     return launch_lab(args.directory, port=args.port, open_browser=not args.no_browser)
 
 
+def _cmd_app(args: argparse.Namespace) -> int:
+    from .widgets import launch_app
+
+    return launch_app(args.ct, model=args.model, reader=args.reader, sessions=args.sessions,
+                      study=args.study, method=args.method, view3d=args.view3d,
+                      port=args.port, open_browser=not args.no_browser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="iunet-nb", description=__doc__)
@@ -166,6 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--port", type=int, default=None)
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser")
     lab.set_defaults(func=_cmd_lab)
+
+    app = sub.add_parser("app", help="serve the annotator as a web app with Voila (only the "
+                                     "app, no code; needs the view extra)")
+    app.add_argument("ct", nargs="?", default=None,
+                     help="CT file, DICOM folder or data-set folder (default: the bundled sample)")
+    app.add_argument("--model", default=None, help="model.pt with its model.json (default: "
+                                                   "the bundled pancreas iUnet)")
+    app.add_argument("--reader", default=None, help="reader id (reader mode, in the event log)")
+    app.add_argument("--sessions", default="sessions",
+                     help="session folder: autosave, events.jsonl, masks (default %(default)s)")
+    app.add_argument("--study", action="store_true",
+                     help="study mode: the status line shows the running case time")
+    app.add_argument("--method", default="interactive", choices=["interactive", "manual"])
+    app.add_argument("--view3d", default="auto", choices=["auto", "niivue", "itk", "none"])
+    app.add_argument("--port", type=int, default=None, help="server port (default 8866)")
+    app.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    app.set_defaults(func=_cmd_app)
 
     for name in _CLI_MODULES:
         importlib.import_module(f"iunet_nb.{name}").add_cli(sub)

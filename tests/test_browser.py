@@ -8,6 +8,7 @@ The test starts JupyterLab on a free port with a temporary root folder (and temp
 Jupyter config/runtime/workspace folders, so no state leaks between runs), opens the annotate
 notebook on the bundled sample, runs all cells, paints a foreground stroke with the mouse on
 the axial canvas, presses Refine and checks in the saved session folder that the mask changed.
+It runs in study mode and checks that the case time on the status line ticks on its own.
 A screenshot is saved in the test's tmp folder (``annotator.png``) as an artifact.
 """
 
@@ -15,80 +16,34 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
-import socket
+import re
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _browser_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LOCAL_PREFIXES,
+    free_port,
+    isolated_jupyter_env,
+    model_path,
+    paint_axial_stroke,
+    saved_mask,
+    skip_reason,
+    stop_server,
+    wait_http,
+    wait_state,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-
-def _skip_reason() -> str | None:
-    if CHROMIUM is None:
-        return "chromium not installed (bash scripts/install_browser.sh: apt-get install chromium)"
-    if importlib.util.find_spec("playwright") is None:
-        return "the playwright Python package is not installed (pip install playwright)"
-    if importlib.util.find_spec("jupyterlab") is None:
-        return "jupyterlab is not installed"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _model_path(tmp: Path) -> str:
-    """The bundled weights when present, else a tiny net that predicts background."""
-    from iunet_nb.checkpoint import ModelCard, bundled_model_path, save_model
-
-    if bundled_model_path().is_file():
-        return ""
-    import torch
-
-    from iunet_nb.nets import NetConfig, build_network
-
-    card = ModelCard(net=NetConfig(base_channels=4), notes="browser test: background net")
-    torch.manual_seed(0)
-    net = build_network(card.net).eval()
-    with torch.no_grad():
-        net.head.bias.copy_(torch.tensor([4.0, -4.0]))
-    return str(save_model(net, card, tmp / "tiny.pt"))
-
-
-def _write_notebook(root: Path, params: dict) -> Path:
-    """The annotate notebook with an injected parameters cell (as papermill does)."""
-    from iunet_nb.widgets.lab import annotate_notebook
-
-    nb = annotate_notebook()
-    idx = next(i for i, c in enumerate(nb["cells"]) if "parameters" in c["metadata"].get("tags", []))
-    src = "# Parameters injected by the test\n" + "".join(
-        f"{k} = {v!r}\n" for k, v in params.items())
-    nb["cells"].insert(idx + 1, {"cell_type": "code", "execution_count": None, "outputs": [],
-                                 "metadata": {"tags": ["injected-parameters"]},
-                                 "source": src.splitlines(keepends=True)})
-    for i, c in enumerate(nb["cells"]):
-        c["id"] = f"cell-{i}"
-    path = root / "annotate.ipynb"
-    path.write_text(json.dumps(nb, indent=1))
-    return path
-
-
-def _state(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "state.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def _case_time_s(text: str) -> int:
+    m = re.search(r"case time (\d+):(\d\d)", text)
+    assert m, f"no case time in the status line: {text!r}"
+    return int(m.group(1)) * 60 + int(m.group(2))
 
 
 def _accept_kernel_dialog(page) -> None:
@@ -103,73 +58,41 @@ def _accept_kernel_dialog(page) -> None:
         page.wait_for_timeout(200)
 
 
-def _wait_state(folder: Path, pred, timeout: float) -> dict:
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        st = _state(folder)
-        if st is not None and pred(st):
-            return st
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for the session state in {folder}: "
-                         f"{json.dumps(_state(folder))[:800]}")
-
-
-def _mask(folder: Path, state: dict) -> np.ndarray:
-    from iunet_nb.io import read_mask
-
-    return read_mask(folder / state["files"]["mask"]["name"]).array
-
-
 def test_annotate_notebook_in_jupyterlab(tmp_path):
-    reason = _skip_reason()
+    reason = skip_reason("jupyterlab")
     if reason:
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
-    from iunet_nb.preprocess import Box
     from iunet_nb.synth import load_sample
-    from iunet_nb.widgets.render import SliceTransform, display_flips
+    from iunet_nb.widgets.lab import write_annotate_notebook
 
+    ct, _ref = load_sample()
     root = tmp_path / "root"
     root.mkdir()
-    jdir = tmp_path / "jupyter"
     view3d = "niivue" if importlib.util.find_spec("ipyniivue") else "none"
-    params = {"model_path": _model_path(tmp_path), "session_folder": "sessions",
-              "view3d": view3d}
-    _write_notebook(root, params)
-    port = _free_port()
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(jdir / "config"),
-           "JUPYTER_RUNTIME_DIR": str(jdir / "runtime"), "JUPYTER_DATA_DIR": str(jdir / "data"),
-           "JUPYTERLAB_SETTINGS_DIR": str(jdir / "settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(jdir / "workspaces")}
+    params = {"model_path": model_path(tmp_path), "session_folder": "sessions",
+              "view3d": view3d, "study": True}
+    # the parameters go into an injected cell after the parameters cell, as papermill does
+    write_annotate_notebook(root / "annotate.ipynb", parameters=params)
+    port = free_port()
     log = open(tmp_path / "jupyter.log", "wb")  # noqa: SIM115 - the server writes it
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
          "--ServerApp.token=", "--ServerApp.password=", "--allow-root",
          "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={root}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+        stdout=log, stderr=subprocess.STDOUT, env=isolated_jupyter_env(tmp_path / "jupyter"),
+        cwd=root)
     base = f"http://127.0.0.1:{port}"
     folder = root / "sessions" / "sample"
     try:
-        t_end = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > t_end or server.poll() is not None:
-                    raise AssertionError("JupyterLab did not start: "
-                                         + (tmp_path / "jupyter.log").read_text()[-2000:])
-                time.sleep(0.3)
+        wait_http(f"{base}/api/status", server, tmp_path / "jupyter.log")
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             outside = []
             page.on("request", lambda r: outside.append(r.url)
-                    if not r.url.startswith(("http://127.0.0.1", "http://localhost", "data:",
-                                             "blob:")) else None)
+                    if not r.url.startswith(LOCAL_PREFIXES) else None)
             try:
                 page.goto(f"{base}/lab/tree/annotate.ipynb")
                 idle = '.jp-Notebook-ExecutionIndicator[data-status="idle"]'
@@ -187,34 +110,21 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
                         if attempt:
                             raise
                 page.wait_for_selector(idle, timeout=120_000)
-                st = _wait_state(folder, lambda s: any(u["action"] == "predict"
-                                                       for u in s["undo"]), 60)
-                before = _mask(folder, st)
-                # the box's middle (the app centres the views on it) on the axial canvas
-                ct, ref = load_sample()
-                box = Box.from_mask(ref.array)
-                mid = [(lo + hi - 1) // 2 for lo, hi in zip(box.lo_zyx, box.hi_zyx)]
-                rows, cols = ct.shape[1], ct.shape[2]
+                st = wait_state(folder, lambda s: any(u["action"] == "predict"
+                                                      for u in s["undo"]), 60)
+                before = saved_mask(folder, st)
+                clock = page.get_by_text(re.compile(r"case time \d+:\d\d")).first
+                t0 = _case_time_s(clock.inner_text(timeout=20_000))
+                page.wait_for_timeout(2_500)      # no user action: the study clock ticks
+                t1 = _case_time_s(clock.inner_text())
                 page.get_by_role("button", name="FG brush", exact=True).click()
-                canvas.scroll_into_view_if_needed()
-                page.wait_for_timeout(300)
-                bb = canvas.bounding_box()      # after any scrolling
-                cw = page.evaluate("c => [c.width, c.height]", canvas.element_handle())
-                tr = SliceTransform(rows, cols, ct.spacing_mm[1], ct.spacing_mm[2], cw[0], cw[1],
-                                    *display_flips(ct.geometry, "axial"))
-                pts = [tr.index_to_canvas(mid[1], mid[2] + d) for d in range(-4, 5)]
-                sx, sy = bb["width"] / cw[0], bb["height"] / cw[1]
-                page.mouse.move(bb["x"] + pts[0][0] * sx, bb["y"] + pts[0][1] * sy)
-                page.mouse.down()
-                for x, y in pts[1:]:
-                    page.mouse.move(bb["x"] + x * sx, bb["y"] + y * sy, steps=2)
-                page.mouse.up()
-                st = _wait_state(folder, lambda s: any(u["action"] == "scribble"
-                                                       for u in s["undo"]), 30)
+                mid = paint_axial_stroke(page, canvas)
+                st = wait_state(folder, lambda s: any(u["action"] == "scribble"
+                                                      for u in s["undo"]), 30)
                 page.get_by_role("button", name="Refine", exact=True).click()
-                st = _wait_state(folder, lambda s: any(u["action"] == "refine"
-                                                       for u in s["undo"]), 120)
-                after = _mask(folder, st)
+                st = wait_state(folder, lambda s: any(u["action"] == "refine"
+                                                      for u in s["undo"]), 120)
+                after = saved_mask(folder, st)
                 page.wait_for_timeout(1000)
                 page.screenshot(path=str(tmp_path / "annotator.png"), full_page=True)
                 status = page.locator("text=last: refine").first.inner_text(timeout=20_000)
@@ -234,6 +144,7 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
         # the stroke was forced into the mask: the voxel under the stroke's middle is foreground
         assert after[mid[0], mid[1], mid[2]] == 1
         assert "refine" in status
+        assert 2 <= t1 - t0 <= 4, (t0, t1)
         assert (tmp_path / "annotator.png").stat().st_size > 10_000
         events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
         assert [e["event"] for e in events if e["event"] in ("predict", "scribble", "refine")] \
@@ -242,9 +153,5 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
         if view3d == "niivue":  # the 3D view rendered offline: a second WebGL canvas
             assert n_canvases >= 4, f"expected 3 slice canvases + the 3D view, got {n_canvases}"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         log.close()

@@ -8,6 +8,7 @@ the view's own mapping.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from iunet_nb.checkpoint import save_model
-from iunet_nb.errors import CheckpointError, InputError
+from iunet_nb.errors import CheckpointError, InputError, SessionError
 from iunet_nb.preprocess import Box
 from iunet_nb.session import RefineConfig, Session
 from iunet_nb.volume import Volume
@@ -404,3 +405,223 @@ def test_segment_without_a_box_shows_the_detected_box():
     assert box == app.session.box
     assert ref.array[box.slices].sum() == ref.array.sum()
     assert app.session.mask.array.sum() > 0
+
+
+# --------------------------------------------------------------------------- study clock
+class _FakeClock:
+    """An injectable clock: the test moves time; the app's clock thread only reads it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _wait_for(pred, timeout: float = 5.0) -> bool:
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()
+
+
+def test_study_clock_ticks_by_itself_and_stops_on_accept(ellipsoid_case, model, card, cfg,
+                                                         tmp_path):
+    ct, _ = ellipsoid_case
+    clock = _FakeClock(1000.0)
+    other = Volume(ct.array + 5.0, ct.geometry)
+    app = Annotator([ct, other], model=(model, card), config=cfg, folder=tmp_path,
+                    case_ids=["a", "b"], view3d="none", view_size_px=200, study=True,
+                    clock=clock, tick_s=0.01)
+    assert app.clock_running and "case time 0:00" in app.status.value
+    clock.now += 65.4                         # nobody touches the app: the status line ticks
+    assert _wait_for(lambda: "case time 1:05 " in app.status.value + " "), app.status.value
+    clock.now += 3600.0
+    assert _wait_for(lambda: "case time 61:05" in app.status.value), app.status.value
+    app.tool_buttons.value = "paint"
+    ax = app.views["axial"]
+    _drag(ax, [ax.transform.index_to_canvas(10, 10)] * 2)
+    app.accept_and_next()                     # case a accepted: case b's clock starts at 0:00
+    assert app.case_id == "b" and app.clock_running
+    assert "case time 0:00" in app.status.value and app.case_elapsed_s == 0.0
+    clock.now += 7.0
+    assert _wait_for(lambda: "case time 0:07" in app.status.value), app.status.value
+    app.accept_and_next()                     # empty mask: not accepted, the clock goes on
+    assert "mask is empty" in app.message.value and app.clock_running
+    _drag(ax, [ax.transform.index_to_canvas(10, 10)] * 2)
+    app.accept_and_next()                     # the last case accepted: the clock stops
+    assert not app.clock_running and app._ticker is None
+    frozen = app.status.value
+    assert "case time 0:07 (accepted)" in frozen and app.case_elapsed_s == pytest.approx(7.0)
+    assert "last case" in app.message.value
+    clock.now += 100.0
+    time.sleep(0.1)                           # ten tick intervals: nothing moves any more
+    assert app.status.value == frozen and app.case_elapsed_s == pytest.approx(7.0)
+
+
+def test_study_clock_close_and_non_study_mode(ellipsoid_case, model, card, cfg, tmp_path):
+    plain = _app(ellipsoid_case, model, card, cfg)
+    assert not plain.clock_running and "case time" not in plain.status.value
+    clock = _FakeClock(0.0)
+    app = _app(ellipsoid_case, model, card, cfg, folder=tmp_path, study=True, clock=clock,
+               tick_s=0.01)
+    ticker = app._ticker
+    assert app.clock_running and ticker.daemon
+    clock.now = 12.0
+    assert _wait_for(lambda: "case time 0:12" in app.status.value)
+    app.close()
+    assert not app.clock_running and not ticker.is_alive()
+    assert "case time 0:12 (closed)" in app.status.value
+    clock.now = 99.0
+    assert app.case_elapsed_s == pytest.approx(12.0)
+    with pytest.raises(SessionError, match="closed"):   # the session let go of its folder
+        app.session.save()
+    app.close()                                         # idempotent
+
+
+def test_study_clock_ticks_beside_a_refinement(ellipsoid_case, model, card, cfg):
+    _ct, ref = ellipsoid_case
+    app = _app(ellipsoid_case, model, card, cfg, reference=ref, box_from_reference=True,
+               segment_on_open=True, study=True, tick_s=0.002)
+    app.tool_buttons.value = "fg"
+    _drag(app.views["axial"], [_hand_canvas("axial", 15, 12), _hand_canvas("axial", 15, 18)])
+    t0 = time.perf_counter()
+    app.refine()
+    assert time.perf_counter() - t0 < 0.5    # the clock does not hold the kernel up
+    assert app.wait_idle(60)
+    # the refine worker's final status write is not overwritten by a stale tick
+    assert _wait_for(lambda: "last: refine:" in app.status.value and "case time" in
+                     app.status.value)
+    time.sleep(0.02)                           # ten more ticks
+    assert "last: refine:" in app.status.value and "running" not in app.status.value
+    assert app.clock_running and app.session.history[-1] == "refine" and app.messages == []
+    app.close()
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"tick_s": 0}, "tick_s"), ({"tick_s": -1.0}, "tick_s"), ({"tick_s": float("nan")}, "tick_s"),
+    ({"tick_s": "1"}, "tick_s"), ({"tick_s": True}, "tick_s"), ({"clock": 5.0}, "clock must be"),
+])
+def test_study_clock_bad_arguments(ellipsoid_case, model, card, cfg, kw, match):
+    with pytest.raises(InputError, match=match):
+        _app(ellipsoid_case, model, card, cfg, study=True, **kw)
+
+
+# --------------------------------------------------------------------------- iunet-nb app
+def test_annotate_notebook_with_injected_parameters():
+    nb = annotate_notebook({"study": True, "reader_id": "R1", "ct_path": "/d/ct 1.nii.gz"})
+    tags = [c["metadata"].get("tags") for c in nb["cells"]]
+    assert tags[1] == ["parameters"] and tags[2] == ["injected-parameters"]
+    ns: dict = {}
+    for c in nb["cells"][1:3]:                   # parameters, then the injected values
+        exec("".join(c["source"]), ns)  # noqa: S102 - the notebook's own cells
+    assert ns["study"] is True and ns["reader_id"] == "R1" and ns["ct_path"] == "/d/ct 1.nii.gz"
+    assert ns["method"] == "interactive"         # not injected: the default stays
+    assert "Annotator(" in "".join(nb["cells"][3]["source"])
+    assert annotate_notebook({}) == annotate_notebook()
+    with pytest.raises(InputError, match=r"unknown annotate-notebook parameter.*'ct'"):
+        annotate_notebook({"ct": "x"})
+    with pytest.raises(InputError, match="must be a str, bool, int or float"):
+        annotate_notebook({"ct_path": ["a"]})
+    with pytest.raises(InputError, match="must be a str, bool, int or float"):
+        annotate_notebook({"view3d": float("inf")})
+
+
+def test_app_command_and_parameters(tmp_path, monkeypatch):
+    from iunet_nb.widgets import app_command, app_parameters
+
+    cmd = app_command(tmp_path / "a.ipynb", port=8900, open_browser=False)
+    assert cmd[1:4] == ["-m", "voila", str(tmp_path / "a.ipynb")]
+    assert {"--strip_sources=True", "--port=8900", "--no-browser",
+            "--Voila.ip=127.0.0.1"} <= set(cmd)
+    assert "--no-browser" not in app_command("a.ipynb")
+    with pytest.raises(InputError, match="port"):
+        app_command("a.ipynb", port=0)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ct.nii.gz").write_bytes(b"")
+    p = app_parameters("ct.nii.gz", reader="R1", sessions="s", study=True)
+    assert p["ct_path"] == str(tmp_path / "ct.nii.gz") and p["model_path"] == ""
+    assert p["session_folder"] == str(tmp_path / "s") and p["reader_id"] == "R1"
+    assert p["study"] is True and p["box_from_reference"] is False
+    assert "box_from_reference" not in app_parameters()   # the sample: box from its mask
+    with pytest.raises(InputError, match="the CT 'nope.nii.gz' does not exist"):
+        app_parameters("nope.nii.gz")
+    with pytest.raises(InputError, match="the model 'm.pt' does not exist"):
+        app_parameters(model="m.pt")
+    with pytest.raises(InputError, match="method must be"):
+        app_parameters(method="robot")
+    with pytest.raises(InputError, match="reader id"):
+        app_parameters(reader="a/b")
+
+
+def test_launch_app_writes_the_notebook_and_the_csp_for_voila(tmp_path, monkeypatch):
+    from iunet_nb.widgets import lab
+
+    seen: dict = {}
+
+    def fake_run(cmd, cwd):
+        seen["cmd"], seen["cwd"] = cmd, Path(cwd)
+        seen["nb"] = json.loads((Path(cwd) / "annotate.ipynb").read_text())
+        seen["config"] = json.loads((Path(cwd) / "voila.json").read_text())
+        return 0
+
+    monkeypatch.setattr(lab, "voila_available", lambda: True)
+    monkeypatch.setattr(lab, "_run_forwarding_sigterm", fake_run)
+    monkeypatch.chdir(tmp_path)
+    assert lab.launch_app(reader="R3", study=True, port=8901, open_browser=False) == 0
+    assert seen["cmd"][3] == str(seen["cwd"] / "annotate.ipynb") and "--port=8901" in seen["cmd"]
+    injected = "".join(seen["nb"]["cells"][2]["source"])
+    assert "reader_id = 'R3'" in injected and "study = True" in injected
+    assert f"session_folder = {str(tmp_path / 'sessions')!r}" in injected
+    csp = seen["config"]["Voila"]["tornado_settings"]["headers"]["Content-Security-Policy"]
+    assert csp.startswith("default-src 'self'") and "http" not in csp
+    assert not seen["cwd"].exists()              # the temporary notebook is gone afterwards
+    monkeypatch.setattr(lab, "voila_available", lambda: False)
+    with pytest.raises(InputError, match=r'Voila is not installed.*pip install "iunet-nb\[view\]"'):
+        lab.launch_app()
+
+
+def test_cli_app(tmp_path, monkeypatch, capsys):
+    from iunet_nb import cli, widgets
+    from iunet_nb.widgets import lab
+
+    got: dict = {}
+    monkeypatch.setattr(widgets, "launch_app", lambda ct, **kw: got.update(ct=ct, **kw) or 0)
+    assert cli.main(["app", "ct.nii.gz", "--model", "m.pt", "--reader", "R1", "--port", "9000",
+                     "--no-browser", "--study", "--method", "manual"]) == 0
+    assert got == {"ct": "ct.nii.gz", "model": "m.pt", "reader": "R1", "sessions": "sessions",
+                   "study": True, "method": "manual", "view3d": "auto", "port": 9000,
+                   "open_browser": False}
+    monkeypatch.undo()
+    monkeypatch.setattr(lab, "voila_available", lambda: False)
+    assert cli.main(["app", "--no-browser"]) == 2
+    assert 'pip install "iunet-nb[view]"' in capsys.readouterr().err
+
+
+def test_sigterm_reaches_the_server_process():
+    """`iunet-nb app` passes a SIGTERM on to Voila (no server left behind) and restores the
+    previous handler."""
+    import signal
+    import sys
+    import threading
+
+    from iunet_nb.widgets.lab import _run_forwarding_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def send_when_forwarding() -> None:
+        t_end = time.monotonic() + 10
+        while signal.getsignal(signal.SIGTERM) is previous and time.monotonic() < t_end:
+            time.sleep(0.01)
+        if signal.getsignal(signal.SIGTERM) is not previous:  # never SIGTERM pytest itself
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=send_when_forwarding, daemon=True)
+    sender.start()
+    t0 = time.monotonic()
+    rc = _run_forwarding_sigterm([sys.executable, "-c", "import time; time.sleep(30)"], ".")
+    sender.join(5)
+    assert rc == -signal.SIGTERM and time.monotonic() - t0 < 10
+    assert signal.getsignal(signal.SIGTERM) is previous

@@ -8,10 +8,21 @@ The engine never imports this package; these widgets only call a
 * :class:`View3D`: optional 3D view (ipyniivue, offline in JupyterLab 4).
 * :mod:`~iunet_nb.widgets.render`: pure NumPy slice rendering (window, overlay, PNG).
 * :func:`launch_lab`: open JupyterLab on the annotate notebook (``iunet-nb lab``).
+* :func:`launch_app`: serve the annotator alone as a Voila page (``iunet-nb app``).
 """
 
 from .annotator import METHODS, SHORTCUTS, Annotator, CaseSource
-from .lab import annotate_notebook, lab_command, launch_lab, write_annotate_notebook
+from .lab import (
+    PARAMETER_NAMES,
+    annotate_notebook,
+    app_command,
+    app_parameters,
+    lab_command,
+    launch_app,
+    launch_lab,
+    voila_available,
+    write_annotate_notebook,
+)
 from .render import (
                      WINDOW_PRESETS,
                      SliceTransform,
@@ -28,6 +39,7 @@ from .view3d import View3D, niivue_available
 __all__ = [
     "METHODS",
     "PAINT_TOOLS",
+    "PARAMETER_NAMES",
     "SHORTCUTS",
     "TOOLS",
     "WINDOW_PRESETS",
@@ -37,13 +49,17 @@ __all__ = [
     "SliceView",
     "View3D",
     "annotate_notebook",
+    "app_command",
+    "app_parameters",
     "compose_slice",
     "display_flips",
     "encode_png",
     "lab_command",
+    "launch_app",
     "launch_lab",
     "mask_contour",
     "niivue_available",
+    "voila_available",
     "window_lut",
     "window_to_uint8",
     "write_annotate_notebook",

@@ -26,6 +26,21 @@ Reader mode: ``reader="R1"`` writes the reader id into every event of the Sessio
 (``events.jsonl``) and keeps each reader's sessions in ``folder/<reader>/<case>``; with
 ``study=True`` the status line shows the running case time and ``method="manual"`` leaves only
 the manual tools (the reader study's manual arm).
+
+Study clock: in study mode the case time ticks on its own (every ``tick_s``, 1 s by default)
+while a case is open and not yet accepted; Accept & next (and :meth:`Annotator.close`) stops
+it, and the status line then shows the case's final time. The tick runs on a small daemon
+thread that only recomposes the status line (a few string operations and, when the text
+changed, one comm message of ~300 bytes), chosen over an asyncio task because it needs no
+event loop: it works the same in JupyterLab, Voila and headless tests (ipykernel 7 runs the
+shell on an anyio loop that a cell cannot reliably reach, and a frontend ``Play`` widget's
+ticks would queue behind a busy kernel). It never blocks the kernel and cannot fight the
+refine thread: every status write, from the kernel thread, the refine worker or the clock,
+composes and sets the text under one lock, so the last writer always shows the latest state.
+Measured on the project's 2-core CPU machine (bundled sample, headless): one tick takes 9 µs
+(median; 4 µs when the text is unchanged), plus sending one small comm message per second
+in a kernel; refinements took 4.4 and 4.1 s with the clock ticking and 4.4 and 3.8 s without
+it (no difference beyond the noise of a shared machine).
 """
 
 from __future__ import annotations
@@ -36,6 +51,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -208,6 +224,9 @@ class Annotator(w.VBox):
         case_ids: ids for the cases (default from file names / Case ids).
         view_size_px: longer side of each slice canvas.
         view3d: ``"auto"`` (ipyniivue when installed), ``"niivue"``, ``"itk"`` or ``"none"``.
+        clock: the study clock's time source in seconds (default :func:`time.monotonic`;
+            tests inject a fake one).
+        tick_s: how often the study clock updates the status line, in seconds (> 0).
 
     Raises:
         InputError: no case could be loaded (the reasons are listed), a bad argument.
@@ -223,9 +242,17 @@ class Annotator(w.VBox):
                  config: Any = None, box: Any = None, box_from_reference: bool = False,
                  segment_on_open: bool = False, study: bool = False,
                  method: str = "interactive", case_ids: Sequence[str] | None = None,
-                 view_size_px: int = 320, view3d: str = "auto") -> None:
+                 view_size_px: int = 320, view3d: str = "auto",
+                 clock: Callable[[], float] | None = None, tick_s: float = 1.0) -> None:
         from ..session import RefineConfig
 
+        if isinstance(tick_s, bool) or not isinstance(tick_s, (int, float)) \
+                or not np.isfinite(tick_s) or tick_s <= 0:
+            raise InputError(f"tick_s (how often the study clock updates, in seconds) must be a "
+                             f"positive number, got {tick_s!r}")
+        if clock is not None and not callable(clock):
+            raise InputError(f"clock must be a function returning seconds (like "
+                             f"time.monotonic), got {type(clock).__name__}")
         if method not in METHODS:
             raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
         if reader is not None and (not isinstance(reader, str) or not reader.strip()
@@ -253,7 +280,14 @@ class Annotator(w.VBox):
         self._refine_t0 = 0.0
         self._idle = threading.Event()
         self._idle.set()
-        self._case_t0 = time.monotonic()
+        self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
+        self._tick_s = float(tick_s)
+        self._case_t0 = self._clock()
+        self._case_stopped_at: float | None = None
+        self._case_stop_reason = ""
+        self._status_lock = threading.Lock()
+        self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
         self._last_action = ""
         self._applying_preset = False
         self._superseded = False
@@ -428,7 +462,8 @@ class Annotator(w.VBox):
             old.close()
         self.session, self.volume, self.reference = session, image, ref
         self.case_index = index
-        self._case_t0 = time.monotonic()
+        self._case_t0 = self._clock()
+        self._case_stopped_at = None
         self._refine_future = None
         self._set_busy(False)
         self._idle.set()
@@ -456,6 +491,7 @@ class Annotator(w.VBox):
                 and not self._predicted:
             self.segment()
         self._update_status()
+        self._start_clock()
 
     def _build_views(self, image: Volume) -> None:
         old = self.views
@@ -649,11 +685,16 @@ class Annotator(w.VBox):
         return out
 
     def accept_and_next(self) -> None:
-        """Save and export this case, then open the next one (case list mode)."""
+        """Save and export this case, then open the next one (case list mode).
+
+        In study mode the case's clock stops here (the status line keeps its final time) and
+        the next case's clock starts from 0:00.
+        """
         if self.session.folder is not None:
             out = self.save()
             if out is None:
                 return  # empty mask: the warning is shown; stay on this case
+        self._stop_clock("accepted")
         if self.case_index + 1 >= len(self.cases):
             self._show_message("that was the last case: all cases are done", "info")
             return
@@ -821,6 +862,12 @@ class Annotator(w.VBox):
             v.box_rect = (r[0], c[0], r[1], c[1])
 
     def _update_status(self) -> None:
+        # one lock for every writer (kernel thread, refine worker, study clock): the text is
+        # composed and set together, so the last write always reflects the latest state
+        with self._status_lock:
+            self._compose_status()
+
+    def _compose_status(self) -> None:
         if self.session is None or self.volume is None:
             return
         src = self.cases[self.case_index]
@@ -833,13 +880,79 @@ class Annotator(w.VBox):
         if v is not None:
             parts.append(f"W {v.window_width:.0f} / L {v.window_level:.0f}")
         if self.study:
-            elapsed = time.monotonic() - self._case_t0
-            parts.append(f"case time {int(elapsed // 60):d}:{int(elapsed % 60):02d}")
+            elapsed = max(0.0, self.case_elapsed_s)
+            parts.append(f"case time {int(elapsed // 60):d}:{int(elapsed % 60):02d}"
+                         + (f" ({self._case_stop_reason})" if self._case_stopped_at is not None
+                            else ""))
         if self.busy:
             parts.append("<i>network working…</i>")
         self.status.value = " · ".join(parts)
+
+    # ===================================================================================
+    # study clock
+    # ===================================================================================
+    @property
+    def case_elapsed_s(self) -> float:
+        """Seconds since the current case opened; frozen once the case is accepted."""
+        end = self._case_stopped_at if self._case_stopped_at is not None else self._clock()
+        return end - self._case_t0
+
+    @property
+    def clock_running(self) -> bool:
+        """Whether the study clock is ticking (study mode, a case open and not accepted)."""
+        return self._ticker is not None and self._ticker.is_alive()
+
+    def _start_clock(self) -> None:
+        if not self.study or self.clock_running:
+            return
+        self._ticker_stop = threading.Event()
+        self._ticker = threading.Thread(
+            target=_tick_loop, args=(weakref.ref(self), self._ticker_stop, self._tick_s),
+            name=f"iunet-nb study clock {self.case_id}", daemon=True)
+        self._ticker.start()
+
+    def _stop_clock(self, reason: str) -> None:
+        """Stop ticking and freeze the case time (the status line keeps the final time)."""
+        if self._case_stopped_at is None:
+            self._case_stopped_at = self._clock()
+            self._case_stop_reason = reason
+        self._ticker_stop.set()
+        ticker = self._ticker
+        if ticker is not None and ticker is not threading.current_thread():
+            ticker.join(timeout=2.0)
+        self._ticker = None
+        self._update_status()
+
+    def close(self) -> None:
+        """Stop the study clock, close the session (its folder lock is released) and the
+        app's widgets. Idempotent."""
+        if getattr(self, "_status_lock", None) is not None:  # fully constructed
+            self._stop_clock("closed")
+            if self.session is not None:
+                self.session.close()
+            for v in list(self.views.values()):
+                v.close()
+            if self.view3d is not None:
+                self.view3d.close()
+        super().close()
 
     # -- convenience for scripts and tests ------------------------------------------------
     @property
     def case_id(self) -> str:
         return self.cases[self.case_index].case_id
+
+
+def _tick_loop(ref: weakref.ReferenceType, stop: threading.Event, interval_s: float) -> None:
+    """The study clock's thread: recompose the status line every ``interval_s`` until
+    ``stop`` is set or the app is gone. It holds the app only weakly between ticks."""
+    while not stop.wait(interval_s):
+        app = ref()
+        if app is None:
+            return
+        try:
+            app._update_status()
+        except Exception:  # a broken tick must not spam the log every second
+            logger.exception("the study clock stopped: updating the status line failed")
+            return
+        finally:
+            del app
