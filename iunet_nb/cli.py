@@ -18,7 +18,8 @@ logger = logging.getLogger("iunet_nb")
 
 # Modules that register their own subcommands with ``add_cli(subparsers)``; the logic stays in
 # the module, next to the functions the notebooks call.
-_CLI_MODULES: tuple[str, ...] = ("crossval", "study", "simstudy", "robot", "systems")
+_CLI_MODULES: tuple[str, ...] = ("crossval", "study", "simstudy", "robot", "systems",
+                                 "session_cli")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
