@@ -54,5 +54,9 @@ def test_realism_notebook_writes_its_tables(shared_data, tmp_path, monkeypatch):
     noise = pd.read_csv(out / "noise_texture.csv", dtype={"case": str})
     assert noise["source"].tolist() == ["real", "synthetic"]
     assert (noise["local_sd_hu"] > 1).all() and (noise["n_patches"] > 0).all()
+    resampled = pd.read_csv(out / "noise_texture_resampled.csv", dtype={"case": str})
+    assert resampled["case"].tolist() == ["1.7"] and (resampled["grid_mm"] == 2.0).all()
+    # resampled to 2 mm the real noise is lower than on its own 0.78 mm grid
+    assert resampled["local_sd_hu"].iloc[0] < noise.loc[noise["source"] == "real", "local_sd_hu"].iloc[0]
     for name in ("histograms.png", "nps.png", "slices.png"):
         assert (out / name).stat().st_size > 1000
