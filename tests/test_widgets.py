@@ -234,13 +234,13 @@ def test_refine_does_not_block_and_a_stroke_supersedes_it(ellipsoid_case, model,
     app.tool_buttons.value = "fg"
     ax = app.views["axial"]
     _drag(ax, [_hand_canvas("axial", 15, 12), _hand_canvas("axial", 15, 18)])
-    t0 = time.perf_counter()
+    # not a timing test (speed is in benchmarks/): refine() hands the 400-iteration training
+    # to a worker and returns while it runs, and a stroke painted meanwhile is handled at once
     future = app.refine()
-    assert time.perf_counter() - t0 < 0.5 and app.busy
+    assert app.busy and not future.done()
     assert app.progress.layout.visibility == "visible"
-    t1 = time.perf_counter()                     # the kernel still paints while it trains
     _drag(ax, [_hand_canvas("axial", 16, 12), _hand_canvas("axial", 16, 18)])
-    assert time.perf_counter() - t1 < 1.0
+    assert app.session.scribble_ids == [1, 2]    # the kernel painted while the worker trained
     assert app.wait_idle(30)
     assert future.cancelled() and not app.busy
     assert "superseded" in app.status.value
@@ -487,9 +487,7 @@ def test_study_clock_ticks_beside_a_refinement(ellipsoid_case, model, card, cfg)
                segment_on_open=True, study=True, tick_s=0.002)
     app.tool_buttons.value = "fg"
     _drag(app.views["axial"], [_hand_canvas("axial", 15, 12), _hand_canvas("axial", 15, 18)])
-    t0 = time.perf_counter()
     app.refine()
-    assert time.perf_counter() - t0 < 0.5    # the clock does not hold the kernel up
     assert app.wait_idle(60)
     # the refine worker's final status write is not overwritten by a stale tick
     assert _wait_for(lambda: "last: refine:" in app.status.value and "case time" in
