@@ -8,10 +8,10 @@ subcutaneous fat, the abdominal muscle wall, the spine posterior to the aorta (v
 bodies with discs, canal, arch, spinous and transverse processes), paraspinal and psoas
 muscles, ribs on the upper levels, lungs, heart and mediastinum above the diaphragm, bowel
 loops with wall, fluid, gas pockets and positive oral contrast, and visceral fat in the rest.
-Organs get a portal-venous HU, a smooth low-frequency texture, liver vessels, kidney
-cortex/medulla, a stomach wall with an air-fluid level. Then partial-volume blur (a Gaussian
-PSF) and spatially correlated noise (white noise band-pass filtered to an FBP-like noise power
-spectrum). Every number is drawn per case from ``rng`` within the ranges of :class:`SynthConfig`.
+Organs get a portal-venous HU, a smooth low-frequency texture, liver vessels, a kidney
+medulla graded into the cortex, a stomach wall with an air-fluid level. Then partial-volume
+blur (a Gaussian PSF) and CT-like noise (white noise shaped to an FBP-like noise power
+spectrum in physical frequency, aliased onto the grid). Every number is drawn per case from ``rng`` within the ranges of :class:`SynthConfig`.
 
 Orientation is read from the anatomy, not from the header (the BTCV headers are wrong): axial
 slices are array axis 0; anterior is the side of the pancreas/stomach/liver from the aorta
@@ -26,19 +26,21 @@ tissue                 HU range         source / note
 liver                  100 .. 130       [1] PV phase 100-130; IRCADb 1.7: 122, 1.17: 105 [M]
 spleen                 105 .. 130       [1]; IRCADb 1.7: 119 [M]
 pancreas               90 .. 110        [1] (pancreatic phase would be 110-130)
-kidney cortex          185 .. 215       [1] 150-200+, [2]; IRCADb 1.7 kidney p95 210-217 [M]
-kidney medulla         cortex - 40..70  [2] pyramids darker at ~70 s; IRCADb p5 114-141 [M]
+kidney                 180 .. 210       [1] 150-200+, [2]; IRCADb 1.7 kidney p95 210-217 [M]
+kidney medulla         - 30..70, graded [2] fading corticomedullary contrast at ~70 s: one
+                                        broad peak; IRCADb 1.7 kidney 173 +- 37 HU [M]
 aorta                  150 .. 200       [2] PV-phase aortic enhancement 150-200
 IVC                    120 .. 170       [2] mixing of enhanced renal and unenhanced leg blood
 portal/splenic vein    150 .. 200       [2]; liver vessels +30..70 above liver
 gallbladder (bile)     0 .. 20          [1]
 stomach wall / content 80..110 / 5..25  [1] enhancing mucosa; water
 bowel wall / content   60..100 / 0..30  [1]; gas -1000, oral contrast 150..350 [3]
-fat                    -110 .. -85      [1] -120..-80; IRCADb fat median -87..-90 [M]
+fat                    -105 .. -80      [1] -120..-80; IRCADb fat median -87..-90 [M]
 muscle                 40 .. 60         [1]
 skin                   20 .. 50         [1]
-trabecular bone        120 .. 240       [1] adult vertebral body 100-300
-cortical bone          700 .. 1200      [1] up to 1500-1900; a 1 mm cortex in the shell
+trabecular bone        130 .. 240       [1] adult vertebral body 100-300
+cortical bone          700 .. 1200      [1] up to 1500-1900; a 1 mm cortex in the shell,
+                                        a random fraction per shell voxel (partial volume)
 disc / CSF             70..100 / 0..15  [1]
 lung / blood pool      -880..-820 / 130..170   [1]
 air outside the body   -1020 .. -1000   physical -1000; scanners clip at -1024 [M]
@@ -49,9 +51,12 @@ air outside the body   -1020 .. -1000   physical -1000; scanners clip at -1024 [
 administration and scan timing at CT", Radiology 2010;256:32-61. [3] Positive oral contrast
 is diluted iodine or barium, typically 150-400 HU in bowel. [M] measured here on the
 3D-IRCADb-01 CTs (see :mod:`iunet_nb.realism`); ranges were checked, not fitted, against them.
-Image quality: PSF sigma 0.5-0.9 mm in plane (FWHM 1.2-2.1 mm), slice profile sigma 0.6-1.2 mm,
-noise sd 10-20 HU in soft tissue (IRCADb local sd 10 and 20 HU) with neighbour correlation
-0.3-0.7; a grid coarser than the noise correlation keeps at least ``min_noise_sigma_vox``.
+Image quality: organs are painted from the label map with its voxel staircase smoothed
+(1.5-2.5 mm); PSF sigma 0.5-0.9 mm in plane (FWHM 1.2-2.1 mm), slice profile sigma 0.6-1.2 mm;
+noise sd 10-20 HU (IRCADb local sd 10 and 20 HU) with an FBP-like in-plane spectrum peaking at
+0.15-0.25 cycles/mm (IRCADb NPS mean frequency 0.24-0.35 cycles/mm) and 0.7-1.1 mm correlation
+along z, folded onto the grid (almost white on 2 mm). Measured against real CT in
+``docs/realism.md``.
 """
 
 from __future__ import annotations
