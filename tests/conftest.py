@@ -83,3 +83,19 @@ def ellipsoid_case(geometry: Geometry) -> tuple[Volume, Volume]:
     ct[mask > 0] = 120.0
     ct += rng.normal(0, 10, size=ct.shape).astype(np.float32)
     return Volume(ct, geometry), Volume(mask, geometry)
+
+
+def stored_otherwise(v: Volume) -> Volume:
+    """The same physical image stored x-first and reversed in two axes (SimpleITK)."""
+    import SimpleITK as sitk
+
+    return Volume.from_sitk(sitk.Flip(sitk.PermuteAxes(v.to_sitk(), [1, 2, 0]), [True, False, True]))
+
+
+def back_on(reference: Volume, moved: Volume) -> np.ndarray:
+    """``moved`` resampled (nearest neighbour) onto ``reference``'s grid with SimpleITK."""
+    import SimpleITK as sitk
+
+    img = moved.to_sitk()
+    return sitk.GetArrayFromImage(sitk.Resample(img, reference.to_sitk(), sitk.Transform(),
+                                                sitk.sitkNearestNeighbor, 0, img.GetPixelID()))

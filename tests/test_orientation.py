@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_ellipsoid
+from conftest import back_on, make_ellipsoid
 
 from iunet_nb.errors import InputError
 from iunet_nb.preprocess import (
@@ -58,13 +58,6 @@ def _case() -> tuple[Volume, Volume]:
 
 def _stored(volume: Volume, op) -> Volume:
     return Volume.from_sitk(op(volume.to_sitk()))
-
-
-def _back_on(reference: Volume, moved: Volume) -> np.ndarray:
-    """``moved`` resampled (nearest) onto ``reference``'s grid with SimpleITK."""
-    out = sitk.Resample(moved.to_sitk(), reference.to_sitk(), sitk.Transform(),
-                        sitk.sitkNearestNeighbor, 0, moved.to_sitk().GetPixelID())
-    return sitk.GetArrayFromImage(out)
 
 
 # ------------------------------------------------------------------------------ orientation
@@ -133,9 +126,9 @@ def test_same_working_array_and_same_restored_mask_in_physical_space(name):
     prob = np.random.default_rng(0).random(CFG.size_zyx).astype(np.float32)
     m, m2 = restore_mask(prob, rec), restore_mask(prob, rec2)
     assert 0 < m.sum() < m.size
-    np.testing.assert_array_equal(_back_on(ct, copy_ct.with_array(m2)), m)
+    np.testing.assert_array_equal(back_on(ct, copy_ct.with_array(m2)), m)
     p, p2 = restore_probabilities(prob, rec), restore_probabilities(prob, rec2)
-    np.testing.assert_allclose(_back_on(ct, copy_ct.with_array(p2)), p, atol=1e-6)
+    np.testing.assert_allclose(back_on(ct, copy_ct.with_array(p2)), p, atol=1e-6)
     # the working grid sits at the same physical place
     assert rec2.working_geometry(copy_ct.geometry).is_close(rec.working_geometry(ct.geometry),
                                                             atol=1e-6)
@@ -249,9 +242,9 @@ def test_session_on_a_copy_stored_otherwise_predicts_and_scribbles_the_same(mode
     s1 = Session(ct, model, card, Box.from_mask(ref.array), config=cfg)
     s2 = Session(copy_ct, model, card, Box.from_mask(copy_ref.array), config=cfg)
     m1, m2 = s1.predict(), s2.predict()
-    np.testing.assert_allclose(_back_on(ct, s2.probabilities()), s1.probabilities().array,
+    np.testing.assert_allclose(back_on(ct, s2.probabilities()), s1.probabilities().array,
                                atol=1e-4)
-    disagree = np.count_nonzero(_back_on(ct, m2) != m1.array)
+    disagree = np.count_nonzero(back_on(ct, m2) != m1.array)
     assert disagree <= 2, disagree      # thresholding at 0.5 of values equal to 1e-6
     # the same physical scribble lands on the same working voxels
     pts = np.argwhere(ref.array > 0)[::40]
@@ -264,5 +257,5 @@ def test_session_on_a_copy_stored_otherwise_predicts_and_scribbles_the_same(mode
     assert w1.any()
     np.testing.assert_array_equal(w2, w1)
     r1, r2 = s1.refine(), s2.refine()
-    changed = np.count_nonzero(_back_on(ct, r2) != r1.array)
+    changed = np.count_nonzero(back_on(ct, r2) != r1.array)
     assert changed <= 0.001 * r1.array.size, changed

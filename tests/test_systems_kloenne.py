@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_ellipsoid
+from conftest import back_on, make_ellipsoid, stored_otherwise
 
 from iunet_nb.errors import CheckpointError, ConfigError, InputError
 from iunet_nb.systems import kloenne
@@ -263,21 +263,6 @@ def test_z_range_limits_the_slices():
 
 
 # ------------------------------------------------------------------------------ orientation
-def _stored_otherwise(v: Volume) -> Volume:
-    """The same physical image stored x-first and reversed in two axes (SimpleITK)."""
-    import SimpleITK as sitk
-
-    return Volume.from_sitk(sitk.Flip(sitk.PermuteAxes(v.to_sitk(), [1, 2, 0]), [True, False, True]))
-
-
-def _back_on(reference: Volume, moved: Volume) -> np.ndarray:
-    import SimpleITK as sitk
-
-    img = moved.to_sitk()
-    return sitk.GetArrayFromImage(sitk.Resample(img, reference.to_sitk(), sitk.Transform(),
-                                                sitk.sitkNearestNeighbor, 0, img.GetPixelID()))
-
-
 class _BrightUpperRows(_Bright):
     """Foreground where bright, in the first half of each slice's rows (depends on slicing)."""
 
@@ -291,11 +276,11 @@ class _BrightUpperRows(_Bright):
 @pytest.mark.parametrize("dims", [2, 3])
 def test_a_copy_stored_otherwise_gives_the_same_mask_in_physical_space(dims):
     (ct, _), = _cases(1, shape=(13, 32, 32))
-    copy = _stored_otherwise(ct)
+    copy = stored_otherwise(ct)
     # slice_size 32 = the in-plane size of the LPS-ordered volume: no in-plane resampling
     model = KloenneModel(_tiny(dims=dims, slice_size=32, n_slices=4))
     model.net = _BrightUpperRows()
     model.stats.copy_(torch.tensor([35.0, 50.0]))
     m1, m2 = predict_kloenne(ct, model), predict_kloenne(copy, model)
     assert 0 < m1.array.sum() < m1.array.size and m2.geometry == copy.geometry
-    np.testing.assert_array_equal(_back_on(ct, m2), m1.array)
+    np.testing.assert_array_equal(back_on(ct, m2), m1.array)

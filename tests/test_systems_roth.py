@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_ellipsoid
+from conftest import back_on, make_ellipsoid, stored_otherwise
 from torch import nn
 
 from iunet_nb.errors import CheckpointError, ConfigError, InputError
@@ -220,21 +220,6 @@ def test_training_reduces_the_loss():
 
 
 # ------------------------------------------------------------------------------ orientation
-def _stored_otherwise(v: Volume) -> Volume:
-    """The same physical image stored x-first and reversed in two axes (SimpleITK)."""
-    import SimpleITK as sitk
-
-    return Volume.from_sitk(sitk.Flip(sitk.PermuteAxes(v.to_sitk(), [1, 2, 0]), [True, False, True]))
-
-
-def _back_on(reference: Volume, moved: Volume) -> np.ndarray:
-    import SimpleITK as sitk
-
-    img = moved.to_sitk()
-    return sitk.GetArrayFromImage(sitk.Resample(img, reference.to_sitk(), sitk.Transform(),
-                                                sitk.sitkNearestNeighbor, 0, img.GetPixelID()))
-
-
 class _UpperRows(_Const):
     """Like _Const, but liver only in the first half of each tile's rows (depends on slicing)."""
 
@@ -248,17 +233,17 @@ class _UpperRows(_Const):
 
 def test_a_copy_stored_otherwise_gives_the_same_labels_in_physical_space():
     ct, _ = _case(shape=(20, 24, 24))
-    copy = _stored_otherwise(ct)
+    copy = stored_otherwise(ct)
     cfg = RothConfig(**{**TINY.to_dict(), "hu_window": (-100.0, 140.0), "tile_z": 8,
                         "downsample": (1.0, 1.0, 1.0)})
     model = RothModel(cfg)
     model.net = _UpperRows()
     l1, l2 = predict_roth(ct, model).labels, predict_roth(copy, model).labels
     assert 0 < np.count_nonzero(l1.array) and l2.geometry == copy.geometry
-    np.testing.assert_array_equal(_back_on(ct, l2), l1.array)
+    np.testing.assert_array_equal(back_on(ct, l2), l1.array)
     torch.manual_seed(0)
     net = RothModel(TINY).eval()   # a random network, downsampled grid
     p1 = net.organ_probability(ct, organ="pancreas")
     p2 = net.organ_probability(copy, organ="pancreas")
-    np.testing.assert_allclose(_back_on(ct, copy.with_array(p2)), p1, atol=1e-5)
+    np.testing.assert_allclose(back_on(ct, copy.with_array(p2)), p1, atol=1e-5)
     assert p1.std() > 1e-5
