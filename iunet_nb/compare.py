@@ -54,8 +54,9 @@ from .checkpoint import ModelCard
 from .errors import ConfigError, InputError
 from .nets import EncodedFeatures, SegmentationNet
 from .preprocess import Box, crop_mask, preprocess_image, restore_probabilities
+from .refine import RefineConfig
 from .robot import RobotConfig, Stroke, run_robot, summarize_rounds
-from .session import RefineConfig, Session
+from .session import Session
 from .volume import Volume
 
 __all__ = [

@@ -59,7 +59,8 @@ from scipy.sparse.csgraph import dijkstra
 from ._config import JsonConfig
 from .errors import ConfigError, InputError, SessionError
 from .evaluate import evaluate_case
-from .session import VIEWS, Session, stroke_to_voxels
+from .session import Session
+from .strokes import VIEWS, stroke_to_voxels
 from .volume import Volume
 
 __all__ = [
@@ -599,7 +600,7 @@ def _cmd_annotate_robot(args: argparse.Namespace) -> int:
     from .checkpoint import load_bundled_model, load_model
     from .io import read_image, read_mask
     from .predict import make_box
-    from .session import RefineConfig
+    from .refine import RefineConfig
 
     ct = read_image(args.ct)
     reference = read_mask(args.reference)

@@ -12,33 +12,18 @@ methods, so anything a person can do a script can do too::
     s.undo(); s.redo()
     s.export("case07_pancreas.nii.gz")
 
-Array conventions (SPEC.md): every array is ``(z, y, x)``. A *view* names a family of 2D
-slices, and a 2D point on a slice is ``(row, col)`` in array indices (floats allowed):
+This module holds :class:`Session` itself: its actions, the refinement around the network
+(snapshots, superseding, commit), the event log, and the autosave folder (manifest,
+hashing, loading, crash repair). The parts that need no session live beside it, and the
+public ones are re-exported here:
 
-* ``"axial"``: slice ``k`` is ``array[k, :, :]``; ``(row, col) = (y, x)``;
-* ``"coronal"``: slice ``k`` is ``array[:, k, :]``; ``(row, col) = (z, x)``;
-* ``"sagittal"``: slice ``k`` is ``array[:, :, k]``; ``(row, col) = (z, y)``.
-
-A widget flips or transposes for display; the session only ever sees array indices.
-
-Refinement (Boers et al. 2020, sections 2.5-2.6; :meth:`Session.refine`): all network
-weights are frozen except the last layer and one bottleneck layer
-(``SegmentationNet.interactive_parameters``); the target is the current mask on the working
-grid with every scribble voxel set to its label; the weight map is 1, 3 on scribbles and 0
-where the normalised geodesic distance to a scribble is below 0.2
-(:func:`iunet_nb.geodesic.scribble_weight_map`); the loss is eq. 3
-(:func:`iunet_nb.losses.interactive_loss`); ``iterations`` Adam steps run on this one image
-in eval mode, the frozen encoder evaluated once (``encode_frozen``) and only the trainable
-tail at each step (``decode_trainable``).
-
-Deviations from the paper (defaults; measured in ``benchmarks/interactive_results.md``, where
-the paper's refinement took a good initial mask to an empty one within 3-4 simulated
-rounds): the uncertain band uses the Euclidean distance (``geodesic_lam=0``), Adam's step is
-1e-3, and a refinement's mask changes are kept only within ``local_mm`` (15 mm) of the
-scribbles added since the previous refine and only in their direction (``one_way``: a
-foreground stroke only adds, a background stroke only removes). ``RefineConfig(
-geodesic_lam=1.0, lr=1e-2, local_mm=None, one_way=False)`` restores the paper's behaviour
-(``iunet_nb.compare.PAPER_CONFIG`` also sets its lambda and unforced scribbles).
+* :mod:`iunet_nb.strokes`: the view conventions (:data:`VIEWS`; every array is
+  ``(z, y, x)``, a 2D point on a slice is ``(row, col)`` in array indices) and
+  :func:`stroke_to_voxels`, the brush;
+* :mod:`iunet_nb.refine`: :class:`RefineConfig`, :func:`fine_tune` and the refinement maths
+  (target, weight map, locality), with the paper's method and the measured deviations from
+  it;
+* :mod:`iunet_nb._history`: the undo/redo entries and their ``.npz`` storage.
 
 Autosave folder layout (every file written atomically; ``state.json`` last)::
 
@@ -62,7 +47,6 @@ import dataclasses
 import datetime
 import hashlib
 import io as _io
-import itertools
 import json
 import logging
 import math
@@ -71,31 +55,46 @@ import re
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ._atomic import atomic_write_bytes, atomic_write_text
-from ._config import JsonConfig
+from ._history import _Diff, _Entry, _registry_from_bytes, _registry_to_bytes, _Scribble
 from .checkpoint import ModelCard, select_device
 from .errors import ConfigError, InputError, IunetError, SessionError
-from .geodesic import NORMALISATIONS, scribble_weight_map
 from .locking import FolderLock
-from .losses import interactive_loss
 from .memory import check_memory, estimate_preprocess_bytes, estimate_session_bytes
 from .nets import EncodedFeatures, SegmentationNet
 from .preprocess import (
     Box,
     CropRecord,
+    _is_int,
     crop_mask,
     preprocess_image,
     restore_probabilities,
+)
+from .refine import (
+    RefineConfig,
+    _near_scribbles,
+    _refine_target,
+    _refine_weights,
+    _restrict_changes,
+    _stroke_direction,
+    fine_tune,
+)
+from .strokes import (
+    _BG,
+    _FG,
+    VIEWS,
+    _as_points,
+    _check_view,
+    _parse_label,
+    _points_to_voxels,
+    stroke_to_voxels,
 )
 from .volume import Volume
 
@@ -109,594 +108,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: view name -> (axis fixed by the slice index, (row axis, column axis)) in (z, y, x).
-VIEWS: dict[str, tuple[int, tuple[int, int]]] = {
-    "axial": (0, (1, 2)),
-    "coronal": (1, (0, 2)),
-    "sagittal": (2, (0, 1)),
-}
-_FG, _BG = 1, 2
 _FORMAT = "iunet-nb-session"
 _FORMAT_VERSION = 1
-_BOX_FALLBACKS = ("detector", "error", "whole")
 # temporaries of _atomic.atomic_path left by a crash mid-write (".<stem>.<random><suffix>")
 _ORPHAN_TMP = re.compile(r"\.(state|config|card|(mask|scribbles|params|prob)-\d+|[0-9a-f]{32})"
                          r"\.[A-Za-z0-9_]+\.((prev\.)?json|nii\.gz|npz|pt|npy)")
 
 
-# ----------------------------------------------------------------------------------------------
-# Config
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RefineConfig(JsonConfig):
-    """Settings of interactive refinement and of the session around it.
-
-    Paper values where the paper gives one; the others were chosen by measurement
-    (``benchmarks/bench_session.py``, ``benchmarks/bench_interactive.py``; numbers in
-    ``benchmarks/RESULTS.md`` and ``benchmarks/interactive_results.md``). The defaults
-    deviate from the paper in ``geodesic_lam``, ``local_mm`` and ``one_way`` because its
-    refinement, measured with the simulated annotator on trained weights, lowered the DSC
-    of a good initial mask round after round; the paper's settings are
-    ``iunet_nb.compare.PAPER_CONFIG``.
-
-    Args:
-        version: format version of this config (1).
-        iterations: Adam steps per refine round. The paper says "a few"; 5 keeps one round
-            under 1 s on 2 CPU cores at 24 x 64 x 64 with the 16-base iUnet.
-        lr: Adam learning rate of the refinement (the paper gives 1e-4 for baseline training
-            only). Default 1e-3, measured with the simulated annotator on trained weights
-            (``benchmarks/interactive_results.md``): with ``local_mm``/``one_way`` below,
-            1e-3 gave the best mean DSC on 2 synthetic pancreases (0.906 -> 0.916 after 3
-            rounds, vs 0.914 at 1e-2); without locality keep 1e-2 or lower.
-        lam: lambda of eq. 3 (volume term), not given in the paper. Default 0: measured on the
-            same scenario, every lambda >= 0.05 made the probability at *foreground*
-            scribbles go down (0.363 -> 0.338 at lambda 0.05, lr 1e-2), because the target
-            (current mask + scribbles) holds far less foreground than the prediction and the
-            volume term, normalised by sum(T), then dominates the Adam step: the paper's
-            "under-segments after refinement". Set it > 0 to keep the paper's loss.
-        threshold: geodesic threshold of the uncertain band (0.2, the paper's value), on the
-            distance normalised by ``normalisation``.
-        normalisation: ``"max"`` (distance / its maximum over the working grid; default),
-            ``"diagonal"`` or ``"none"``; see :func:`iunet_nb.geodesic.scribble_weight_map`.
-        geodesic_lam: image weight of the geodesic distance in [0, 1] (GeodisTK's lambda;
-            1.0 = purely intensity-driven, so the uncertain band follows the organ's edges;
-            0.0 = Euclidean). Default 0.0, measured: with the image-driven distance the
-            uncertain band (weight 0) covers most of a homogeneous organ and eq. 3 then
-            lowers the loss by switching the band off, so the mask shrinks round after round
-            (pancreas, 3 robot rounds: mean DSC 0.780 -> 0.555 with 1.0, 0.780 -> 0.810
-            with 0.0). The paper's choice (1.0) is in ``iunet_nb.compare.PAPER_CONFIG``.
-        geodesic_iterations: raster-scan passes of the geodesic distance (GeodisTK's usual 4).
-        scribble_weight: loss weight of scribble voxels (3, the paper's value).
-        keep_weights_between_rounds: True: each round starts from the previous round's
-            weights (cumulative, as in the paper's flowchart); False (default): from the loaded
-            weights, trained afresh on the current mask and all scribbles. Measured with the
-            bundled model and the simulated annotator on 6 phantoms (5 rounds): mean DSC 0.942
-            -> 0.948 with False, 0.942 -> 0.942 with True (benchmarks/interactive_results.md).
-        cached_encoder: evaluate the frozen front of the network once per image and only the
-            trainable tail at each step (same result as the naive path, faster).
-        local_mm: keep a refinement's mask changes only within this Euclidean distance (mm,
-            voxel centre to voxel centre, on the CT grid) of the voxels of the scribbles
-            added since the previous refine; farther changes are discarded, so a correction
-            stays where the user drew and the rest of the mask, already accepted, does not
-            drift. None: changes are kept anywhere in the crop (the paper's behaviour).
-            After :meth:`Session.predict` or :meth:`Session.reset`, and when no scribble was
-            added since the previous refine, every current scribble counts as new. Default
-            15 mm, measured (``benchmarks/interactive_results.md``, robot, 5 rounds): the
-            only setting whose mean DSC never decreased on any case (synthetic pancreas
-            0.915 -> 0.929 with 15 mm, one-way, lr 1e-3; 30 mm dropped on 1 of 2 cases;
-            no locality lost 0.1-0.4 DSC).
-        one_way: when the new scribbles are all foreground, a refinement may only add voxels
-            to the mask (0 -> 1); all background, only remove them (1 -> 0); mixed, both.
-            With ``local_mm`` a change is kept only when it passes both. False: both
-            directions (the paper's behaviour). Default True (measured with ``local_mm``).
-        force_scribbles: after predict/refine, scribble voxels are set to their label in the
-            output mask (foreground 1, background 0), on the CT grid, so what the user drew is
-            always honoured even where the network disagrees.
-        mask_threshold: foreground probability threshold of the mask (on the CT grid, after
-            resampling the probabilities).
-        box_fallback: what :meth:`Session.predict` does without a box: ``"detector"``
-            (default) finds one with the bundled automatic-box detector (the coarse stage of
-            Zhou et al., :func:`iunet_nb.systems.autobox.detect_box`; pancreas models only,
-            else it raises like ``"error"``); ``"error"`` raises :class:`SessionError` asking
-            for a box (the models were trained on organ boxes and give poor masks on a whole
-            CT); ``"whole"`` uses the whole image.
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        seed: base seed; round ``k`` runs under ``torch.manual_seed(seed + k)``.
-        max_history_mb: bound on the undo/redo history in memory (MiB); the oldest entries
-            are dropped beyond it (the newest entry is always kept). A refine entry of the
-            16-base iUnet at 24 x 64 x 64 takes about 4 MiB (two copies of the 0.44 M
-            trainable parameters plus two probability maps); a stroke a few kB.
-
-    Raises:
-        ConfigError: a value is out of range or of the wrong type.
-    """
-
-    version: int = 1
-    iterations: int = 5
-    lr: float = 1e-3
-    lam: float = 0.0
-    threshold: float = 0.2
-    normalisation: str = "max"
-    geodesic_lam: float = 0.0
-    geodesic_iterations: int = 4
-    scribble_weight: float = 3.0
-    keep_weights_between_rounds: bool = False
-    cached_encoder: bool = True
-    local_mm: float | None = 15.0
-    one_way: bool = True
-    force_scribbles: bool = True
-    mask_threshold: float = 0.5
-    box_fallback: str = "detector"
-    device: str = "auto"
-    seed: int = 0
-    max_history_mb: float = 256.0
-
-    def __post_init__(self) -> None:
-        if self.version != 1:
-            raise ConfigError(f"RefineConfig version {self.version} is not supported (this "
-                              "iunet_nb reads version 1)")
-        for name, low in (("iterations", 1), ("geodesic_iterations", 1), ("seed", 0)):
-            v = getattr(self, name)
-            if not _is_int(v) or v < low:
-                raise ConfigError(f"RefineConfig.{name} must be an integer >= {low}, got {v!r}")
-        for name, low, high, open_low in (("lr", 0.0, math.inf, True), ("lam", 0.0, math.inf, False),
-                                          ("threshold", 0.0, math.inf, False),
-                                          ("geodesic_lam", 0.0, 1.0, False),
-                                          ("scribble_weight", 0.0, math.inf, False),
-                                          ("mask_threshold", 0.0, 1.0, True),
-                                          ("max_history_mb", 0.0, math.inf, False)):
-            v = getattr(self, name)
-            ok = _is_real(v) and math.isfinite(float(v)) and low <= v <= high
-            if ok and open_low and v == low:
-                ok = False
-            if not ok:
-                rng = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
-                raise ConfigError(f"RefineConfig.{name} must be a finite number in {rng}, "
-                                  f"got {v!r}")
-            object.__setattr__(self, name, float(v))
-        if self.normalisation not in NORMALISATIONS:
-            raise ConfigError(f"RefineConfig.normalisation must be one of {list(NORMALISATIONS)}, "
-                              f"got {self.normalisation!r}")
-        if self.box_fallback not in _BOX_FALLBACKS:
-            raise ConfigError(f"RefineConfig.box_fallback must be one of {list(_BOX_FALLBACKS)}, "
-                              f"got {self.box_fallback!r}")
-        if self.local_mm is not None:
-            v = self.local_mm
-            if not (_is_real(v) and math.isfinite(float(v)) and v > 0):
-                raise ConfigError(f"RefineConfig.local_mm must be a finite distance > 0 in mm, "
-                                  f"or None to keep changes anywhere in the crop, got {v!r}")
-            object.__setattr__(self, "local_mm", float(v))
-        for name in ("keep_weights_between_rounds", "cached_encoder", "force_scribbles",
-                     "one_way"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"RefineConfig.{name} must be true or false, "
-                                  f"got {getattr(self, name)!r}")
-        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu")
-                                                     or self.device.startswith("cuda")):
-            raise ConfigError(f"RefineConfig.device must be 'auto', 'cpu' or 'cuda[:n]', "
-                              f"got {self.device!r}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-# ----------------------------------------------------------------------------------------------
-# Pure functions: stroke rasterisation and the fine-tuning loop
-# ----------------------------------------------------------------------------------------------
-def _check_view(view: str, slice_index: Any, shape: Sequence[int]) -> tuple[int, int, int, int]:
-    if view not in VIEWS:
-        raise InputError(f"unknown view {view!r}; use one of {list(VIEWS)} (axial: slice k = "
-                         "array[k], (row, col) = (y, x); coronal: array[:, k], (z, x); "
-                         "sagittal: array[:, :, k], (z, y))")
-    axis, (ra, ca) = VIEWS[view]
-    if not _is_int(slice_index) or not 0 <= int(slice_index) < shape[axis]:
-        raise InputError(f"slice_index {slice_index!r} is outside the {view} slices "
-                         f"0..{shape[axis] - 1} of the image of shape {tuple(shape)} (z, y, x)")
-    return axis, ra, ca, int(slice_index)
-
-
-def stroke_to_voxels(shape: Sequence[int], spacing_mm: Sequence[float],
-                     stroke: Sequence[Sequence[float]] | np.ndarray, view: str,
-                     slice_index: int, *, radius_mm: float | None = None,
-                     radius_vox: float | None = None) -> np.ndarray:
-    """Voxels painted by a brush stroke on one slice of a view.
-
-    The stroke is a polyline of 2D points ``(row, col)`` on slice ``slice_index`` of ``view``
-    (see the module docstring for the view conventions). A voxel of that slice is painted
-    when its centre lies within the brush radius of the polyline (the exact distance to the
-    nearest segment, not a sampled approximation); a single point paints a disc. With
-    ``radius_mm`` the distance is measured in mm with the slice's two spacings, so the disc
-    is an ellipse in voxels on an anisotropic slice (e.g. 3 mm on a coronal slice of 2.5 mm
-    slices and 0.7 mm columns reaches 1 voxel along z and 4 along x); with ``radius_vox`` it
-    is measured in voxel units. Neither given: ``radius_vox=0.5``, a thin one-voxel line.
-
-    Args:
-        shape: image shape ``(z, y, x)``.
-        spacing_mm: voxel size ``(z, y, x)`` in mm.
-        stroke: ``(N, 2)`` points ``(row, col)`` in array indices, N >= 1; every point must lie
-            on the slice (``-0.5 <= row <= n_rows - 0.5``, same for col).
-        view: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
-        slice_index: index along the view's fixed axis.
-        radius_mm: brush radius in mm (>= 0).
-        radius_vox: brush radius in voxels (>= 0); give at most one of the two.
-
-    Returns:
-        int64 sorted unique flat indices into the ``(z, y, x)`` array (``np.ravel_multi_index``).
-
-    Raises:
-        InputError: unknown view, slice out of range, empty stroke, points not ``(N, 2)``
-            finite numbers or off the slice, both or a negative radius.
-
-    Example:
-        >>> idx = stroke_to_voxels((3, 5, 5), (2.0, 1.0, 1.0), [(2, 2)], "axial", 1,
-        ...                        radius_vox=1)
-        >>> [tuple(int(v) for v in np.unravel_index(i, (3, 5, 5))) for i in idx]
-        [(1, 1, 2), (1, 2, 1), (1, 2, 2), (1, 2, 3), (1, 3, 2)]
-    """
-    shape = tuple(int(s) for s in shape)
-    axis, ra, ca, k = _check_view(view, slice_index, shape)
-    pts = _as_points(stroke, 2, "stroke")
-    n_r, n_c = shape[ra], shape[ca]
-    off = ((pts[:, 0] < -0.5) | (pts[:, 0] > n_r - 0.5) | (pts[:, 1] < -0.5)
-           | (pts[:, 1] > n_c - 0.5))
-    if off.any():
-        bad = pts[np.flatnonzero(off)[0]].tolist()
-        raise InputError(f"stroke point (row, col) = {bad} lies outside the {view} slice of "
-                         f"{n_r} x {n_c} voxels (rows 0..{n_r - 1}, cols 0..{n_c - 1}); clip "
-                         "the stroke to the image")
-    scale_r, scale_c, radius = _brush_scale(spacing_mm, ra, ca, radius_mm, radius_vox)
-    plane = np.zeros((n_r, n_c), dtype=bool)
-    segments = [(pts[0], pts[0])] if len(pts) == 1 else list(itertools.pairwise(pts))
-    for a, b in segments:
-        r0 = max(math.floor(min(a[0], b[0]) - radius / scale_r), 0)
-        r1 = min(math.ceil(max(a[0], b[0]) + radius / scale_r) + 1, n_r)
-        c0 = max(math.floor(min(a[1], b[1]) - radius / scale_c), 0)
-        c1 = min(math.ceil(max(a[1], b[1]) + radius / scale_c) + 1, n_c)
-        if r1 <= r0 or c1 <= c0:
-            continue
-        rr = (np.arange(r0, r1, dtype=float)[:, None] - a[0]) * scale_r
-        cc = (np.arange(c0, c1, dtype=float)[None, :] - a[1]) * scale_c
-        dr, dc = (b[0] - a[0]) * scale_r, (b[1] - a[1]) * scale_c
-        length2 = dr * dr + dc * dc
-        t = np.clip((rr * dr + cc * dc) / length2, 0.0, 1.0) if length2 > 0 else 0.0
-        d2 = (rr - t * dr) ** 2 + (cc - t * dc) ** 2
-        plane[r0:r1, c0:c1] |= d2 <= radius * radius + 1e-9
-    rows, cols = np.nonzero(plane)
-    index = [None, None, None]
-    index[axis] = np.full(rows.shape, k, dtype=np.int64)
-    index[ra], index[ca] = rows.astype(np.int64), cols.astype(np.int64)
-    return np.sort(np.ravel_multi_index(tuple(index), shape)).astype(np.int64)
-
-
-def _as_points(points: Any, dim: int, what: str) -> np.ndarray:
-    try:
-        pts = np.asarray(points, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what} must be a list of {dim}-number points, got {points!r}") from exc
-    if pts.size == 0:
-        raise InputError(f"the {what} is empty: give at least one point")
-    if pts.ndim == 1 and pts.size == dim:
-        pts = pts[None]
-    if pts.ndim != 2 or pts.shape[1] != dim:
-        raise InputError(f"{what} must be (N, {dim}) points, got an array of shape {pts.shape}")
-    if not np.all(np.isfinite(pts)):
-        raise InputError(f"{what} contains NaN or infinite coordinates")
-    return pts
-
-
-def _brush_scale(spacing_mm: Sequence[float], ra: int, ca: int, radius_mm: float | None,
-                 radius_vox: float | None) -> tuple[float, float, float]:
-    if radius_mm is not None and radius_vox is not None:
-        raise InputError("give the brush radius either in mm (radius_mm) or in voxels "
-                         "(radius_vox), not both")
-    if radius_mm is None and radius_vox is None:
-        radius_vox = 0.5
-    value = radius_mm if radius_mm is not None else radius_vox
-    if not _is_real(value) or not math.isfinite(float(value)) or value < 0:
-        raise InputError(f"the brush radius must be a finite number >= 0, got {value!r}")
-    if radius_mm is not None:
-        return float(spacing_mm[ra]), float(spacing_mm[ca]), float(radius_mm)
-    return 1.0, 1.0, float(radius_vox)  # type: ignore[arg-type]
-
-
-def _points_to_voxels(shape: Sequence[int], points: Any) -> np.ndarray:
-    pts = _as_points(points, 3, "points")
-    if not np.array_equal(pts, np.round(pts)):
-        raise InputError("points must be integer voxel indices (z, y, x)")
-    idx = pts.astype(np.int64)
-    bad = np.any((idx < 0) | (idx >= np.asarray(shape)), axis=1)
-    if bad.any():
-        raise InputError(f"point {idx[np.flatnonzero(bad)[0]].tolist()} (z, y, x) lies outside "
-                         f"the image of shape {tuple(shape)}")
-    return np.unique(np.ravel_multi_index(tuple(idx.T), tuple(shape))).astype(np.int64)
-
-
-def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
-              weight: np.ndarray, config: RefineConfig, *,
-              encoded: EncodedFeatures | None = None,
-              should_stop: Callable[[], bool] | None = None,
-              ) -> tuple[np.ndarray, list[float], EncodedFeatures | None] | None:
-    """The iUnet interactive training loop on one image; updates ``model`` in place.
-
-    Freezes all but ``model.interactive_parameters()``, puts the model in eval mode (batch
-    norm uses and keeps its running statistics) and runs ``config.iterations`` Adam steps
-    (``config.lr``) on eq. 3 (``config.lam``) with the voxel weights ``weight``; then
-    predicts once more with the updated weights.
-
-    Args:
-        model: the network to update (a private copy; its device is used).
-        image: preprocessed image, float32 ``(D, H, W)`` on the working grid.
-        target: uint8 ``(D, H, W)`` {0, 1}: current mask with the scribbles burnt in.
-        weight: float32 ``(D, H, W)`` voxel weights (1 / 3 on scribbles / 0 uncertain).
-        config: iterations, lr, lam, cached_encoder.
-        encoded: features of ``image`` from ``model.encode_frozen`` (reused when given and
-            ``config.cached_encoder``).
-        should_stop: called before every step; when it returns True the loop stops and
-            the function returns None (the model is then half-trained: discard it).
-
-    Returns:
-        ``(prob, losses, encoded)``: float32 ``(D, H, W)`` foreground probability after the
-        last step, the loss before each step, and the encoder cache (None on the naive path);
-        or None when ``should_stop`` stopped it.
-    """
-    dev = next(model.parameters()).device
-    model.eval()
-    params = model.freeze_for_refinement()
-    optimiser = torch.optim.Adam(params, lr=config.lr)
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(dev)
-    t = torch.from_numpy(np.ascontiguousarray(target).astype(np.int64)).to(dev)
-    t1 = (t == 1).to(torch.float32)
-    target_oh = torch.stack([1.0 - t1, t1])[None]
-    w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))[None].to(dev)
-    if config.cached_encoder:
-        if encoded is None:
-            encoded = model.encode_frozen(x)
-        run: Callable[[], torch.Tensor] = lambda: model.decode_trainable(encoded)
-    else:
-        encoded = None
-        run = lambda: model(x)
-    losses = []
-    for _ in range(config.iterations):
-        if should_stop is not None and should_stop():
-            return None
-        probs = torch.softmax(run(), dim=1)
-        loss = interactive_loss(probs, target_oh, w, config.lam)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-    if should_stop is not None and should_stop():
-        return None
-    with torch.no_grad():
-        prob = torch.softmax(run(), dim=1)[0, 1].float().cpu().numpy()
-    return prob, losses, encoded
-
-
-def _near_scribbles(shape: Sequence[int], spacing_mm: Sequence[float], seeds: np.ndarray,
-                    region: Box, distance_mm: float) -> np.ndarray:
-    """Voxels of ``region`` within ``distance_mm`` (Euclidean, mm) of any ``seeds`` voxel.
-
-    The distance transform runs only on the seeds' bounding box grown by ``distance_mm``,
-    intersected with ``region`` and grown once more (every seed that can be that close to a
-    voxel of the result lies inside), so its cost does not grow with the crop.
-
-    Args:
-        shape: image shape ``(z, y, x)``.
-        spacing_mm: voxel size ``(z, y, x)``.
-        seeds: int64 flat indices into ``shape`` (may be empty).
-        region: the voxels to classify (the crop).
-        distance_mm: the distance (> 0).
-
-    Returns:
-        bool array of ``region.size``.
-    """
-    out = np.zeros(region.size, dtype=bool)
-    if seeds.size == 0:
-        return out
-    shape_a = np.asarray(shape)
-    margin = np.ceil(distance_mm / np.asarray(spacing_mm, dtype=float)).astype(np.int64)
-    zyx = np.stack(np.unravel_index(seeds, tuple(shape)), axis=1)
-    lo = np.maximum(np.maximum(zyx.min(0) - margin, region.lo_zyx), 0)
-    hi = np.minimum(np.minimum(zyx.max(0) + margin + 1, region.hi_zyx), shape_a)
-    if np.any(hi <= lo):
-        return out
-    d_lo, d_hi = np.maximum(lo - margin, 0), np.minimum(hi + margin, shape_a)
-    inside = np.all((zyx >= d_lo) & (zyx < d_hi), axis=1)
-    free = np.ones(tuple(d_hi - d_lo), dtype=bool)
-    free[tuple((zyx[inside] - d_lo).T)] = False
-    dist = ndimage.distance_transform_edt(free, sampling=tuple(float(v) for v in spacing_mm))
-    sub = tuple(slice(int(a - b), int(c - b)) for a, b, c in zip(lo, d_lo, hi))
-    dst = tuple(slice(int(a - r), int(c - r)) for a, c, r in zip(lo, hi, region.lo_zyx))
-    out[dst] = dist[sub] <= distance_mm + 1e-9
-    return out
-
-
-def _restrict_changes(before: np.ndarray, after: np.ndarray, allowed: np.ndarray | None,
-                      direction: int) -> tuple[np.ndarray, int]:
-    """Keep the changes ``before -> after`` that are ``allowed`` and go in ``direction``.
-
-    Args:
-        before, after: uint8 {0, 1} masks of the same shape.
-        allowed: bool mask of voxels that may change; None: all.
-        direction: +1 only 0 -> 1, -1 only 1 -> 0, 0 both.
-
-    Returns:
-        ``(mask, n_reverted)``: the restricted uint8 mask and the number of changes discarded.
-    """
-    changed = before != after
-    keep = changed.copy()
-    if allowed is not None:
-        keep &= allowed
-    if direction > 0:
-        keep &= after == 1
-    elif direction < 0:
-        keep &= after == 0
-    out = np.where(keep, after, before).astype(np.uint8)
-    return out, int(np.count_nonzero(changed & ~keep))
-
-
 class _Superseded(Exception):
     """Raised inside a refine computation that a newer action made obsolete."""
-
-
-# ----------------------------------------------------------------------------------------------
-# History building blocks
-# ----------------------------------------------------------------------------------------------
-def _zip(array: np.ndarray) -> bytes:
-    return zlib.compress(np.ascontiguousarray(array).tobytes(), 1)
-
-
-def _unzip(blob: bytes, dtype: Any) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(blob), dtype=dtype)
-
-
-@dataclass(frozen=True)
-class _Diff:
-    """Changed voxels of a uint8 array: delta-coded sorted flat indices, old and new values."""
-
-    n: int
-    idx: bytes
-    old: bytes
-    new: bytes
-
-    @classmethod
-    def make(cls, indices: np.ndarray, old: np.ndarray, new: np.ndarray) -> _Diff:
-        keep = old != new
-        indices, old, new = indices[keep], old[keep], new[keep]
-        deltas = np.diff(indices, prepend=np.int64(0)).astype(np.int64)
-        return cls(int(indices.size), _zip(deltas), _zip(old.astype(np.uint8)),
-                   _zip(new.astype(np.uint8)))
-
-    @classmethod
-    def between(cls, before: np.ndarray, after: np.ndarray, region: Box | None = None) -> _Diff:
-        """Diff of two whole arrays, optionally only inside ``region`` (the rest is equal)."""
-        if region is None:
-            idx = np.flatnonzero(before != after)
-            return cls.make(idx, before.ravel()[idx], after.ravel()[idx])
-        sub_b, sub_a = before[region.slices], after[region.slices]
-        local = np.nonzero(sub_b != sub_a)
-        glob = tuple(l + o for l, o in zip(local, region.lo_zyx))
-        idx = np.ravel_multi_index(glob, before.shape).astype(np.int64)
-        order = np.argsort(idx)
-        return cls.make(idx[order], sub_b[local][order], sub_a[local][order])
-
-    def indices(self) -> np.ndarray:
-        return np.cumsum(_unzip(self.idx, np.int64))
-
-    def apply(self, array: np.ndarray, forward: bool) -> None:
-        if self.n:
-            array.ravel()[self.indices()] = _unzip(self.new if forward else self.old, np.uint8)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.idx) + len(self.old) + len(self.new) + 64
-
-
-@dataclass(frozen=True)
-class _Scribble:
-    """One scribble: its id, label (1 fg / 2 bg) and voxels (sorted flat int64 indices)."""
-
-    id: int
-    label: int
-    indices: np.ndarray
-    info: dict[str, Any]
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.indices.nbytes) + 200
-
-
-@dataclass
-class _Entry:
-    """One undoable action: everything it changed, before and after."""
-
-    uid: str
-    action: str
-    details: dict[str, Any]
-    mask: _Diff | None = None
-    scribbles_before: dict[int, _Scribble | None] = dataclasses.field(default_factory=dict)
-    scribbles_after: dict[int, _Scribble | None] = dataclasses.field(default_factory=dict)
-    params_before: dict[str, np.ndarray] | None = None
-    params_after: dict[str, np.ndarray] | None = None
-    prob_before: np.ndarray | None = None
-    prob_after: np.ndarray | None = None
-    state_before: dict[str, Any] = dataclasses.field(default_factory=dict)
-    state_after: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        n = 256 + (self.mask.nbytes if self.mask is not None else 0)
-        for side in (self.scribbles_before, self.scribbles_after):
-            n += sum(s.nbytes for s in side.values() if s is not None)
-        for params in (self.params_before, self.params_after):
-            if params:
-                n += sum(int(a.nbytes) for a in params.values())
-        for prob in (self.prob_before, self.prob_after):
-            if prob is not None:
-                n += int(prob.nbytes)
-        return n
-
-    # -- serialisation (one .npz per entry, no pickles) --------------------------------------
-    def to_npz_bytes(self) -> bytes:
-        arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {"uid": self.uid, "action": self.action, "details": self.details,
-                                "state_before": self.state_before,
-                                "state_after": self.state_after, "mask_n": None,
-                                "scribbles": {}, "params": {}}
-        if self.mask is not None:
-            meta["mask_n"] = self.mask.n
-            for part in ("idx", "old", "new"):
-                arrays[f"mask_{part}"] = np.frombuffer(getattr(self.mask, part), np.uint8)
-        for side, entries in (("before", self.scribbles_before), ("after", self.scribbles_after)):
-            side_meta = []
-            for sid, s in entries.items():
-                side_meta.append({"id": sid, "present": s is not None,
-                                  "label": s.label if s else 0, "info": s.info if s else {}})
-                if s is not None:
-                    arrays[f"scrib_{side}_{sid}"] = s.indices
-            meta["scribbles"][side] = side_meta
-        for side, params in (("before", self.params_before), ("after", self.params_after)):
-            if params is not None:
-                meta["params"][side] = list(params)
-                for i, a in enumerate(params.values()):
-                    arrays[f"param_{side}_{i}"] = a
-        for side, prob in (("before", self.prob_before), ("after", self.prob_after)):
-            if prob is not None:
-                arrays[f"prob_{side}"] = prob
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
-        buf = _io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
-
-    @classmethod
-    def from_npz_bytes(cls, data: bytes) -> _Entry:
-        with np.load(_io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
-        mask = None
-        if meta["mask_n"] is not None:
-            mask = _Diff(int(meta["mask_n"]), *(arrays[f"mask_{p}"].tobytes()
-                                                for p in ("idx", "old", "new")))
-        sides: dict[str, dict[int, _Scribble | None]] = {}
-        for side in ("before", "after"):
-            sides[side] = {}
-            for m in meta["scribbles"].get(side, []):
-                sid = int(m["id"])
-                sides[side][sid] = (_Scribble(sid, int(m["label"]),
-                                              arrays[f"scrib_{side}_{sid}"].astype(np.int64),
-                                              m["info"]) if m["present"] else None)
-        params: dict[str, dict[str, np.ndarray] | None] = {"before": None, "after": None}
-        for side, names in meta["params"].items():
-            params[side] = {n: arrays[f"param_{side}_{i}"] for i, n in enumerate(names)}
-        return cls(meta["uid"], meta["action"], meta["details"], mask,
-                   sides["before"], sides["after"], params["before"], params["after"],
-                   arrays.get("prob_before"), arrays.get("prob_after"),
-                   meta["state_before"], meta["state_after"])
 
 
 def _sha256(data: bytes) -> str:
@@ -722,18 +142,6 @@ def _model_hash(model: torch.nn.Module) -> str:
 def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
-
-def _parse_label(label: Any, *, for_mask: bool) -> int:
-    names = ({"fg": 1, "foreground": 1, "bg": 0, "background": 0, "erase": 0} if for_mask
-             else {"fg": _FG, "foreground": _FG, "bg": _BG, "background": _BG})
-    allowed = (0, 1) if for_mask else (_FG, _BG)
-    if isinstance(label, str) and label.lower() in names:
-        return names[label.lower()]
-    if _is_int(label) and int(label) in allowed:
-        return int(label)
-    what = ("a mask label: 1 / 'fg' (paint) or 0 / 'bg' (erase)" if for_mask
-            else "a scribble label: 1 / 'fg' (foreground) or 2 / 'bg' (background)")
-    raise InputError(f"{label!r} is not {what}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1588,8 +996,7 @@ class Session:
             encoded = self._encoded[1] if (self._encoded and self._encoded[0] == box) else None
             new_ids = ([sid for sid in sorted(self._registry) if sid >= self._refined_below]
                        or sorted(self._registry))
-            labels = {self._registry[sid].label for sid in new_ids}
-            direction = (1 if labels == {_FG} else -1 if labels == {_BG} else 0)
+            direction = _stroke_direction({self._registry[sid].label for sid in new_ids})
             new_idx = np.unique(np.concatenate([self._registry[sid].indices for sid in new_ids]))
             return {"generation": self._generation, "box": box, "x": x, "record": record,
                     "target": target, "scribbles": scrib_w, "model": model,
@@ -1628,14 +1035,8 @@ class Session:
                 raise _Superseded()
             record: CropRecord = job["record"]
             spacing = record.working_geometry(self._volume.geometry).spacing_mm
-            weight = scribble_weight_map(job["x"], job["scribbles"], spacing,
-                                         threshold=cfg.threshold,
-                                         scribble_weight=cfg.scribble_weight,
-                                         lam=cfg.geodesic_lam, iterations=cfg.geodesic_iterations,
-                                         normalisation=cfg.normalisation)  # type: ignore[arg-type]
-            target = job["target"].copy()
-            target[job["scribbles"] == _FG] = 1
-            target[job["scribbles"] == _BG] = 0
+            weight = _refine_weights(job["x"], job["scribbles"], spacing, cfg)
+            target = _refine_target(job["target"], job["scribbles"])
             seed = cfg.seed + job["round"]
             try:
                 out = self._seeded_fine_tune(job, target, weight, seed, stale)
@@ -1777,7 +1178,7 @@ class Session:
             write_mask(Volume(self._mask, self._volume.geometry), folder / name)
             files["mask"] = (name, _sha256((folder / name).read_bytes()))
         if "scribbles" in self._dirty or "scribbles" not in files:
-            put("scribbles", f"scribbles-{seq:06d}.npz", self._registry_bytes())
+            put("scribbles", f"scribbles-{seq:06d}.npz", _registry_to_bytes(self._registry))
         if "params" in self._dirty or "params" not in files:
             buf = _io.BytesIO()
             torch.save({n: torch.from_numpy(a) for n, a in self._get_params().items()}, buf)
@@ -1843,19 +1244,6 @@ class Session:
             if rel not in keep:
                 with contextlib.suppress(OSError):
                     p.unlink()
-
-    def _registry_bytes(self) -> bytes:
-        ids = sorted(self._registry)
-        arrays: dict[str, np.ndarray] = {
-            "ids": np.asarray(ids, dtype=np.int64),
-            "labels": np.asarray([self._registry[i].label for i in ids], dtype=np.uint8),
-            "info": np.frombuffer(json.dumps([self._registry[i].info for i in ids]).encode(),
-                                  np.uint8)}
-        for i in ids:
-            arrays[f"idx_{i}"] = self._registry[i].indices
-        buf = _io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        return buf.getvalue()
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -2024,15 +1412,6 @@ def _config_from_saved(text: str) -> RefineConfig:
     if isinstance(data, dict):
         data = {"local_mm": None, "one_way": False, **data}
     return RefineConfig.from_dict(data)
-
-
-def _registry_from_bytes(data: bytes) -> dict[int, _Scribble]:
-    with np.load(_io.BytesIO(data), allow_pickle=False) as z:
-        ids = [int(i) for i in z["ids"]]
-        labels = [int(v) for v in z["labels"]]
-        infos = json.loads(z["info"].tobytes().decode("utf-8"))
-        return {i: _Scribble(i, lab, z[f"idx_{i}"].astype(np.int64), info)
-                for i, lab, info in zip(ids, labels, infos)}
 
 
 def _repair_after_crash(folder: Path) -> None:

@@ -80,8 +80,9 @@ from .checkpoint import ModelCard
 from .errors import ConfigError, InputError
 from .nets import SegmentationNet
 from .preprocess import Box
+from .refine import RefineConfig
 from .robot import SKILLS, RobotConfig, plan_stroke
-from .session import RefineConfig, Session
+from .session import Session
 from .study import StudyPlan, StudyTask, validate_id
 from .volume import Volume
 

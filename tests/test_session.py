@@ -16,6 +16,7 @@ from iunet_nb.errors import ConfigError, InputError, SessionError
 from iunet_nb.io import read_mask
 from iunet_nb.nets import build_network
 from iunet_nb.preprocess import Box
+from iunet_nb.refine import _near_scribbles
 from iunet_nb.session import RefineConfig, Session, stroke_to_voxels
 from iunet_nb.volume import Volume
 
@@ -515,14 +516,13 @@ def test_near_scribbles_matches_brute_force(distance):
     seeds = np.unique(rng.integers(0, np.prod(shape), 5))
     seeds = np.append(seeds, np.ravel_multi_index((8, 0, 15), shape))  # outside the region
     region = Box((1, 2, 3), (7, 12, 14))
-    got = session_mod._near_scribbles(shape, spacing, seeds, region, distance)
+    got = _near_scribbles(shape, spacing, seeds, region, distance)
     zyx = np.argwhere(np.ones(region.size, bool)) + np.asarray(region.lo_zyx)
     seeds_zyx = np.stack(np.unravel_index(seeds, shape), axis=1)
     expected = (_min_dist_mm(zyx, seeds_zyx, spacing) <= distance).reshape(region.size)
     assert got.shape == region.size and np.array_equal(got, expected)
     assert 0 < expected.sum() < expected.size
-    assert not session_mod._near_scribbles(shape, spacing, np.zeros(0, np.int64), region,
-                                           distance).any()
+    assert not _near_scribbles(shape, spacing, np.zeros(0, np.int64), region, distance).any()
 
 
 def test_refine_changes_farther_than_local_mm_from_the_new_stroke_are_undone(case, model, card):

@@ -244,7 +244,7 @@ class Annotator(w.VBox):
                  method: str = "interactive", case_ids: Sequence[str] | None = None,
                  view_size_px: int = 320, view3d: str = "auto",
                  clock: Callable[[], float] | None = None, tick_s: float = 1.0) -> None:
-        from ..session import RefineConfig
+        from ..refine import RefineConfig
 
         if isinstance(tick_s, bool) or not isinstance(tick_s, (int, float)) \
                 or not np.isfinite(tick_s) or tick_s <= 0:
