@@ -83,7 +83,7 @@ from .preprocess import Box
 from .refine import RefineConfig
 from .robot import SKILLS, RobotConfig, plan_stroke
 from .session import Session
-from .study import StudyPlan, StudyTask, validate_id
+from .study_design import StudyPlan, StudyTask, validate_id
 from .volume import Volume
 
 __all__ = [
@@ -270,7 +270,7 @@ def validate_simulation_parameters(readers: Any, cases: Any, skills: Any = "expe
     Raises:
         ConfigError / InputError: the first problem found, with what to do.
     """
-    from .study import validate_design_parameters
+    from .study_design import validate_design_parameters
 
     if not isinstance(cases, str):
         raise ConfigError(f"cases must be a data source string such as 'phantom:4', got "
@@ -427,7 +427,7 @@ def _retime(path: Path, think_by_seq: Mapping[int, float], start: datetime.datet
         ``(span_s, time_s, think_s, compute_s)``: the whole session's simulated length, the
         paper's time (start event to the last save), total think and total compute time.
     """
-    from .study import END_EVENTS, START_EVENTS
+    from .study_analysis import END_EVENTS, START_EVENTS
 
     events = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
               if line.strip()]
@@ -580,7 +580,9 @@ def simulate_study(plan: StudyPlan, cases: Sequence[Case] | Mapping[str, tuple[V
 # ----------------------------------------------------------------------------------------------
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .checkpoint import load_bundled_model, load_model
-    from .study import analyse_study, design_study, write_study_report
+    from .study_analysis import analyse_study
+    from .study_design import design_study
+    from .study_report import write_study_report
 
     if args.plan:
         plan = StudyPlan.from_json(args.plan)
