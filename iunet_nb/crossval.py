@@ -978,13 +978,15 @@ def _comparison(per_case: pd.DataFrame, summary: pd.DataFrame, methods: Sequence
         paper = PAPER_TABLE1.get(m)
         paper_text = (f"{paper[0]:.1f} ± {paper[1]:.1f} (D1, 90 CTs)" if paper
                       else PAPER_RESULTS.get(m, {}).get(info["structure"], ""))
+        name = "DSC" if metric == "dice" else metric
+        unit = " (%)" if metric == "dice" else ""
         rows.append({
             "Method": METHOD_NAMES.get(m, m), "architecture": m, "box": info["box"],
             "structure": info["structure"], "n": int(s["n"]),
-            f"{metric} mean ± sd" + (" (%)" if metric == "dice" else ""):
+            f"{name} mean ± sd{unit}":
                 f"{scale * s['mean']:.1f} ± {scale * s['sd']:.1f}" if math.isfinite(s["sd"])
                 else f"{scale * s['mean']:.1f}",
-            "median": scale * float(s["median"]),
+            f"median{unit}": f"{scale * float(s['median']):.1f}",
             "training per fold": info["compute"],
             "train s per fold": round(info["train_s"], 1) if math.isfinite(info["train_s"])
             else math.nan,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 import pandas as pd
@@ -126,7 +125,7 @@ def test_systems_only_all_folds_merge_and_tables(dataset, tmp_path):
     comp = tables.comparison.set_index("architecture").loc["kloenne"]
     assert comp["box"] == "none" and comp["n"] == 4 and comp["structure"] == "pancreas"
     assert comp["training per fold"] == "unet2d 2 steps (batch 4) + msd2d 2 steps (batch 4)"
-    assert comp["median"] == pytest.approx(100 * np.median(merged["dice"]))
+    assert float(comp["median (%)"]) == pytest.approx(100 * np.median(merged["dice"]), abs=0.05)
     assert comp["train s per fold"] == pytest.approx(
         merged.groupby("fold")["train_s"].first().mean(), abs=0.051)
 
@@ -311,15 +310,16 @@ def test_report_has_the_box_column_and_the_comparison(tmp_path):
     assert t1.loc["zhou", "DSC (%)"] == "50.0 ± 10.0"
     comp = tables.comparison.set_index("architecture")
     assert comp.loc["zhou", "train s per fold"] == pytest.approx(20.5)  # folds: 20 and 21 s
-    assert comp.loc["zhou", "median"] == pytest.approx(50.0)
+    assert comp.loc["zhou", "median (%)"] == "50.0" and comp.loc["iunet", "median (%)"] == "80.0"
     assert comp.loc["zhou", "paper (their data)"].startswith("82.4 ± 5.7 (NIH")
     files = write_cv_report(tables, tmp_path)
     md = files["comparison_md"].read_text()
-    assert "| Zhou coarse-to-fine (2D FCN x 3 views) | none | pancreas | 3 | 50.0 ± 10.0 |" in md
+    assert "| Zhou coarse-to-fine (2D FCN x 3 views) | none | pancreas | 3 | 50.0 ± 10.0 | 50.0 |" \
+        in md and "DSC mean ± sd (%) | median (%) |" in md
     assert "| none |" in (tmp_path / "table1.md").read_text()
     saved = json.loads(files["json"].read_text())
     assert [r["box"] for r in saved["comparison"]] == ["reference", "none"]
-    assert math.isclose(saved["comparison"][0]["median"], 80.0)
+    assert saved["comparison"][1]["DSC mean ± sd (%)"] == "50.0 ± 10.0"
 
 
 def test_every_system_is_named():
