@@ -34,7 +34,7 @@ BUNDLED_DETECTOR = "zhou_pancreas_detector.pt"
 BUNDLED_DETECTOR_SHA256 = "7f5a0e911a50fa282c955778096298e38d287a5215535337fe89253a5f12c3eb"
 # SHA-256 of the shipped weights: a damaged or swapped file is refused before it is loaded.
 # Update it (and the card) whenever scripts/train_bundled_model.py retrains them.
-BUNDLED_SHA256 = "828b3ad48b71fa6b99c3e57d477ac14016088f7890dc5408c872602892980217"
+BUNDLED_SHA256 = "7da57cc3d6e83869172a471e9b4e66b94931e983b22c2d8f33305c9c3c22f694"
 
 
 @dataclass(frozen=True)
