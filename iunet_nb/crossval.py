@@ -1103,6 +1103,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         cfg = CVConfig.from_json(out / "cv_config.json") if (out / "cv_config.json").exists() \
             else None
         tables = cv_tables(merge_folds(out), baseline=cfg.baseline if cfg else "iunet")
+        write_cv_report(tables, out)
     else:
         if args.config:
             cfg = CVConfig.from_json(args.config)

@@ -289,6 +289,9 @@ def test_cli_systems_flag_runs_a_fold_and_merges(dataset, tmp_path, capsys):
     assert "| Zhou coarse-to-fine (2D FCN x 3 views) | 4 |" in printed
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 8 and set(results["architecture"]) == {"dilated_fcn", "zhou"}
+    # --merge writes the whole report, the comparison table with its box column included
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert list(comparison["box"]) == ["reference", "none"] and (out / "table1.md").is_file()
     saved = CVConfig.from_json(out / "cv_config.json")
     assert saved.systems == ("zhou",) and saved.system_overrides == {"zhou": ZHOU_TINY}
     bad = parser.parse_args(common + ["--system-config", "{zhou"])
