@@ -31,7 +31,7 @@ __all__ = ["ModelCard", "save_model", "load_model", "load_bundled_model", "bundl
 
 BUNDLED_MODEL = "iunet_pancreas.pt"
 BUNDLED_DETECTOR = "zhou_pancreas_detector.pt"
-BUNDLED_DETECTOR_SHA256 = "7f5a0e911a50fa282c955778096298e38d287a5215535337fe89253a5f12c3eb"
+BUNDLED_DETECTOR_SHA256 = "67e6bcef9eceffa8807be3f49ac539e5071423ce4b185b1d4868f184baaeff3d"
 # SHA-256 of the shipped weights: a damaged or swapped file is refused before it is loaded.
 # Update it (and the card) whenever scripts/train_bundled_model.py retrains them.
 BUNDLED_SHA256 = "7da57cc3d6e83869172a471e9b4e66b94931e983b22c2d8f33305c9c3c22f694"

@@ -5,8 +5,11 @@ Only the three coarse view models are trained (the fine models get a single step
 uses the fused coarse probabilities to place the iUnet box, :func:`iunet_nb.systems.detect_box`).
 Reduced CPU scale (4 mm voxels, 8 base channels, 2000 steps per view), from scratch (no
 ImageNet weights). Data: synthetic CT from the BTCV label maps plus procedural phantoms (seeds
-disjoint from the bundled sample's). Checked on the bundled sample: the detected box must
-contain the whole reference pancreas.
+disjoint from the bundled sample's); the last ``--val`` BTCV label maps are held out.
+Containment (issue 8: how often does the automatic box hold the whole organ?) is measured on
+the held-out BTCV-synthetic cases, on ``--test-phantoms`` fresh phantoms (seeds not used in
+training) and on the bundled sample, written to ``WORK/containment.json`` and into the card's
+notes.
 
     python scripts/train_bundled_detector.py --btcv ../shared/data/btcv_labels
 """
@@ -17,13 +20,18 @@ import argparse
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
-from iunet_nb.checkpoint import bundled_detector_path, file_sha256
+import numpy as np
+
+from iunet_nb.checkpoint import bundled_detector_path, bundled_model_path, file_sha256
+from iunet_nb.evaluate import dice
+from iunet_nb.predict import segment
 from iunet_nb.preprocess import Box
 from iunet_nb.synth import load_sample
 from iunet_nb.systems import ZhouConfig, detect_box, train_zhou
-from iunet_nb.systems.autobox import box_recall
+from iunet_nb.systems.autobox import box_contains, box_recall
 from iunet_nb.train import load_training_cases
 
 
@@ -35,19 +43,61 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2021)
     ap.add_argument("--work", default="runs/detector")
     ap.add_argument("--out", default=str(bundled_detector_path()))
+    ap.add_argument("--val", type=int, default=5, help="BTCV label maps held out (the last ones)")
+    ap.add_argument("--test-phantoms", type=int, default=20, help="fresh phantoms for containment")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
     btcv, btcv_desc = load_training_cases(f"btcv-synth:{args.btcv}", seed=args.seed)
+    train_btcv, val_btcv = btcv[:-args.val] if args.val else btcv, btcv[-args.val:] if args.val else []
     phantoms, ph_desc = load_training_cases(f"phantom:{args.phantoms}", seed=args.seed + 1000)
     cfg = ZhouConfig.reduced(seed=args.seed, coarse_iterations=args.iterations, fine_iterations=1)
-    result = train_zhou(btcv + phantoms, cfg, args.work,
-                        data_description=f"box detector (coarse stage only): {btcv_desc}; {ph_desc}")
+    result = train_zhou(train_btcv + phantoms, cfg, args.work,
+                        data_description=(f"box detector (coarse stage only): {btcv_desc} (last "
+                                          f"{args.val} held out); {ph_desc}"))
+    report = _containment(result.model, val_btcv, args)
+    (Path(args.work) / "containment.json").write_text(json.dumps(report, indent=2) + "\n")
+    card = json.loads((Path(args.work) / "model.json").read_text())
+    card["notes"] = (f"{card.get('notes', '')} Containment of the whole pancreas in the detected "
+                     f"box: {report['summary']}").strip()
+    (Path(args.work) / "model.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     for suffix in (".pt", ".json"):  # the shipped copy: weights + card side by side
         shutil.copyfile(Path(args.work) / f"model{suffix}", Path(args.out).with_suffix(suffix))
-    ct, ref = load_sample()
-    box = detect_box(ct, result.model)
-    print(json.dumps({"sample_box": box.to_dict(), "reference_box": Box.from_mask(ref.array).to_dict(),
-                      "recall": box_recall(box, ref.array), "sha256": file_sha256(args.out)}, indent=2))
+    print(json.dumps({**report, "sha256": file_sha256(args.out)}, indent=2))
+
+
+def _containment(detector, val_btcv, args) -> dict:
+    """Box containment and recall (and the bundled iUnet's DSC in that box) per test case."""
+    from iunet_nb.checkpoint import load_bundled_model
+
+    model, card = load_bundled_model()
+    tests = [(f"btcv-val-{i}", ct, m) for i, (ct, m) in enumerate(val_btcv)]
+    phantoms, _ = load_training_cases(f"phantom:{args.test_phantoms}", seed=args.seed + 5000)
+    tests += [(f"phantom-{args.seed + 5000 + i}", ct, m) for i, (ct, m) in enumerate(phantoms)]
+    tests.append(("bundled-sample", *load_sample()))
+    rows = []
+    for name, ct, ref in tests:
+        t0 = time.perf_counter()
+        box = detect_box(ct, detector)
+        detect_s = time.perf_counter() - t0
+        pred = segment(ct, model, box, card.preprocess)
+        rows.append({"case": name, "contains": bool(box_contains(box, ref.array)),
+                     "recall": round(box_recall(box, ref.array), 4),
+                     "box_voxels_over_organ_box": round(
+                         float(np.prod(box.size)) / float(np.prod(Box.from_mask(ref.array).size)), 2),
+                     "iunet_dsc": round(float(dice(pred.array, ref.array)), 4),
+                     "detect_s": round(detect_s, 3)})
+        logging.info("%s", rows[-1])
+    groups = {"held-out BTCV-synthetic": [r for r in rows if r["case"].startswith("btcv")],
+              "fresh phantoms": [r for r in rows if r["case"].startswith("phantom")],
+              "bundled sample": [r for r in rows if r["case"] == "bundled-sample"]}
+    summary = "; ".join(
+        f"{k} {sum(r['contains'] for r in g)}/{len(g)} (recall min {min(r['recall'] for r in g):.3f},"
+        f" box / organ box volume median "
+        f"{np.median([r['box_voxels_over_organ_box'] for r in g]):.1f})"
+        for k, g in groups.items() if g)
+    return {"summary": summary,
+            "iunet_dsc_model": f"bundled iUnet, sha256 {file_sha256(bundled_model_path())[:12]}",
+            "cases": rows}
 
 
 if __name__ == "__main__":

@@ -641,7 +641,9 @@ def test_without_a_box_the_bundled_detector_finds_the_pancreas():
     s = Session(ct, model, card, None, config=RefineConfig(device="cpu"))
     mask = s.predict()
     box = s.box
+    # a tight box (detect_box defaults, chosen for the iUnet's DSC: systems/autobox.py);
+    # measured: 79.7 % of the pancreas inside the box, DSC 0.917 (0.937 with the reference box)
     inside = ref.array[box.slices].sum() / ref.array.sum()
-    assert inside > 0.98, f"the detected box {box.to_dict()} holds {inside:.1%} of the pancreas"
-    assert dice(mask.array, ref.array) > 0.8
+    assert inside > 0.75, f"the detected box {box.to_dict()} holds {inside:.1%} of the pancreas"
+    assert dice(mask.array, ref.array) > 0.88
     assert s.events[-1]["details"]["box"] == box.to_dict()

@@ -42,14 +42,15 @@ def test_box_is_the_organ_and_small_far_components_are_dropped(ct):
 def test_threshold_decides_what_counts(ct):
     prob = _prob(ct.shape, ORGAN, p=0.9)
     prob[2:5, 10:20, 8:25] = 0.2            # a fringe above the organ
-    assert detect_box(ct, lambda v: prob, margin_mm=0).lo_zyx == (2, 10, 8)      # default 0.1
-    assert detect_box(ct, lambda v: prob, threshold=0.5, margin_mm=0).lo_zyx == (5, 10, 8)
+    assert detect_box(ct, lambda v: prob).lo_zyx == (5, 10, 8)                   # default 0.3
+    assert detect_box(ct, lambda v: prob, threshold=0.1).lo_zyx == (2, 10, 8)
 
 
 def test_margin_in_mm_is_converted_with_the_spacing_and_clipped(ct):
     prob = _prob(ct.shape, ORGAN)
     # spacing (2, 1, 1) mm: 10 mm = 5 slices and 10 voxels in plane; x clipped at 0
-    assert detect_box(ct, lambda v: prob) == Box((0, 0, 0), (17, 30, 35))
+    assert detect_box(ct, lambda v: prob) == Box((5, 10, 8), (12, 20, 25))   # default: none
+    assert detect_box(ct, lambda v: prob, margin_mm=10) == Box((0, 0, 0), (17, 30, 35))
     assert detect_box(ct, lambda v: prob, margin_mm=3) == Box((3, 7, 5), (14, 23, 28))
 
 
