@@ -976,7 +976,9 @@ def _comparison(per_case: pd.DataFrame, summary: pd.DataFrame, methods: Sequence
         info, s = _method_info(per_case, m), summary.loc[m]
         scale = 100.0 if metric == "dice" else 1.0
         paper = PAPER_TABLE1.get(m)
-        paper_text = (f"{paper[0]:.1f} ± {paper[1]:.1f} (D1, 90 CTs)" if paper
+        pancreas = info["structure"].lower() in ("", "pancreas", "11")  # D1 is pancreas
+        paper_text = (f"{paper[0]:.1f} ± {paper[1]:.1f} (D1 pancreas, 90 CTs)"
+                      if paper and pancreas
                       else PAPER_RESULTS.get(m, {}).get(info["structure"], ""))
         name = "DSC" if metric == "dice" else metric
         unit = " (%)" if metric == "dice" else ""

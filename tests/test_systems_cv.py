@@ -252,7 +252,9 @@ def test_an_old_cv_config_without_the_system_fields_still_loads(dataset, tmp_pat
                              "case_id": ["a", "b"], "dice": [0.8, 0.6], "train_s": [5.0, 5.0]})
     comp = cv_tables(old_rows).comparison.iloc[0]
     assert comp["box"] == "reference" and comp["train s per fold"] == 5.0
-    assert comp["paper (their data)"] == "78.1 ± 8.7 (D1, 90 CTs)"
+    assert comp["paper (their data)"] == "78.1 ± 8.7 (D1 pancreas, 90 CTs)"
+    liver = cv_tables(old_rows.assign(structure="liver")).comparison.iloc[0]
+    assert liver["paper (their data)"] == ""  # the paper's D1 numbers are pancreas only
 
 
 def test_overrides_round_trip_through_cv_config_json(dataset):
