@@ -22,12 +22,12 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..volume import Volume
+from .cv import SYSTEMS
 
 __all__ = ["SYSTEMS", "add_cli", "load_label_map_cases"]
 
 logger = logging.getLogger(__name__)
 
-SYSTEMS: tuple[str, ...] = ("zhou", "roth", "kloenne")
 
 
 def load_label_map_cases(data: str, *, limit: int | None = None, seed: int = 0,
