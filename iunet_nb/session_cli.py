@@ -66,10 +66,13 @@ def saved_mask(folder: str | Path, *, use_previous: bool = False):
     Raises:
         SessionError: no session, or the mask file is missing or does not match the manifest.
     """
+    folder = Path(folder)
+    return _read_saved_mask(folder, read_manifest(folder, use_previous=use_previous))
+
+
+def _read_saved_mask(folder: Path, manifest: dict[str, Any]):
     from .io import read_mask
 
-    folder = Path(folder)
-    manifest = read_manifest(folder, use_previous=use_previous)
     entry = manifest["files"].get("mask")
     if entry is None:
         raise SessionError(f"the session in {folder} has no saved mask yet (segment or paint "
@@ -131,7 +134,7 @@ def session_info(folder: str | Path, *, reference=None, use_previous: bool = Fal
             counts[kind] = counts.get(kind, 0) + 1
     info["n_events"], info["event_counts"] = sum(counts.values()), counts
     if "mask" in manifest["files"]:
-        mask = saved_mask(folder, use_previous=use_previous)
+        mask = _read_saved_mask(folder, manifest)
         n = int(np.count_nonzero(mask.array))
         info["mask_voxels"] = n
         info["mask_ml"] = n * float(np.prod(mask.spacing_mm)) / 1000.0
