@@ -19,9 +19,10 @@ with the stroke):
   mask away from its border and from the scribbles; what the walker changes is written
   into the session with ``Session.paint(points=...)``.
 * ``"improved"`` (e): the Session's refinement with :data:`IMPROVED_CONFIG` (chosen by
-  measurement, see ``benchmarks/interactive_results.md``): Euclidean band, lr 1e-3, and
-  the Session keeps only the changes within :data:`IMPROVED_LOCAL_MM` of the new stroke
-  and in its direction (``RefineConfig.local_mm``, ``RefineConfig.one_way``).
+  measurement, see ``benchmarks/interactive_results.md``): Euclidean band, lr 1e-3, a
+  cross-entropy term on the scribbled voxels (``RefineConfig.scribble_ce``), and the
+  Session keeps only the changes within :data:`IMPROVED_LOCAL_MM` of the new stroke and in
+  its direction (``RefineConfig.local_mm``, ``RefineConfig.one_way``).
 * ``"session_default"``: the refinement with the Session's current ``RefineConfig()``
   (since the measured settings became the defaults, the same as ``"improved"``).
 
@@ -87,7 +88,8 @@ PAPER_LAMBDA = 1.0
 #: preset does not move when the Session's defaults do.
 PAPER_CONFIG = RefineConfig(lam=PAPER_LAMBDA, threshold=0.2, scribble_weight=3.0,
                             geodesic_lam=1.0, lr=1e-2, local_mm=None, one_way=False,
-                            force_scribbles=False, keep_weights_between_rounds=True)
+                            force_scribbles=False, keep_weights_between_rounds=True,
+                            scribble_ce=0.0)
 #: Changes of a refinement farther than this from the new stroke are discarded (mm).
 IMPROVED_LOCAL_MM = 15.0
 #: The measured improvement (benchmarks/interactive_results.md), now the Session's defaults:
@@ -95,9 +97,11 @@ IMPROVED_LOCAL_MM = 15.0
 #: distance the band swallows most of the organ and the network drifts), a gentler Adam step
 #: (lr 1e-3), changes kept only within :data:`IMPROVED_LOCAL_MM` of the new stroke and in
 #: its direction (a foreground stroke only adds, a background stroke only removes),
-#: scribbles forced. Spelled out so that it does not move with the defaults.
+#: scribbles forced, and a cross-entropy term on the scribbled voxels added to eq. 3 (weight
+#: 1.0) so that a stroke teaches the network more than its own voxels. Spelled out so that it
+#: does not move with the defaults.
 IMPROVED_CONFIG = RefineConfig(lam=0.0, geodesic_lam=0.0, lr=1e-3, local_mm=IMPROVED_LOCAL_MM,
-                               one_way=True, force_scribbles=True)
+                               one_way=True, force_scribbles=True, scribble_ce=1.0)
 _KINDS = ("paint", "refine", "random_walker")
 
 
@@ -135,15 +139,17 @@ METHODS: dict[str, Method] = {
                     description=f"(b) iUnet: last + bottleneck layer, eq. 3 lambda "
                                 f"{PAPER_LAMBDA}, threshold 0.2, network mask"),
     "full": Method("full", "refine",
-                   RefineConfig(lr=1e-3, geodesic_lam=1.0, local_mm=None, one_way=False),
+                   RefineConfig(lr=1e-3, geodesic_lam=1.0, local_mm=None, one_way=False,
+                                scribble_ce=0.0),
                    full_network=True,
                    description="(c) whole network fine-tuned (lr 1e-3, image-driven band, "
                                "changes anywhere in the crop)"),
     "random_walker": Method("random_walker", "random_walker",
                             description="(d) random walker (Grady) seeded by scribbles + mask"),
     "improved": Method("improved", "refine", IMPROVED_CONFIG,
-                       description="(e) Euclidean band, lr 1e-3, one-way changes kept within "
-                                   f"{IMPROVED_LOCAL_MM:.0f} mm of the stroke (Session)"),
+                       description="(e) Euclidean band, lr 1e-3, scribble cross-entropy, "
+                                   f"one-way changes kept within {IMPROVED_LOCAL_MM:.0f} mm of "
+                                   "the stroke (Session)"),
     "session_default": Method("session_default", "refine", RefineConfig(),
                               description="Session's RefineConfig() defaults as committed"),
 }

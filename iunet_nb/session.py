@@ -1097,7 +1097,8 @@ class Session:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             return fine_tune(job["model"], job["x"], target, weight, self._config,
-                             encoded=job["encoded"], should_stop=stale)
+                             scribbles=job["scribbles"], encoded=job["encoded"],
+                             should_stop=stale)
 
     def _fall_back_to_cpu(self, what: str, exc: BaseException) -> None:
         """After a CUDA out-of-memory error: move the network to the CPU and carry on there."""
@@ -1404,13 +1405,14 @@ def _local_record(record: CropRecord) -> CropRecord:
 
 def _config_from_saved(text: str) -> RefineConfig:
     """The saved RefineConfig; a config written before ``local_mm``/``one_way`` existed
-    keeps the behaviour it was saved with (changes anywhere in the crop, both ways)."""
+    keeps the behaviour it was saved with (changes anywhere in the crop, both ways), and one
+    written before ``scribble_ce`` existed refines without the scribble term."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"RefineConfig: not valid JSON ({exc})") from exc
     if isinstance(data, dict):
-        data = {"local_mm": None, "one_way": False, **data}
+        data = {"local_mm": None, "one_way": False, "scribble_ce": 0.0, **data}
     return RefineConfig.from_dict(data)
 
 

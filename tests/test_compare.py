@@ -113,7 +113,8 @@ def test_methods_table_is_complete_and_paper_config_is_the_papers():
     assert METHODS["paper"].refine == PAPER_CONFIG
     # the improved method is the Session's own refinement, now its defaults
     assert (IMPROVED_CONFIG.geodesic_lam, IMPROVED_CONFIG.lr, IMPROVED_CONFIG.local_mm,
-            IMPROVED_CONFIG.one_way) == (0.0, 1e-3, 15.0, True)
+            IMPROVED_CONFIG.one_way, IMPROVED_CONFIG.scribble_ce) == (0.0, 1e-3, 15.0, True, 1.0)
+    assert PAPER_CONFIG.scribble_ce == 0.0  # the paper's loss is eq. 3 alone
     assert METHODS["improved"].refine == IMPROVED_CONFIG == RefineConfig()
     assert METHODS["session_default"].refine == METHODS["improved"].refine
     for name in ("paper", "full", "improved", "session_default"):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from iunet_nb.errors import InputError
-from iunet_nb.losses import interactive_loss, one_hot, soft_dice_loss, tanimoto_ce_loss
+from iunet_nb.losses import (interactive_loss, one_hot, scribble_cross_entropy, soft_dice_loss,
+                             tanimoto_ce_loss)
 
 # One item, two classes, four voxels (spatial shape (4,)).
 P1 = [0.9, 0.2, 0.7, 0.1]
@@ -200,3 +201,26 @@ def test_errors():
         tanimoto_ce_loss(torch.zeros(1, 2, 4), torch.tensor([[0, 1, 1]]))
     with pytest.raises(InputError, match="integer tensor"):
         one_hot(torch.zeros(3), 2)
+
+
+def test_scribble_cross_entropy_averages_over_the_scribbled_voxels_only():
+    logits = torch.tensor([[[2.0, 0.0, -1.0, 5.0], [0.0, 1.0, 1.0, -5.0]]])  # (1, 2, 4 voxels)
+    labels = torch.tensor([[0, 1, 0, 1]])
+    scribbled = torch.tensor([[True, True, False, False]])
+    # voxel 0: -log softmax(2, 0)[0]; voxel 1: -log softmax(0, 1)[1]; voxels 2-3 ignored
+    expected = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-1.0))) / 2
+    assert float(scribble_cross_entropy(logits, labels, scribbled)) == pytest.approx(expected)
+    # the worst voxel (3) is not scribbled: it does not count
+    other = logits.clone()
+    other[0, :, 3] = torch.tensor([9.0, -9.0])
+    assert float(scribble_cross_entropy(other, labels, scribbled)) == pytest.approx(expected)
+
+
+def test_scribble_cross_entropy_without_scribbles_is_zero_and_differentiable():
+    logits = torch.randn(1, 2, 3, 4, 4, requires_grad=True)
+    labels = torch.zeros(1, 3, 4, 4, dtype=torch.long)
+    loss = scribble_cross_entropy(logits, labels, torch.zeros(1, 3, 4, 4, dtype=torch.bool))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and logits.grad is not None
+    with pytest.raises(InputError, match="scribble_cross_entropy"):
+        scribble_cross_entropy(logits, labels[:, :2], torch.zeros(1, 2, 4, 4, dtype=torch.bool))

@@ -503,9 +503,9 @@ def test_local_config_defaults_and_validation():
         RefineConfig(one_way=1)
     # a config saved before local_mm / one_way existed keeps the paper's behaviour on load
     legacy = json.loads(RefineConfig(lr=0.02).to_json())
-    del legacy["local_mm"], legacy["one_way"]
+    del legacy["local_mm"], legacy["one_way"], legacy["scribble_ce"]
     old = session_mod._config_from_saved(json.dumps(legacy))
-    assert (old.local_mm, old.one_way, old.lr) == (None, False, 0.02)
+    assert (old.local_mm, old.one_way, old.scribble_ce, old.lr) == (None, False, 0.0, 0.02)
     assert session_mod._config_from_saved(RefineConfig().to_json()) == RefineConfig()
 
 
