@@ -149,7 +149,8 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
                *, train_config: TrainConfig | None = None, n_val: int = 5, seed: int = 0,
                out_dir: str | os.PathLike | None = None, limit: int | None = None,
                progress: bool = False, reorient: bool = True,
-               btcv_direction: Sequence[float] | None = BTCV_DIRECTION) -> pd.DataFrame:
+               btcv_direction: Sequence[float] | None = BTCV_DIRECTION,
+               liver_spleen_contact: float = 0.0) -> pd.DataFrame:
     """Synthetic-to-synthetic and synthetic-to-real DSC of an iUnet trained on BTCV-synthetic CT.
 
     Args:
@@ -172,6 +173,9 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
         btcv_direction: the direction the BTCV maps are read with instead of their header's
             (default :data:`BTCV_DIRECTION`, their true orientation); None trusts the header,
             which mirrors the synthetic anatomy left-right relative to the real CT.
+        liver_spleen_contact: probability that a *training* map's liver is grown until it
+            touches the spleen (:func:`iunet_nb.synth.grow_liver_to_spleen`); the held-out
+            synthetic cases keep their anatomy. Default 0 (off).
 
     Returns:
         DataFrame with :data:`COLUMNS`, one row per held-out synthetic case and per real case.
@@ -189,8 +193,11 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
     btcv_ids = [c.case_id for c in datasets.find_cases(btcv_folder, structure, layout="btcv",
                                                        btcv_direction=direction)]
     btcv_ids = btcv_ids[:limit]
+    n_train = len(btcv_ids) - n_val
     synthetic, desc = load_training_cases(f"btcv-synth:{btcv_folder}", structure=structure,
-                                          limit=limit, seed=seed, btcv_direction=direction)
+                                          limit=limit, seed=seed, btcv_direction=direction,
+                                          liver_spleen_contact=liver_spleen_contact,
+                                          augment_first=n_train)
     real_found = datasets.find_cases(ircadb_folder, structure, layout="ircadb")
     real = []
     for case in real_found:

@@ -316,6 +316,7 @@ def _read_losses(path: Path, upto: int) -> list[float]:
 def load_training_cases(data: str, *, structure: str | int = "pancreas", layout: str = "auto",
                         limit: int | None = None, seed: int = 0,
                         btcv_direction: tuple[float, ...] | None = BTCV_DIRECTION,
+                        liver_spleen_contact: float = 0.0, augment_first: int | None = None,
                         ) -> tuple[list[tuple[Volume, Volume]], str]:
     """Training cases ``(CT, mask)`` from a data source string, and a description of it.
 
@@ -331,11 +332,20 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
             header's (:func:`iunet_nb.datasets.find_cases`); default
             :data:`~iunet_nb.datasets.BTCV_DIRECTION`, the shared maps' true orientation
             (their header mirrors x); None trusts the header.
+        liver_spleen_contact: ``btcv-synth`` only: probability per label map of
+            :func:`iunet_nb.synth.grow_liver_to_spleen` before synthesis (an anatomical
+            augmentation; its draw is seeded with ``10_000 + seed + i``, apart from the CT's).
+            Default 0 (off).
+        augment_first: apply it only to the first ``augment_first`` maps (None: all), so
+            held-out cases keep their anatomy.
     """
     from tqdm.auto import tqdm
 
     from . import datasets, synth
 
+    if not (isinstance(liver_spleen_contact, (int, float)) and 0 <= liver_spleen_contact <= 1):
+        raise ConfigError(f"liver_spleen_contact must be a probability in [0, 1], got "
+                          f"{liver_spleen_contact!r}")
     if data.startswith("phantom:"):
         try:
             n = int(data.split(":", 1)[1])
@@ -352,12 +362,19 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
         for i, case in enumerate(tqdm(label_cases, desc="Synthesising CT", unit="case",
                                           disable=not is_main())):
             labels = case.read_labels()  # the true direction, not the header's
+            if liver_spleen_contact > 0 and (augment_first is None or i < augment_first):
+                grow_rng = np.random.default_rng(10_000 + seed + i)
+                if grow_rng.random() < liver_spleen_contact:
+                    labels = synth.grow_liver_to_spleen(labels, grow_rng)
             ct = synth.synthesize_ct(labels, rng=seed + i)
             mask = labels.with_array((labels.array == value).astype(np.uint8))
             cases.append((ct, mask))
         ids = [c.case_id for c in label_cases]
+        extra = (f", liver grown to the spleen with probability {liver_spleen_contact:g}"
+                 + ("" if augment_first is None else f" in the first {augment_first}")
+                 if liver_spleen_contact > 0 else "")
         return cases, (f"synthetic CT from {len(ids)} BTCV label maps ({ids[0]}..{ids[-1]}), "
-                       f"seeds {seed}..{seed + len(ids) - 1}, target label {value}")
+                       f"seeds {seed}..{seed + len(ids) - 1}, target label {value}{extra}")
     found = datasets.find_cases(data, structure=structure, layout=layout,
                                 btcv_direction=btcv_direction)[:limit]
     cases = []

@@ -45,6 +45,9 @@ def main() -> None:
                     help="keep the stored array order (BTCV and DICOM then differ by an x/y flip)")
     ap.add_argument("--aug-noise-hu", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                     help="training noise sigma range in HU (default: AugmentConfig's, 0..3)")
+    ap.add_argument("--liver-spleen-contact", type=float, default=0.0, metavar="P",
+                    help="probability that a training map's liver is grown to touch the spleen "
+                         "(iunet_nb.synth.grow_liver_to_spleen; held-out maps unchanged)")
     ap.add_argument("--out", default="runs/domain_gap")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -62,7 +65,8 @@ def main() -> None:
     t0 = time.perf_counter()
     table = domain_gap(args.structure, args.btcv, args.ircadb, train_config=cfg, n_val=args.val,
                        seed=args.seed, out_dir=out, limit=args.limit, progress=True,
-                       reorient=not args.no_reorient)
+                       reorient=not args.no_reorient,
+                       liver_spleen_contact=args.liver_spleen_contact)
     logger.info("done in %.0f s", time.perf_counter() - t0)
     print(table.to_string(index=False))
     print(table.groupby("domain")["dsc"].agg(["mean", "std", "count"]).to_string())

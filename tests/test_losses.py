@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from iunet_nb.errors import InputError
-from iunet_nb.losses import (interactive_loss, one_hot, scribble_cross_entropy, soft_dice_loss,
-                             tanimoto_ce_loss)
+from iunet_nb.losses import (
+    interactive_loss,
+    one_hot,
+    scribble_cross_entropy,
+    soft_dice_loss,
+    tanimoto_ce_loss,
+)
 
 # One item, two classes, four voxels (spatial shape (4,)).
 P1 = [0.9, 0.2, 0.7, 0.1]

@@ -10,8 +10,13 @@ import pytest
 import torch
 
 from iunet_nb.errors import ConfigError
-from iunet_nb.refine import (RefineConfig, _refine_target, _refine_weights, _stroke_direction,
-                             fine_tune)
+from iunet_nb.refine import (
+    RefineConfig,
+    _refine_target,
+    _refine_weights,
+    _stroke_direction,
+    fine_tune,
+)
 
 
 def test_refine_target_sets_scribble_voxels_to_their_label_on_a_copy():

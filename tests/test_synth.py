@@ -16,6 +16,7 @@ from iunet_nb.synth import (
     PHANTOM_LABELS,
     TISSUE,
     SynthConfig,
+    grow_liver_to_spleen,
     load_sample,
     make_phantom,
     phantom_labels,
@@ -269,3 +270,39 @@ def test_load_sample_matches_card_and_regenerates():
     diff = np.abs(np.clip(np.rint(ct2.array), -1024, 3071) - ct.array)
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
     assert np.allclose(ct2.geometry.origin_mm, ct.geometry.origin_mm, atol=1e-3)
+
+
+# ------------------------------------------------------------------ liver grown to the spleen
+def _liver_spleen_map(gap_vox: int = 5) -> Volume:
+    arr = np.zeros((20, 30, 40), np.uint8)
+    arr[5:15, 8:22, 2:14] = BTCV["liver"]
+    arr[5:15, 8:22, 14 + gap_vox:30] = BTCV["spleen"]
+    arr[5:15, 2:6, 14:20] = BTCV["stomach"]  # an organ near the gap: never overwritten
+    return Volume(arr, Geometry((2.0, 2.0, 2.0)))
+
+
+def test_grow_liver_to_spleen_bridges_the_gap_over_background_only():
+    labels = _liver_spleen_map()
+    grown = grow_liver_to_spleen(labels, 0)
+    a, b = labels.array, grown.array
+    liver_b = b == BTCV["liver"]
+    assert np.array_equal(b == BTCV["spleen"], a == BTCV["spleen"])
+    assert np.array_equal(b == BTCV["stomach"], a == BTCV["stomach"])
+    added = liver_b & (a != BTCV["liver"])
+    assert added.any() and np.all(a[added] == 0)
+    # before: 5 background voxels between them; after: the liver touches the spleen
+    def touching(liver: np.ndarray) -> bool:
+        return bool((ndi.binary_dilation(liver) & (b == BTCV["spleen"])).any())
+
+    assert not touching(a == BTCV["liver"]) and touching(liver_b)
+    assert np.array_equal(grow_liver_to_spleen(labels, 0).array, b)     # seeded
+    assert a is labels.array and (a == BTCV["liver"]).sum() < liver_b.sum()  # input untouched
+
+
+def test_grow_liver_to_spleen_without_a_spleen_or_with_a_bad_width():
+    arr = _liver_spleen_map().array.copy()
+    arr[arr == BTCV["spleen"]] = 0
+    labels = Volume(arr, Geometry((2.0, 2.0, 2.0)))
+    assert grow_liver_to_spleen(labels, 0) is labels
+    with pytest.raises(ConfigError, match="width_mm"):
+        grow_liver_to_spleen(labels, 0, width_mm=(0.0, 5.0))

@@ -13,7 +13,7 @@ from iunet_nb.checkpoint import ModelCard, load_model, save_model
 from iunet_nb.errors import CheckpointError, ConfigError, InputError
 from iunet_nb.nets import NetConfig, build_network
 from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.train import TrainConfig, prepare_cases, train
+from iunet_nb.train import TrainConfig, load_training_cases, prepare_cases, train
 
 TINY = TrainConfig(net=NetConfig(base_channels=4), preprocess=PreprocessConfig(size_zyx=(8, 16, 16)),
                    iterations=4, batch_size=2, lr=1e-3, seed=3, checkpoint_every=2)
@@ -122,3 +122,30 @@ def test_atomic_writes_respect_the_umask_and_keep_existing_modes(tmp_path):
         assert (tmp_path / "kept.json").stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_liver_spleen_contact_grows_only_the_first_maps(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    from iunet_nb import synth
+
+    arr = np.zeros((20, 30, 40), np.uint8)
+    arr[5:15, 8:22, 2:14] = synth.BTCV["liver"]
+    arr[5:15, 8:22, 19:30] = synth.BTCV["spleen"]
+    for i in range(3):
+        image = sitk.GetImageFromArray(arr)
+        image.SetSpacing((2.0, 2.0, 2.0))
+        sitk.WriteImage(image, str(tmp_path / f"{i + 1:04d}.nii.gz"))
+    # the CT is the label map itself: what reaches synthesis is what is checked
+    monkeypatch.setattr(synth, "synthesize_ct",
+                        lambda labels, rng: labels.with_array(labels.array.astype(np.float32)))
+    cases, desc = load_training_cases(f"btcv-synth:{tmp_path}", structure="liver",
+                                      liver_spleen_contact=1.0, augment_first=2)
+    n_liver = int((arr == synth.BTCV["liver"]).sum())
+    grown = [int(mask.array.sum()) for _, mask in cases]
+    assert grown[0] > n_liver and grown[1] > n_liver and grown[2] == n_liver
+    assert "liver grown to the spleen with probability 1 in the first 2" in desc
+    plain, _ = load_training_cases(f"btcv-synth:{tmp_path}", structure="liver")
+    assert all(int(m.array.sum()) == n_liver for _, m in plain)
+    with pytest.raises(ConfigError, match="liver_spleen_contact"):
+        load_training_cases(f"btcv-synth:{tmp_path}", structure="liver", liver_spleen_contact=2)
