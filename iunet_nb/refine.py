@@ -260,7 +260,8 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
     t1 = (t == 1).to(torch.float32)
     target_oh = torch.stack([1.0 - t1, t1])[None]
     w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))[None].to(dev)
-    scribbled = (None if scribbles is None or config.scribble_ce == 0 else
+    scribbled = (None if scribbles is None or config.scribble_ce == 0
+                 or not np.any(scribbles) else
                  torch.from_numpy(np.ascontiguousarray(scribbles) != 0)[None].to(dev))
     if config.cached_encoder:
         if encoded is None:
