@@ -12,6 +12,7 @@ Usage::
 * one refine round (robot stroke in -> new full-resolution mask out, ``Session.add_scribble``
   + ``Session.refine``) median at 24 x 64 x 64 with ``RefineConfig()`` defaults;
 * the same with ``cached_encoder=False``, interleaved in the same run, as a ratio;
+* the same with ``scribble_ce=0`` (eq. 3 alone), interleaved, as a ratio;
 * the same at a 48 x 128 x 128 working size;
 * one robot round per method of :data:`iunet_nb.compare.METHODS` (median apply time).
 
@@ -126,15 +127,20 @@ def cmd_timing(args: argparse.Namespace) -> None:
     print(f"machine: {machine_description()}; model: {which}; phantom 1000 "
           f"{ct.shape} at {ct.spacing_mm} mm")
     print("| what | median |\n| --- | --- |")
-    cached, naive = [], []
-    for _ in range(2):  # interleave cached and naive
+    cached, naive, no_term = [], [], []
+    for _ in range(2):  # interleave the default, naive and no-scribble-term rounds
         cached += _round_times(ct, ref, model, card, cfg, args.repeats)
         naive += _round_times(ct, ref, model, card,
                               dataclasses.replace(cfg, cached_encoder=False), args.repeats)
+        no_term += _round_times(ct, ref, model, card, dataclasses.replace(cfg, scribble_ce=0.0),
+                                args.repeats)
     print(f"| refine round 24x64x64, defaults ({cfg.iterations} it, cached encoder) | "
           f"{_fmt(cached)} |")
     print(f"| refine round 24x64x64, naive (no encoder cache) | {_fmt(naive)} |")
     print(f"| cached / naive (same run) | {statistics.median(cached) / statistics.median(naive):.2f} |")
+    print(f"| refine round 24x64x64, without the scribble cross-entropy | {_fmt(no_term)} |")
+    print(f"| defaults / without the term (same run) | "
+          f"{statistics.median(cached) / statistics.median(no_term):.2f} |")
     large = _round_times(ct, ref, model, _with_size(card, (48, 128, 128)), cfg,
                          max(2, args.repeats // 2))
     print(f"| refine round 48x128x128, defaults | {_fmt(large)} |")
