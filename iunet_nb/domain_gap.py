@@ -150,7 +150,7 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
                out_dir: str | os.PathLike | None = None, limit: int | None = None,
                progress: bool = False, reorient: bool = True,
                btcv_direction: Sequence[float] | None = BTCV_DIRECTION,
-               liver_spleen_contact: float = 0.0, mask_inset_mm: float = 0.0) -> pd.DataFrame:
+               liver_spleen_contact: float = 0.0) -> pd.DataFrame:
     """Synthetic-to-synthetic and synthetic-to-real DSC of an iUnet trained on BTCV-synthetic CT.
 
     Args:
@@ -176,9 +176,6 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
         liver_spleen_contact: probability that a *training* map's liver is grown until it
             touches the spleen (:func:`iunet_nb.synth.grow_liver_to_spleen`); the held-out
             synthetic cases keep their anatomy. Default 0 (off).
-        mask_inset_mm: every synthetic mask (training and held out) is the label inset by
-            this depth (:func:`iunet_nb.synth.inset_mask`), the real reference masks' edge
-            convention; default 0.
 
     Returns:
         DataFrame with :data:`COLUMNS`, one row per held-out synthetic case and per real case.
@@ -200,7 +197,7 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
     synthetic, desc = load_training_cases(f"btcv-synth:{btcv_folder}", structure=structure,
                                           limit=limit, seed=seed, btcv_direction=direction,
                                           liver_spleen_contact=liver_spleen_contact,
-                                          augment_first=n_train, mask_inset_mm=mask_inset_mm)
+                                          augment_first=n_train)
     real_found = datasets.find_cases(ircadb_folder, structure, layout="ircadb")
     real = []
     for case in real_found:

@@ -83,7 +83,6 @@ __all__ = [
     "SynthCase",
     "SynthConfig",
     "grow_liver_to_spleen",
-    "inset_mask",
     "load_sample",
     "make_phantom",
     "phantom_labels",
@@ -706,42 +705,6 @@ def grow_liver_to_spleen(labels: Volume, rng: np.random.Generator | int | None =
     out = arr.copy()
     out[bridge] = label_table["liver"]
     return labels.with_array(out)
-
-
-def inset_mask(mask: Volume, inset_mm: float) -> Volume:
-    """The mask shrunk by ``inset_mm``: voxels deeper than ``inset_mm`` inside it (spacing-aware).
-
-    A reference mask is drawn where its annotators put the organ's edge, not where the
-    synthetic organ's HU step is. In the three 3D-IRCADb reference masks here (spleen 1.7,
-    livers 1.7 and 1.17) the half-way HU between organ and surroundings lies 1.2-1.6 mm
-    *outside* the mask (``docs/realism.md``, section 5), while a synthetic organ's label is
-    its HU step itself; a model trained on the labels as they are puts the edge about a
-    millimetre outside the reference. Training on labels inset by that distance moves the
-    learnt edge to the reference's convention. A voxel's depth is the Euclidean distance
-    from its centre to the nearest voxel centre outside the mask less half the smallest
-    spacing (the surface lies half a voxel beyond the last inside centre), so the inset is
-    quantised to whole in-plane voxels, and along slices thicker than ``inset_mm`` nothing
-    is removed: there the edge is unknown to within a slice anyway.
-
-    Args:
-        mask: binary mask (non-zero = inside). Not modified.
-        inset_mm: depth in mm (>= 0; 0 returns ``mask``).
-
-    Returns:
-        A uint8 mask on the same geometry (empty only when the organ is thinner than twice
-        ``inset_mm`` everywhere).
-
-    Raises:
-        ConfigError: ``inset_mm`` negative or not finite.
-    """
-    if not (isinstance(inset_mm, (int, float)) and np.isfinite(inset_mm) and inset_mm >= 0):
-        raise ConfigError(f"inset_mm must be a finite number >= 0, got {inset_mm!r}")
-    if inset_mm == 0:
-        return mask
-    inside = np.asarray(mask.array) != 0
-    sp = mask.geometry.spacing_mm
-    depth = ndi.distance_transform_edt(inside, sampling=sp) - 0.5 * min(sp)
-    return mask.with_array((inside & (depth > inset_mm)).astype(np.uint8))
 
 
 def _tube(g: _Grid, out: np.ndarray, value: int, pts: np.ndarray, radii: np.ndarray,

@@ -317,7 +317,7 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
                         limit: int | None = None, seed: int = 0,
                         btcv_direction: tuple[float, ...] | None = BTCV_DIRECTION,
                         liver_spleen_contact: float = 0.0, augment_first: int | None = None,
-                        mask_inset_mm: float = 0.0) -> tuple[list[tuple[Volume, Volume]], str]:
+                        ) -> tuple[list[tuple[Volume, Volume]], str]:
     """Training cases ``(CT, mask)`` from a data source string, and a description of it.
 
     Sources:
@@ -338,9 +338,6 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
             Default 0 (off).
         augment_first: apply it only to the first ``augment_first`` maps (None: all), so
             held-out cases keep their anatomy.
-        mask_inset_mm: ``btcv-synth`` only: the target mask of every case is
-            :func:`iunet_nb.synth.inset_mask` of the label by this depth (mm), the reference
-            masks' edge convention; default 0 (the label as it is).
     """
     from tqdm.auto import tqdm
 
@@ -371,12 +368,11 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
                     labels = synth.grow_liver_to_spleen(labels, grow_rng)
             ct = synth.synthesize_ct(labels, rng=seed + i)
             mask = labels.with_array((labels.array == value).astype(np.uint8))
-            cases.append((ct, synth.inset_mask(mask, mask_inset_mm)))
+            cases.append((ct, mask))
         ids = [c.case_id for c in label_cases]
         extra = (f", liver grown to the spleen with probability {liver_spleen_contact:g}"
                  + ("" if augment_first is None else f" in the first {augment_first}")
                  if liver_spleen_contact > 0 else "")
-        extra += f", masks inset by {mask_inset_mm:g} mm" if mask_inset_mm else ""
         return cases, (f"synthetic CT from {len(ids)} BTCV label maps ({ids[0]}..{ids[-1]}), "
                        f"seeds {seed}..{seed + len(ids) - 1}, target label {value}{extra}")
     found = datasets.find_cases(data, structure=structure, layout=layout,

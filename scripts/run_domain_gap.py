@@ -48,9 +48,6 @@ def main() -> None:
     ap.add_argument("--liver-spleen-contact", type=float, default=0.0, metavar="P",
                     help="probability that a training map's liver is grown to touch the spleen "
                          "(iunet_nb.synth.grow_liver_to_spleen; held-out maps unchanged)")
-    ap.add_argument("--mask-inset-mm", type=float, default=0.0, metavar="MM",
-                    help="train and test on synthetic masks inset by MM (iunet_nb.synth."
-                         "inset_mask: the real reference masks' edge convention)")
     ap.add_argument("--out", default="runs/domain_gap")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -69,8 +66,7 @@ def main() -> None:
     table = domain_gap(args.structure, args.btcv, args.ircadb, train_config=cfg, n_val=args.val,
                        seed=args.seed, out_dir=out, limit=args.limit, progress=True,
                        reorient=not args.no_reorient,
-                       liver_spleen_contact=args.liver_spleen_contact,
-                       mask_inset_mm=args.mask_inset_mm)
+                       liver_spleen_contact=args.liver_spleen_contact)
     logger.info("done in %.0f s", time.perf_counter() - t0)
     print(table.to_string(index=False))
     print(table.groupby("domain")["dsc"].agg(["mean", "std", "count"]).to_string())

@@ -156,7 +156,6 @@ def test_domain_gap_reads_btcv_with_the_true_direction_unless_told_otherwise(
     def fake_load(data, **kw):
         seen["load"] = kw["btcv_direction"]
         seen["contact"] = (kw["liver_spleen_contact"], kw["augment_first"])
-        seen["inset"] = kw["mask_inset_mm"]
         return synthetic, "fake"
 
     def fake_from_cases(syn, sids, real, rids, **kw):
@@ -168,9 +167,9 @@ def test_domain_gap_reads_btcv_with_the_true_direction_unless_told_otherwise(
     monkeypatch.setattr(dg, "domain_gap_from_cases", fake_from_cases)
     kwargs = {"btcv_direction": given[0]} if given else {}
     dg.domain_gap("liver", tmp_path, tmp_path, train_config=TINY, n_val=1,
-                  liver_spleen_contact=0.5, mask_inset_mm=1.3, **kwargs)
+                  liver_spleen_contact=0.5, **kwargs)
     assert seen["btcv"] == [expected] and seen["load"] == expected
     # the anatomical augmentation reaches the 2 training maps only, not the held-out one
-    assert seen["contact"] == (0.5, 2) and seen["inset"] == 1.3
+    assert seen["contact"] == (0.5, 2)
     assert all(c is s_c and m is s_m for (c, m), (s_c, s_m) in zip(seen["synthetic"], synthetic))
 

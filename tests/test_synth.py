@@ -17,7 +17,6 @@ from iunet_nb.synth import (
     TISSUE,
     SynthConfig,
     grow_liver_to_spleen,
-    inset_mask,
     load_sample,
     make_phantom,
     phantom_labels,
@@ -307,22 +306,3 @@ def test_grow_liver_to_spleen_without_a_spleen_or_with_a_bad_width():
     assert grow_liver_to_spleen(labels, 0) is labels
     with pytest.raises(ConfigError, match="width_mm"):
         grow_liver_to_spleen(labels, 0, width_mm=(0.0, 5.0))
-
-
-def test_inset_mask_moves_the_edge_inwards_in_plane_not_along_thick_slices():
-    zz, yy, xx = np.mgrid[:9, :40, :40]
-    # a cylinder of radius 12.5 mm (1 mm pixels) through 5 slices of 3 mm
-    inside = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 156) & (zz >= 2) & (zz <= 6)
-    mask = Volume(inside.astype(np.uint8), Geometry((3.0, 1.0, 1.0)))
-    out = inset_mask(mask, 2.0)
-    o = out.array.astype(bool)
-    assert out.geometry == mask.geometry and np.all(inside[o])          # only removes
-    # in plane the radius shrinks by 2 mm (to the whole pixel): row 20 spans 25 -> 21 pixels
-    assert inside[4, 20].sum() == 25 and o[4, 20].sum() == 21
-    # along z (3 mm slices > 2 mm) the first and last slices stay
-    assert o[2].any() and o[6].any() and o[2].sum() == o[4].sum()
-    assert inset_mask(mask, 0.0) is mask
-    assert np.array_equal(mask.array, inside)                            # input untouched
-    for bad in (-1.0, float("nan"), "1"):
-        with pytest.raises(ConfigError, match="inset_mm"):
-            inset_mask(mask, bad)
