@@ -36,6 +36,7 @@ __all__ = [
     "NoiseTexture",
     "body_mask",
     "compare",
+    "edge_offset_mm",
     "noise_texture",
     "overlap_coefficient",
     "read_ircadb_tissues",
@@ -306,6 +307,70 @@ def resample_to_spacing(volume: Volume, spacing_mm: tuple[float, float, float], 
     arr = sitk.GetArrayFromImage(out)
     return Volume(arr.astype(volume.array.dtype if labels else np.float32, copy=False),
                   type(volume.geometry).from_sitk(out), dict(volume.meta))
+
+
+def edge_offset_mm(ct: Volume, mask: np.ndarray, *, level_mm: tuple[float, float] = (3.0, 6.0),
+                   bin_mm: float = 0.25, reach_mm: float = 3.0) -> dict[str, float]:
+    """Where the organ's HU edge lies relative to its mask: the half-way crossing, in mm.
+
+    The HU profile across the mask's surface is the median HU per signed distance bin
+    (``bin_mm`` wide; a voxel's distance is its centre's Euclidean distance to the nearest
+    voxel centre on the other side less half the smallest spacing, negative inside). The
+    inside and outside levels are the median HU at ``level_mm`` (depth range) inside and
+    outside; the offset is where the profile crosses half-way between them, linearly
+    interpolated between bin centres, taking the crossing nearest the surface within
+    ``reach_mm``. Positive: the HU edge lies outside the mask (the mask is drawn tight);
+    negative: inside. Measured (``docs/realism.md``, section 5): the 3D-IRCADb references
+    here +0.53 mm (spleen 1.7), +0.63 and +1.20 mm (livers 1.17, 1.7); synthetic CT from the
+    BTCV maps (2 mm grid) +0.12 to +0.80 mm (spleen) and +0.34 to +1.02 mm (liver), so the
+    synthetic edge sits where the real references put theirs.
+
+    Args:
+        ct: the CT (HU).
+        mask: bool ``(z, y, x)`` on the CT grid, non-empty.
+        level_mm: ``(near, far)`` depth range of the two levels, mm.
+        bin_mm: width of the distance bins, mm (> 0).
+        reach_mm: the crossing is searched within this distance of the surface, mm.
+
+    Returns:
+        ``{"offset_mm", "inside_hu", "outside_hu"}``; ``offset_mm`` is NaN when the profile
+        does not cross half-way within ``reach_mm`` (an organ with no contrast to its
+        surroundings).
+
+    Raises:
+        GeometryError: the mask is not on the CT grid. InputError: the mask is empty.
+    """
+    m = _check(ct, mask, "mask")
+    if not m.any():
+        raise InputError("the mask is empty: there is no edge to measure")
+    sp = tuple(float(v) for v in ct.spacing_mm)
+    pad = [int(np.ceil(level_mm[1] / v)) + 2 for v in sp]
+    box = tuple(slice(max(sl.start - p, 0), sl.stop + p)
+                for sl, p in zip(ndi.find_objects(m.astype(np.uint8))[0], pad))
+    mb, hu = m[box], np.asarray(ct.array[box], dtype=np.float64)
+    half = 0.5 * min(sp)
+    signed = np.where(mb, -(ndi.distance_transform_edt(mb, sampling=sp) - half),
+                      ndi.distance_transform_edt(~mb, sampling=sp) - half)
+    near, far = level_mm
+    inside = float(np.median(hu[(signed <= -near) & (signed >= -far)]))
+    outside = float(np.median(hu[(signed >= near) & (signed <= far)]))
+    edges = np.arange(-reach_mm, reach_mm + bin_mm / 2, bin_mm)
+    which = np.digitize(signed, edges)
+    centres, levels = [], []
+    for k in range(1, len(edges)):
+        sel = which == k
+        if sel.any():
+            centres.append(0.5 * (edges[k - 1] + edges[k]))
+            levels.append(float(np.median(hu[sel])))
+    mid = 0.5 * (inside + outside)
+    d = (np.asarray(levels) - mid) * (1.0 if inside >= outside else -1.0)
+    best = float("nan")
+    for i in range(len(d) - 1):
+        if d[i] >= 0 > d[i + 1]:
+            x = centres[i] + (centres[i + 1] - centres[i]) * d[i] / (d[i] - d[i + 1])
+            if not np.isfinite(best) or abs(x) < abs(best):
+                best = float(x)
+    return {"offset_mm": best, "inside_hu": inside, "outside_hu": outside}
 
 
 def overlap_coefficient(p: np.ndarray, q: np.ndarray) -> float:

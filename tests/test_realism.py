@@ -11,6 +11,7 @@ from iunet_nb.realism import (
     HIST_EDGES_HU,
     body_mask,
     compare,
+    edge_offset_mm,
     noise_texture,
     overlap_coefficient,
     read_ircadb_tissues,
@@ -215,3 +216,49 @@ def test_synthetic_from_btcv_matches_real_ct(real_stats, synth_stats, case):
     # neighbour correlation (x) 0.71-0.81 here, 2.0 gives 0.166-0.193 and 0.46-0.63
     assert 5.0 <= tex.local_sd_hu <= 30.0
     assert tex.mean_freq_per_mm > 0.155 and tex.neighbour_corr_zyx[2] < 0.68, tex
+
+
+def test_edge_offset_finds_a_tight_or_loose_mask_of_a_blurred_ball():
+    from scipy import ndimage as ndi
+
+    zz, yy, xx = np.mgrid[:48, :48, :48] * 0.5 - 12.0 + 0.25      # 0.5 mm voxels, centred
+    r = np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+    hu = ndi.gaussian_filter(np.where(r <= 8.0, 100.0, -100.0), 2.0)  # PSF sigma 1 mm
+    ct = Volume(hu.astype(np.float32), Geometry((0.5, 0.5, 0.5)))
+    exact = edge_offset_mm(ct, r <= 8.0)
+    assert abs(exact["offset_mm"]) < 0.3
+    assert exact["inside_hu"] > 95 and exact["outside_hu"] < -95
+    assert 1.2 < edge_offset_mm(ct, r <= 6.5)["offset_mm"] < 1.8    # drawn 1.5 mm tight
+    assert -1.3 < edge_offset_mm(ct, r <= 9.0)["offset_mm"] < -0.7  # drawn 1 mm loose
+    flat = Volume(np.full(hu.shape, 40.0, np.float32), ct.geometry)
+    assert np.isnan(edge_offset_mm(flat, r <= 8.0)["offset_mm"])
+    with pytest.raises(InputError, match="empty"):
+        edge_offset_mm(ct, np.zeros(hu.shape, bool))
+    with pytest.raises(GeometryError):
+        edge_offset_mm(ct, np.ones((4, 4, 4), bool))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_synthetic_organ_edges_sit_where_the_real_references_put_theirs(shared_data):
+    """Half-way HU crossing relative to the mask (docs/realism.md, section 5)."""
+    import SimpleITK as sitk
+
+    from iunet_nb.datasets import find_cases
+    from iunet_nb.synth import BTCV
+
+    real = {}
+    for organ in ("liver", "spleen"):
+        for case in find_cases(shared_data / "ircadb", structure=organ, layout="ircadb"):
+            ct, ref = case.load()
+            real[organ, case.case_id] = edge_offset_mm(ct, ref.array != 0)["offset_mm"]
+    assert real["spleen", "1.7"] == pytest.approx(0.53, abs=0.05)
+    assert real["liver", "1.7"] == pytest.approx(1.20, abs=0.05)
+    assert real["liver", "1.17"] == pytest.approx(0.63, abs=0.05)
+    for case, seed in SYNTH_CASES:
+        labels = Volume.from_sitk(sitk.ReadImage(str(shared_data / "btcv_labels" / f"{case}.nii.gz")))
+        c = synthesize(labels, rng=seed)
+        for organ in ("liver", "spleen"):
+            off = edge_offset_mm(c.ct, labels.array == BTCV[organ])["offset_mm"]
+            # within the real references' range, widened by half a 2 mm voxel
+            assert -0.5 < off < 1.7, (case, organ, off)
