@@ -58,5 +58,11 @@ def test_realism_notebook_writes_its_tables(shared_data, tmp_path, monkeypatch):
     assert resampled["case"].tolist() == ["1.7"] and (resampled["grid_mm"] == 2.0).all()
     # resampled to 2 mm the real noise is lower than on its own 0.78 mm grid
     assert resampled["local_sd_hu"].iloc[0] < noise.loc[noise["source"] == "real", "local_sd_hu"].iloc[0]
-    for name in ("histograms.png", "nps.png", "slices.png"):
+    # the edge offsets (docs/realism.md, section 5): real 1.7 liver +1.20 mm, spleen +0.53 mm;
+    # the synthetic ones on the 2 mm grid within a voxel of them
+    edges = pd.read_csv(out / "edge_offsets.csv", dtype={"case": str}).set_index(["source", "organ"])
+    assert edges.loc[("real", "liver"), "offset_mm"] == pytest.approx(1.20, abs=0.05)
+    assert edges.loc[("real", "spleen"), "offset_mm"] == pytest.approx(0.53, abs=0.05)
+    assert edges.loc["synthetic", "offset_mm"].between(-0.5, 1.7).all(), edges
+    for name in ("histograms.png", "nps.png", "slices.png", "edge_offsets.png"):
         assert (out / name).stat().st_size > 1000
