@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from .errors import GeometryError, InputError
+from .errors import ConfigError, GeometryError, InputError
 from .volume import Volume
 
 __all__ = [
@@ -322,7 +322,7 @@ def edge_offset_mm(ct: Volume, mask: np.ndarray, *, level_mm: tuple[float, float
     ``reach_mm``. Positive: the HU edge lies outside the mask (the mask is drawn tight);
     negative: inside. Measured (``docs/realism.md``, section 5): the 3D-IRCADb references
     here +0.53 mm (spleen 1.7), +0.63 and +1.20 mm (livers 1.17, 1.7); synthetic CT from the
-    BTCV maps (2 mm grid) +0.12 to +0.80 mm (spleen) and +0.34 to +1.02 mm (liver), so the
+    BTCV maps (2 mm grid) +0.12 to +0.80 mm (spleen) and +0.34 to +1.32 mm (liver), so the
     synthetic edge sits where the real references put theirs.
 
     Args:
@@ -335,25 +335,36 @@ def edge_offset_mm(ct: Volume, mask: np.ndarray, *, level_mm: tuple[float, float
     Returns:
         ``{"offset_mm", "inside_hu", "outside_hu"}``; ``offset_mm`` is NaN when the profile
         does not cross half-way within ``reach_mm`` (an organ with no contrast to its
-        surroundings).
+        surroundings), all three are NaN when no voxel lies at ``level_mm`` on one side
+        (an organ thinner than that, or cut by the image border).
 
     Raises:
         GeometryError: the mask is not on the CT grid. InputError: the mask is empty.
+        ConfigError: a distance is not positive, or ``level_mm`` is not ``near < far``.
     """
+    near, far = (float(v) for v in level_mm)
+    if not (bin_mm > 0 and reach_mm > 0 and 0 <= near < far):
+        raise ConfigError(f"edge_offset_mm needs bin_mm > 0, reach_mm > 0 and level_mm = "
+                          f"(near, far) with 0 <= near < far; got {bin_mm!r}, {reach_mm!r}, "
+                          f"{level_mm!r}")
     m = _check(ct, mask, "mask")
     if not m.any():
         raise InputError("the mask is empty: there is no edge to measure")
     sp = tuple(float(v) for v in ct.spacing_mm)
-    pad = [int(np.ceil(level_mm[1] / v)) + 2 for v in sp]
+    pad = [int(np.ceil(far / v)) + 2 for v in sp]
     box = tuple(slice(max(sl.start - p, 0), sl.stop + p)
                 for sl, p in zip(ndi.find_objects(m.astype(np.uint8))[0], pad))
     mb, hu = m[box], np.asarray(ct.array[box], dtype=np.float64)
     half = 0.5 * min(sp)
     signed = np.where(mb, -(ndi.distance_transform_edt(mb, sampling=sp) - half),
                       ndi.distance_transform_edt(~mb, sampling=sp) - half)
-    near, far = level_mm
-    inside = float(np.median(hu[(signed <= -near) & (signed >= -far)]))
-    outside = float(np.median(hu[(signed >= near) & (signed <= far)]))
+    in_level = hu[(signed <= -near) & (signed >= -far)]
+    out_level = hu[(signed >= near) & (signed <= far)]
+    if not in_level.size or not out_level.size:
+        return {"offset_mm": float("nan"), "inside_hu": float("nan"), "outside_hu": float("nan")}
+    inside, outside = float(np.median(in_level)), float(np.median(out_level))
+    band = np.abs(signed) <= reach_mm
+    signed, hu = signed[band], hu[band]
     edges = np.arange(-reach_mm, reach_mm + bin_mm / 2, bin_mm)
     which = np.digitize(signed, edges)
     centres, levels = [], []

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iunet_nb.errors import GeometryError, InputError
+from iunet_nb.errors import ConfigError, GeometryError, InputError
 from iunet_nb.realism import (
     HIST_EDGES_HU,
     body_mask,
@@ -236,6 +236,11 @@ def test_edge_offset_finds_a_tight_or_loose_mask_of_a_blurred_ball():
         edge_offset_mm(ct, np.zeros(hu.shape, bool))
     with pytest.raises(GeometryError):
         edge_offset_mm(ct, np.ones((4, 4, 4), bool))
+    with pytest.raises(ConfigError, match="bin_mm"):
+        edge_offset_mm(ct, r <= 8.0, bin_mm=0.0)
+    # a ball of radius 2 mm has no voxel 3-6 mm inside: nothing to measure
+    thin = edge_offset_mm(ct, r <= 2.0)
+    assert all(np.isnan(v) for v in thin.values())
 
 
 @pytest.mark.realdata
