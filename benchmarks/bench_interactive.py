@@ -127,13 +127,15 @@ def cmd_timing(args: argparse.Namespace) -> None:
     print(f"machine: {machine_description()}; model: {which}; phantom 1000 "
           f"{ct.shape} at {ct.spacing_mm} mm")
     print("| what | median |\n| --- | --- |")
-    cached, naive, no_term = [], [], []
-    for _ in range(2):  # interleave the default, naive and no-scribble-term rounds
+    cached, naive, no_term, no_gate = [], [], [], []
+    for _ in range(2):  # interleave the default, naive, no-scribble-term and no-gate rounds
         cached += _round_times(ct, ref, model, card, cfg, args.repeats)
         naive += _round_times(ct, ref, model, card,
                               dataclasses.replace(cfg, cached_encoder=False), args.repeats)
         no_term += _round_times(ct, ref, model, card, dataclasses.replace(cfg, scribble_ce=0.0),
                                 args.repeats)
+        no_gate += _round_times(ct, ref, model, card,
+                                dataclasses.replace(cfg, confidence_gate=False), args.repeats)
     print(f"| refine round 24x64x64, defaults ({cfg.iterations} it, cached encoder) | "
           f"{_fmt(cached)} |")
     print(f"| refine round 24x64x64, naive (no encoder cache) | {_fmt(naive)} |")
@@ -141,6 +143,9 @@ def cmd_timing(args: argparse.Namespace) -> None:
     print(f"| refine round 24x64x64, without the scribble cross-entropy | {_fmt(no_term)} |")
     print(f"| defaults / without the term (same run) | "
           f"{statistics.median(cached) / statistics.median(no_term):.2f} |")
+    print(f"| refine round 24x64x64, without the confidence gate | {_fmt(no_gate)} |")
+    print(f"| defaults / without the gate (same run) | "
+          f"{statistics.median(cached) / statistics.median(no_gate):.2f} |")
     large = _round_times(ct, ref, model, _with_size(card, (48, 128, 128)), cfg,
                          max(2, args.repeats // 2))
     print(f"| refine round 48x128x128, defaults | {_fmt(large)} |")

@@ -79,6 +79,7 @@ from .preprocess import (
 )
 from .refine import (
     RefineConfig,
+    _beyond_stroke_confidence,
     _near_scribbles,
     _refine_target,
     _refine_weights,
@@ -624,7 +625,10 @@ class Session:
         farther than ``config.local_mm`` from the scribbles added since the previous refine
         are discarded, and with ``config.one_way`` so are changes against those scribbles'
         direction (all foreground: only additions kept; all background: only removals;
-        mixed: both); outside the crop (where only manual painting can have put voxels)
+        mixed: both), with ``config.confidence_gate`` changes at voxels the network held
+        more surely than the new strokes (see :class:`RefineConfig`), and with
+        ``config.new_changes_only`` changes the previous network output already had;
+        outside the crop (where only manual painting can have put voxels)
         the mask is kept. Finally scribble voxels are forced to their label
         (``force_scribbles``). The refine event records the new scribbles' ids and the
         number of changes discarded (``n_reverted``).
@@ -1003,6 +1007,7 @@ class Session:
                     "params_before": self._get_params(), "encoded": encoded,
                     "round": self._refine_round, "new_ids": new_ids, "new_idx": new_idx,
                     "direction": direction, "next_id": self._next_id,
+                    "prob_prev": self._prob,
                     "t0": time.perf_counter()}
 
     def _scribbles_on_working_grid(self, record: CropRecord) -> np.ndarray:
@@ -1047,11 +1052,18 @@ class Session:
                 out = self._seeded_fine_tune(job, target, weight, seed, stale)
             if out is None:
                 raise _Superseded()
-            prob, losses, encoded = out
+            prob, losses, encoded, start_prob = out
             crop_mask_new = self._restore_crop(prob, job["box"])
             allowed = (None if cfg.local_mm is None else
                        _near_scribbles(self._volume.shape, self._volume.spacing_mm,
                                        job["new_idx"], record.crop, cfg.local_mm))
+            prior = (restore_probabilities(start_prob, _local_record(record))
+                     if cfg.confidence_gate and job["direction"] != 0 else None)
+            # what the previous network wanted: changes it already made, and locality held
+            # back, are not released by a later stroke that comes within reach
+            prev_mask = (restore_probabilities(job["prob_prev"], _local_record(record))
+                         >= cfg.mask_threshold
+                         if cfg.new_changes_only and job["prob_prev"] is not None else None)
         except _Superseded:
             logger.debug("refinement superseded; discarded")
             return None
@@ -1065,6 +1077,14 @@ class Session:
             new_mask = self._mask.copy()
             crop = job["record"].crop
             direction = job["direction"] if cfg.one_way else 0
+            if prev_mask is not None:
+                fresh = prev_mask == (self._mask[crop.slices] == 1)
+                allowed = fresh if allowed is None else allowed & fresh
+            if prior is not None:
+                beyond = _beyond_stroke_confidence(prior, self._mask[crop.slices],
+                                                   job["new_idx"], self._volume.shape, crop,
+                                                   job["direction"], cfg.mask_threshold)
+                allowed = ~beyond if allowed is None else allowed & ~beyond
             new_mask[crop.slices], n_reverted = _restrict_changes(
                 self._mask[crop.slices], crop_mask_new, allowed, direction)
             self._force(new_mask)
@@ -1085,6 +1105,7 @@ class Session:
                 "n_changed": entry.mask.n if entry.mask else 0,
                 "new_scribbles": job["new_ids"], "n_reverted": n_reverted,
                 "local_mm": cfg.local_mm, "one_way": cfg.one_way,
+                "confidence_gate": cfg.confidence_gate, "new_changes_only": cfg.new_changes_only,
                 "n_scribble_working": int(np.count_nonzero(job["scribbles"])),
                 "n_uncertain_working": n_uncertain, "async": future is not None})
             return self.mask
@@ -1405,14 +1426,16 @@ def _local_record(record: CropRecord) -> CropRecord:
 
 def _config_from_saved(text: str) -> RefineConfig:
     """The saved RefineConfig; a config written before ``local_mm``/``one_way`` existed
-    keeps the behaviour it was saved with (changes anywhere in the crop, both ways), and one
-    written before ``scribble_ce`` existed refines without the scribble term."""
+    keeps the behaviour it was saved with (changes anywhere in the crop, both ways), one
+    written before ``scribble_ce`` existed refines without the scribble term, and one written
+    before ``confidence_gate``/``new_changes_only`` existed without those."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"RefineConfig: not valid JSON ({exc})") from exc
     if isinstance(data, dict):
-        data = {"local_mm": None, "one_way": False, "scribble_ce": 0.0, **data}
+        data = {"local_mm": None, "one_way": False, "scribble_ce": 0.0,
+                "confidence_gate": False, "new_changes_only": False, **data}
     return RefineConfig.from_dict(data)
 
 

@@ -111,12 +111,15 @@ def test_methods_table_is_complete_and_paper_config_is_the_papers():
     assert PAPER_CONFIG.geodesic_lam == 1.0 and PAPER_CONFIG.lr == 1e-2
     assert PAPER_CONFIG.local_mm is None and not PAPER_CONFIG.one_way
     assert METHODS["paper"].refine == PAPER_CONFIG
-    # the improved method is the Session's own refinement, now its defaults
+    # the improved method is the Session's own refinement
     assert (IMPROVED_CONFIG.geodesic_lam, IMPROVED_CONFIG.lr, IMPROVED_CONFIG.local_mm,
             IMPROVED_CONFIG.one_way, IMPROVED_CONFIG.scribble_ce) == (0.0, 1e-3, 15.0, True, 1.0)
     assert PAPER_CONFIG.scribble_ce == 0.0  # the paper's loss is eq. 3 alone
-    assert METHODS["improved"].refine == IMPROVED_CONFIG == RefineConfig()
-    assert METHODS["session_default"].refine == METHODS["improved"].refine
+    assert not PAPER_CONFIG.confidence_gate and not METHODS["full"].refine.confidence_gate
+    # the defaults are the improved method plus the confidence gate
+    assert METHODS["improved"].refine == IMPROVED_CONFIG
+    assert dataclasses.replace(IMPROVED_CONFIG, confidence_gate=True) == RefineConfig()
+    assert METHODS["session_default"].refine == RefineConfig()
     for name in ("paper", "full", "improved", "session_default"):
         assert _apply_for(METHODS[name]) is None        # add_scribble + Session.refine
     assert METHODS["full"].refine.local_mm is None and METHODS["full"].refine.geodesic_lam == 1

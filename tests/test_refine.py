@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from iunet_nb.errors import ConfigError
+from iunet_nb.preprocess import Box
 from iunet_nb.refine import (
     RefineConfig,
+    _beyond_stroke_confidence,
     _refine_target,
     _refine_weights,
     _stroke_direction,
@@ -82,8 +84,8 @@ def test_scribble_term_makes_the_network_learn_the_strokes(model):
     def prob_at_stroke(scribble_ce: float) -> float:
         torch.manual_seed(0)
         cfg = RefineConfig(iterations=20, lr=1e-2, scribble_ce=scribble_ce)
-        prob, losses, _ = fine_tune(copy.deepcopy(model), x, target, weight, cfg,
-                                    scribbles=scribbles)
+        prob, losses, _, _ = fine_tune(copy.deepcopy(model), x, target, weight, cfg,
+                                       scribbles=scribbles)
         assert len(losses) == 20
         return float(prob[stroke].mean())
 
@@ -103,3 +105,25 @@ def test_refine_config_scribble_ce_must_be_a_non_negative_number():
     for bad in (-1.0, float("nan"), "1", None):
         with pytest.raises(ConfigError, match="scribble_ce"):
             RefineConfig(scribble_ce=bad)
+
+
+def test_beyond_stroke_confidence_compares_with_the_surest_and_least_sure_stroke_voxel():
+    shape = (2, 3, 4)
+    region = Box((0, 1, 0), (2, 3, 4))                # rows 1-2 of the image
+    prior = np.array([[[0.9, 0.6, 0.2, 0.7], [0.95, 0.4, 0.1, 0.3]],
+                      [[0.8, 0.55, 0.05, 0.99], [0.6, 0.65, 0.3, 0.45]]], dtype=np.float32)
+    mask = (prior >= 0.5).astype(np.uint8)
+    mask[1, 1, 3] = 1                                 # an earlier correction added this voxel
+    mask[0, 0, 0] = 0                                 # and removed this one
+    seeds = np.ravel_multi_index(np.array([[0, 1, 1], [1, 1, 1]]).T, shape)  # priors 0.6, 0.55
+    bg = _beyond_stroke_confidence(prior, mask, seeds, shape, region, -1)
+    sure = prior.copy()
+    sure[1, 1, 3], sure[0, 0, 0] = 1.0, 0.0
+    assert np.array_equal(bg, sure > 0.6)
+    assert bg[1, 1, 3] and not bg[0, 0, 0]            # decided voxels count as certain
+    assert bg.sum() == 6
+    fg = _beyond_stroke_confidence(prior, mask, seeds, shape, region, +1)
+    assert np.array_equal(fg, sure < 0.55) and fg[0, 0, 0] and fg.sum() == 7
+    outside = np.ravel_multi_index((0, 0, 0), shape)  # row 0 is not in the region
+    assert not _beyond_stroke_confidence(prior, mask, np.array([outside]), shape, region,
+                                         -1).any()

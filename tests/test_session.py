@@ -492,6 +492,7 @@ def _min_dist_mm(voxels_zyx: np.ndarray, seeds_zyx: np.ndarray, spacing) -> np.n
 def test_local_config_defaults_and_validation():
     d = RefineConfig()
     assert (d.geodesic_lam, d.lr, d.local_mm, d.one_way) == (0.0, 1e-3, 15.0, True)
+    assert d.confidence_gate and not d.new_changes_only
     assert (d.lam, d.iterations, d.threshold, d.scribble_weight) == (0.0, 5, 0.2, 3.0)
     paper = RefineConfig(local_mm=None, one_way=False)
     assert RefineConfig.from_json(paper.to_json()) == paper
@@ -503,9 +504,11 @@ def test_local_config_defaults_and_validation():
         RefineConfig(one_way=1)
     # a config saved before local_mm / one_way existed keeps the paper's behaviour on load
     legacy = json.loads(RefineConfig(lr=0.02).to_json())
-    del legacy["local_mm"], legacy["one_way"], legacy["scribble_ce"]
+    for name in ("local_mm", "one_way", "scribble_ce", "confidence_gate", "new_changes_only"):
+        del legacy[name]
     old = session_mod._config_from_saved(json.dumps(legacy))
     assert (old.local_mm, old.one_way, old.scribble_ce, old.lr) == (None, False, 0.0, 0.02)
+    assert not old.confidence_gate and not old.new_changes_only
     assert session_mod._config_from_saved(RefineConfig().to_json()) == RefineConfig()
 
 
@@ -585,6 +588,78 @@ def test_mixed_new_strokes_move_both_ways_and_only_new_strokes_count(case, model
     # refine again without a new scribble: all current scribbles count (mixed: both ways)
     one_way.refine()
     assert one_way.events[-1]["details"]["new_scribbles"] == [1, 2, 3]
+
+
+def test_confidence_gate_keeps_what_the_network_held_more_surely_than_the_stroke(
+        case, model, card, monkeypatch):
+    # A network whose refinement wants every voxel out (output 0) and that started from a
+    # prior rising along x: the gate lets a background stroke remove only what the prior held
+    # no more surely than the surest stroke voxel.
+    work = card.preprocess.size_zyx
+    ramp = np.broadcast_to(np.linspace(0.5, 1.0, work[2], dtype=np.float32), work).copy()
+
+    def fake_fine_tune(model, image, target, weight, config, **kwargs):
+        return np.zeros(work, np.float32), [0.0], None, ramp
+
+    monkeypatch.setattr(session_mod, "fine_tune", fake_fine_tune)
+    removed = {}
+    for gate in (False, True):
+        cfg = RefineConfig(device="cpu", local_mm=None, confidence_gate=gate,
+                           box_fallback="error")
+        s = _session(case, model, card, cfg)
+        s.predict()
+        s.paint(1, points=np.argwhere(case[1].array))  # the accepted mask: the reference
+        before = s.mask.array
+        s.add_scribble("bg", [(8, 12), (14, 12)], view="axial", slice_index=12, radius_mm=1)
+        stroke = s.scribbles.array != 0
+        after = s.refine().array
+        removed[gate] = (before == 1) & (after == 0) & ~stroke
+        # the prior on the CT grid, as the session restores it
+        prior = session_mod.restore_probabilities(ramp, s._working_grid(s.box)[2])
+    sure = np.where((before == 1) != (prior >= 0.5), before.astype(np.float32), prior)
+    sure_max = float(sure[stroke].max())
+    assert 0.5 < sure_max < 0.9
+    assert np.array_equal(removed[False], (before == 1) & ~stroke)  # ungated: all of it
+    assert np.array_equal(removed[True], removed[False] & (sure <= sure_max))
+    assert 0 < removed[True].sum() < removed[False].sum()
+
+
+def test_new_changes_only_leaves_what_the_previous_network_already_wanted(case, model, card,
+                                                                          monkeypatch):
+    # Round 1's network keeps only the right half of the crop; the user paints the left part
+    # of the organ back by hand. Round 2's network wants everything out: with
+    # new_changes_only it removes only what round 1's network still held (the right half),
+    # not the painted voxels round 1's network had already let go.
+    work = card.preprocess.size_zyx
+    right = np.zeros(work, np.float32)
+    right[..., work[2] // 2:] = 1.0
+    removed = {}
+    for flag in (False, True):
+        outputs = iter([right, np.zeros(work, np.float32)])
+
+        def fake_fine_tune(model, image, target, weight, config, outputs=outputs, **kwargs):
+            p = next(outputs)
+            return p, [0.0], None, p
+
+        monkeypatch.setattr(session_mod, "fine_tune", fake_fine_tune)
+        cfg = RefineConfig(device="cpu", local_mm=None, one_way=False,
+                           new_changes_only=flag, box_fallback="error")
+        s = _session(case, model, card, cfg)
+        s.predict()
+        s.add_scribble("fg", points=[(12, 16, 24)])
+        s.refine()
+        held = session_mod.restore_probabilities(right, s._working_grid(s.box)[2]) >= 0.5
+        painted = (case[1].array == 1) & ~held
+        s.paint(1, points=np.argwhere(painted))
+        before = s.mask.array
+        s.add_scribble("bg", points=[(12, 16, 20)])
+        after = s.refine().array
+        removed[flag] = (before == 1) & (after == 0)
+        assert s.events[-1]["details"]["new_changes_only"] is flag
+    assert painted.sum() > 100 and (held & (before == 1)).sum() > 100
+    assert removed[False][painted].all()                  # without: the painted part goes
+    assert not removed[True][painted].any()               # with: it stays
+    assert np.array_equal(removed[True], removed[False] & ~painted)
 
 
 def _local_actions(s: Session) -> None:
