@@ -36,6 +36,7 @@ from .errors import ConfigError, InputError
 from .evaluate import dice
 from .predict import make_box, segment
 from .preprocess import reorient_to_lps
+from .synth import SynthConfig
 from .train import TrainConfig, load_training_cases, prepare_cases, train
 from .volume import Volume
 
@@ -150,7 +151,8 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
                out_dir: str | os.PathLike | None = None, limit: int | None = None,
                progress: bool = False, reorient: bool = True,
                btcv_direction: Sequence[float] | None = BTCV_DIRECTION,
-               liver_spleen_contact: float = 0.0) -> pd.DataFrame:
+               liver_spleen_contact: float = 0.0,
+               synth_config: SynthConfig | None = None) -> pd.DataFrame:
     """Synthetic-to-synthetic and synthetic-to-real DSC of an iUnet trained on BTCV-synthetic CT.
 
     Args:
@@ -176,6 +178,8 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
         liver_spleen_contact: probability that a *training* map's liver is grown until it
             touches the spleen (:func:`iunet_nb.synth.grow_liver_to_spleen`); the held-out
             synthetic cases keep their anatomy. Default 0 (off).
+        synth_config: the generator's parameter ranges for training and held-out synthetic
+            cases alike (None: :class:`iunet_nb.synth.SynthConfig` defaults).
 
     Returns:
         DataFrame with :data:`COLUMNS`, one row per held-out synthetic case and per real case.
@@ -197,7 +201,7 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
     synthetic, desc = load_training_cases(f"btcv-synth:{btcv_folder}", structure=structure,
                                           limit=limit, seed=seed, btcv_direction=direction,
                                           liver_spleen_contact=liver_spleen_contact,
-                                          augment_first=n_train)
+                                          augment_first=n_train, synth_config=synth_config)
     real_found = datasets.find_cases(ircadb_folder, structure, layout="ircadb")
     real = []
     for case in real_found:

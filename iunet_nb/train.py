@@ -29,7 +29,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from .losses import one_hot, soft_dice_loss
 from .nets import NetConfig, build_network
 from .preprocess import Box, PreprocessConfig, crop_mask, preprocess_image
 from .volume import Volume
+
+if TYPE_CHECKING:
+    from .synth import SynthConfig
 
 __all__ = ["TrainConfig", "TrainResult", "load_training_cases", "prepare_cases", "train"]
 
@@ -317,6 +320,7 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
                         limit: int | None = None, seed: int = 0,
                         btcv_direction: tuple[float, ...] | None = BTCV_DIRECTION,
                         liver_spleen_contact: float = 0.0, augment_first: int | None = None,
+                        synth_config: SynthConfig | None = None,
                         ) -> tuple[list[tuple[Volume, Volume]], str]:
     """Training cases ``(CT, mask)`` from a data source string, and a description of it.
 
@@ -338,6 +342,8 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
             Default 0 (off).
         augment_first: apply it only to the first ``augment_first`` maps (None: all), so
             held-out cases keep their anatomy.
+        synth_config: ``btcv-synth`` only: the generator's parameter ranges (None:
+            :class:`iunet_nb.synth.SynthConfig` defaults).
     """
     from tqdm.auto import tqdm
 
@@ -366,7 +372,8 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
                 grow_rng = np.random.default_rng(10_000 + seed + i)
                 if grow_rng.random() < liver_spleen_contact:
                     labels = synth.grow_liver_to_spleen(labels, grow_rng)
-            ct = synth.synthesize_ct(labels, rng=seed + i)
+            ct = synth.synthesize_ct(labels, rng=seed + i,
+                                     config=synth_config or synth.SynthConfig())
             mask = labels.with_array((labels.array == value).astype(np.uint8))
             cases.append((ct, mask))
         ids = [c.case_id for c in label_cases]

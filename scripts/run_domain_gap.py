@@ -11,6 +11,7 @@ domain, case_id, dsc, pred_voxels, ref_voxels) and the run's config; training re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from iunet_nb.augment import AugmentConfig
 from iunet_nb.domain_gap import domain_gap
 from iunet_nb.nets import NetConfig
 from iunet_nb.preprocess import PreprocessConfig
+from iunet_nb.synth import SynthConfig
 from iunet_nb.train import TrainConfig
 
 logger = logging.getLogger("run_domain_gap")
@@ -48,6 +50,8 @@ def main() -> None:
     ap.add_argument("--liver-spleen-contact", type=float, default=0.0, metavar="P",
                     help="probability that a training map's liver is grown to touch the spleen "
                          "(iunet_nb.synth.grow_liver_to_spleen; held-out maps unchanged)")
+    ap.add_argument("--fat-hu", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                    help="range of the generator's fat HU (default: SynthConfig's, -105 -80)")
     ap.add_argument("--out", default="runs/domain_gap")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -62,11 +66,16 @@ def main() -> None:
     out = Path(args.out) / args.structure
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "run_config.json", cfg.to_json())
+    synth_config = (None if args.fat_hu is None
+                    else dataclasses.replace(SynthConfig(), fat_hu=tuple(args.fat_hu)))
+    if synth_config is not None:
+        atomic_write_text(out / "synth_config.json", synth_config.to_json())
     t0 = time.perf_counter()
     table = domain_gap(args.structure, args.btcv, args.ircadb, train_config=cfg, n_val=args.val,
                        seed=args.seed, out_dir=out, limit=args.limit, progress=True,
                        reorient=not args.no_reorient,
-                       liver_spleen_contact=args.liver_spleen_contact)
+                       liver_spleen_contact=args.liver_spleen_contact,
+                       synth_config=synth_config)
     logger.info("done in %.0f s", time.perf_counter() - t0)
     print(table.to_string(index=False))
     print(table.groupby("domain")["dsc"].agg(["mean", "std", "count"]).to_string())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -137,8 +138,13 @@ def test_liver_spleen_contact_grows_only_the_first_maps(tmp_path, monkeypatch):
         image.SetSpacing((2.0, 2.0, 2.0))
         sitk.WriteImage(image, str(tmp_path / f"{i + 1:04d}.nii.gz"))
     # the CT is the label map itself: what reaches synthesis is what is checked
-    monkeypatch.setattr(synth, "synthesize_ct",
-                        lambda labels, rng: labels.with_array(labels.array.astype(np.float32)))
+    configs = []
+
+    def fake_synthesize_ct(labels, rng, config):
+        configs.append(config)
+        return labels.with_array(labels.array.astype(np.float32))
+
+    monkeypatch.setattr(synth, "synthesize_ct", fake_synthesize_ct)
     cases, desc = load_training_cases(f"btcv-synth:{tmp_path}", structure="liver",
                                       liver_spleen_contact=1.0, augment_first=2)
     n_liver = int((arr == synth.BTCV["liver"]).sum())
@@ -149,3 +155,8 @@ def test_liver_spleen_contact_grows_only_the_first_maps(tmp_path, monkeypatch):
     assert all(int(m.array.sum()) == n_liver for _, m in plain)
     with pytest.raises(ConfigError, match="liver_spleen_contact"):
         load_training_cases(f"btcv-synth:{tmp_path}", structure="liver", liver_spleen_contact=2)
+    # the generator's parameters reach every synthesis (defaults unless given)
+    assert len(configs) == 6 and all(c == synth.SynthConfig() for c in configs)
+    brighter_fat = dataclasses.replace(synth.SynthConfig(), fat_hu=(-100.0, -50.0))
+    load_training_cases(f"btcv-synth:{tmp_path}", structure="liver", synth_config=brighter_fat)
+    assert configs[6:] == [brighter_fat] * 3
