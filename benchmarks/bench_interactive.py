@@ -198,13 +198,15 @@ def cmd_compare(args: argparse.Namespace, methods=None) -> None:
     cases = _cases(args.cases, args.n)
     extra = {k: v for k, v in (("radius_mm", args.radius_mm),
                                ("stroke_length_mm", args.length_mm)) if v is not None}
-    robot = RobotConfig.preset(args.skill, rounds=args.rounds, seed=args.seed, **extra)
+    robot = RobotConfig.preset(args.skill, rounds=args.rounds, seed=args.seed,
+                               fit_brush=args.fit_brush, **extra)
     methods = methods or [m for m in args.methods.split(",")]
     t0 = time.perf_counter()
     result = compare_methods(cases, model, card, robot, methods, progress=False)
     print(f"\n{args.cases}: {len(cases)} cases, model {which}, robot {args.skill} "
           f"(radius {robot.radius_mm} mm, stroke {robot.stroke_length_mm} mm, seed "
-          f"{args.seed}), {time.perf_counter() - t0:.0f} s; {machine_description()}")
+          f"{args.seed}{', aims where its brush fits' if robot.fit_brush else ''}), "
+          f"{time.perf_counter() - t0:.0f} s; {machine_description()}")
     _print_summary(result.summary, args.rounds)
     if args.csv:
         result.table.to_csv(args.csv, index=False)
@@ -247,6 +249,8 @@ def main() -> None:
         c.add_argument("--csv", default=None)
         c.add_argument("--radius-mm", type=float, default=None, help="robot brush radius")
         c.add_argument("--length-mm", type=float, default=None, help="robot stroke length")
+        c.add_argument("--fit-brush", action="store_true",
+                       help="robot aims only at error its brush fits in (RobotConfig.fit_brush)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")

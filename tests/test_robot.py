@@ -54,6 +54,33 @@ def test_largest_error_picks_the_bigger_component_and_its_largest_slice():
         find_largest_error(mask[:5], ref, spacing)
 
 
+def test_fit_brush_aims_at_error_a_ball_fits_in_not_at_a_thin_shell():
+    shape, spacing = (20, 40, 40), (1.0, 1.0, 1.0)
+    ref = np.zeros(shape, np.uint8)
+    ref[4:16, 8:32, 8:32] = 1
+    mask = ref.copy()
+    mask[3:17, 7:33, 7:33] = 1                         # a 1 mm shell all around: 2 408 voxels
+    mask[10:16, 20:32, 20:32] = 0                      # a compact 6 x 12 x 12 miss: 864 voxels
+    shell = (mask == 1) & (ref == 0)
+    error, region, _, _ = find_largest_error(mask, ref, spacing)
+    assert error == "fp" and np.array_equal(region, shell) and shell.sum() > 864
+    error, region, _, _ = find_largest_error(mask, ref, spacing, fit_radius_mm=2.0)
+    miss = (ref == 1) & (mask == 0)
+    # the part of the miss a 2 mm ball fits in (the opening rounds the box's edges)
+    assert error == "fn" and np.all(miss[region]) and 500 < region.sum() < 864
+    # only thin error left: the unopened rule
+    mask[10:16, 20:32, 20:32] = 1
+    error, region, _, _ = find_largest_error(mask, ref, spacing, fit_radius_mm=2.0)
+    assert error == "fp" and np.array_equal(region, shell)
+    # the robot passes its brush radius
+    mask[10:16, 20:32, 20:32] = 0
+    plain = plan_stroke(mask, ref, spacing, RobotConfig(jitter_mm=0.0), 0)
+    fitted = plan_stroke(mask, ref, spacing, RobotConfig(jitter_mm=0.0, fit_brush=True), 0)
+    assert plain.error == "fp" and fitted.error == "fn" and fitted.label == "fg"
+    with pytest.raises(ConfigError, match="fit_brush must be true or false"):
+        RobotConfig(fit_brush=1)
+
+
 def test_medial_axis_of_a_rectangle_is_its_centre_line():
     region = np.zeros((9, 30), bool)
     region[2:7, 3:26] = True          # 5 rows x 23 cols
@@ -248,3 +275,9 @@ def test_cli_prints_the_per_round_table(ellipsoid_case, model, card, tmp_path, c
     assert out[4].startswith("AUC(DSC per round)")
     csv = (tmp_path / "rounds.csv").read_text().splitlines()
     assert len(csv) == 4 and csv[0].startswith("round,dsc,hd95_mm")
+    assert not args.fit_brush
+    args = parser.parse_args(["annotate-robot", str(tmp_path / "ct.nii.gz"), "--reference",
+                              str(tmp_path / "ref.nii.gz"), "--rounds", "1", "--model",
+                              str(tmp_path / "model.pt"), "--refine-config",
+                              str(tmp_path / "refine.json"), "--fit-brush"])
+    assert args.fit_brush and args.func(args) == 0
