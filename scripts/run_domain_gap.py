@@ -52,6 +52,9 @@ def main() -> None:
                          "(iunet_nb.synth.grow_liver_to_spleen; held-out maps unchanged)")
     ap.add_argument("--fat-hu", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                     help="range of the generator's fat HU (default: SynthConfig's, -105 -80)")
+    ap.add_argument("--organ-contact", type=float, default=None, metavar="F",
+                    help="SynthConfig.organ_contact_fraction: soft tissue against the organs "
+                         "(default 0, off)")
     ap.add_argument("--out", default="runs/domain_gap")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -66,8 +69,10 @@ def main() -> None:
     out = Path(args.out) / args.structure
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "run_config.json", cfg.to_json())
-    synth_config = (None if args.fat_hu is None
-                    else dataclasses.replace(SynthConfig(), fat_hu=tuple(args.fat_hu)))
+    synth_changes = {**({} if args.fat_hu is None else {"fat_hu": tuple(args.fat_hu)}),
+                     **({} if args.organ_contact is None
+                        else {"organ_contact_fraction": args.organ_contact})}
+    synth_config = dataclasses.replace(SynthConfig(), **synth_changes) if synth_changes else None
     if synth_config is not None:
         atomic_write_text(out / "synth_config.json", synth_config.to_json())
     t0 = time.perf_counter()

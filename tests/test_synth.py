@@ -306,3 +306,26 @@ def test_grow_liver_to_spleen_without_a_spleen_or_with_a_bad_width():
     assert grow_liver_to_spleen(labels, 0) is labels
     with pytest.raises(ConfigError, match="width_mm"):
         grow_liver_to_spleen(labels, 0, width_mm=(0.0, 5.0))
+
+
+def test_organ_contact_puts_soft_tissue_against_the_organs_and_moves_nothing_else(labels, case):
+    on = synthesize(labels, label_table=PHANTOM_LABELS, rng=3,
+                    config=SynthConfig(organ_contact_fraction=0.6))
+    before, after = case.tissue.array, on.tissue.array
+    changed = before != after
+    assert changed.sum() > 50
+    assert set(np.unique(before[changed])) <= {TISSUE["fat"], TISSUE["lung"], TISSUE["heart"]}
+    assert np.all(after[changed] == TISSUE["muscle"])
+    sp = labels.spacing_mm
+    near_organ = ndi.distance_transform_edt(labels.array == 0, sampling=sp)
+    assert near_organ[changed].max() <= 6.0 + 1e-6
+    # the case's own draws do not move: the CT differs only within the blur's reach of the
+    # new soft tissue, and the drawn parameters are the same
+    far = ndi.distance_transform_edt(~changed, sampling=sp) > 12.0
+    np.testing.assert_array_equal(on.ct.array[far], case.ct.array[far])
+    assert on.params == case.params
+    cfg = SynthConfig(organ_contact_fraction=0.25)
+    assert SynthConfig.from_json(cfg.to_json()) == cfg
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ConfigError, match="organ_contact_fraction"):
+            SynthConfig(organ_contact_fraction=bad)
