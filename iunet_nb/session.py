@@ -1076,17 +1076,18 @@ class Session:
             new_params = self._get_params(job["model"])
             new_mask = self._mask.copy()
             crop = job["record"].crop
+            before = self._mask[crop.slices]
             direction = job["direction"] if cfg.one_way else 0
             if prev_mask is not None:
-                fresh = prev_mask == (self._mask[crop.slices] == 1)
+                fresh = prev_mask == (before == 1)
                 allowed = fresh if allowed is None else allowed & fresh
             if prior is not None:
-                beyond = _beyond_stroke_confidence(prior, self._mask[crop.slices],
-                                                   job["new_idx"], self._volume.shape, crop,
-                                                   job["direction"], cfg.mask_threshold)
+                beyond = _beyond_stroke_confidence(prior, before, job["new_idx"],
+                                                   self._volume.shape, crop, job["direction"],
+                                                   cfg.mask_threshold)
                 allowed = ~beyond if allowed is None else allowed & ~beyond
             new_mask[crop.slices], n_reverted = _restrict_changes(
-                self._mask[crop.slices], crop_mask_new, allowed, direction)
+                before, crop_mask_new, allowed, direction)
             self._force(new_mask)
             if encoded is not None:
                 self._encoded = (job["box"], encoded)

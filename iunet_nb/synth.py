@@ -127,9 +127,8 @@ class SynthConfig(JsonConfig):
     -70..36 against -63..-86 around synthetic ones (``docs/realism.md`` section 6). When on,
     lung and heart within that distance become soft tissue too (the diaphragm lies between
     them and every organ; without it 28 % of the 2-6 mm ring around BTCV 0001's synthetic
-    spleen is lung). Its
-    randomness comes from a stream of its own, seeded by the case's drawn parameters, so
-    turning it on moves no other draw of the case.
+    spleen is lung). Its randomness comes from a stream of its own, seeded by the case's
+    drawn parameters, so turning it on moves no other draw of the case.
     """
 
     version: int = 2

@@ -69,9 +69,11 @@ def main() -> None:
     out = Path(args.out) / args.structure
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "run_config.json", cfg.to_json())
-    synth_changes = {**({} if args.fat_hu is None else {"fat_hu": tuple(args.fat_hu)}),
-                     **({} if args.organ_contact is None
-                        else {"organ_contact_fraction": args.organ_contact})}
+    synth_changes: dict[str, object] = {}
+    if args.fat_hu is not None:
+        synth_changes["fat_hu"] = tuple(args.fat_hu)
+    if args.organ_contact is not None:
+        synth_changes["organ_contact_fraction"] = args.organ_contact
     synth_config = dataclasses.replace(SynthConfig(), **synth_changes) if synth_changes else None
     if synth_config is not None:
         atomic_write_text(out / "synth_config.json", synth_config.to_json())
