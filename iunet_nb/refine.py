@@ -146,6 +146,11 @@ class RefineConfig(JsonConfig):
             gate: real right kidney 0.899 -> 0.904 (largest drop 0.022 -> 0.0015), left
             0.921, spleen 1.7 0.886 -> 0.885, livers 0.927 / 0.892, phantoms 0.958 -> 0.957
             with a 0.0001 drop of the mean in round 5.
+        extra_iterations: up to this many Adam steps after ``iterations`` while fewer than
+            half of the scribbled voxels are predicted with their own label (the network has
+            not yet taken the strokes in: a region it holds confidently wrong). 0: exactly
+            ``iterations`` steps. Default 0, measured (robot, 5 rounds,
+            ``benchmarks/interactive_results.md``, sixth-session section).
         force_scribbles: after predict/refine, scribble voxels are set to their label in the
             output mask (foreground 1, background 0), on the CT grid, so what the user drew is
             always honoured even where the network disagrees.
@@ -186,6 +191,7 @@ class RefineConfig(JsonConfig):
     one_way: bool = True
     confidence_gate: bool = True
     new_changes_only: bool = False
+    extra_iterations: int = 0
     force_scribbles: bool = True
     mask_threshold: float = 0.5
     box_fallback: str = "detector"
@@ -197,7 +203,8 @@ class RefineConfig(JsonConfig):
         if self.version != 1:
             raise ConfigError(f"RefineConfig version {self.version} is not supported (this "
                               "iunet_nb reads version 1)")
-        for name, low in (("iterations", 1), ("geodesic_iterations", 1), ("seed", 0)):
+        for name, low in (("iterations", 1), ("geodesic_iterations", 1), ("seed", 0),
+                          ("extra_iterations", 0)):
             v = getattr(self, name)
             if not _is_int(v) or v < low:
                 raise ConfigError(f"RefineConfig.{name} must be an integer >= {low}, got {v!r}")
@@ -246,12 +253,14 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
               scribbles: np.ndarray | None = None,
               encoded: EncodedFeatures | None = None,
               should_stop: Callable[[], bool] | None = None,
+              agree_on: np.ndarray | None = None,
               ) -> tuple[np.ndarray, list[float], EncodedFeatures | None] | None:
     """The iUnet interactive training loop on one image; updates ``model`` in place.
 
     Freezes all but ``model.interactive_parameters()``, puts the model in eval mode (batch
     norm uses and keeps its running statistics) and runs ``config.iterations`` Adam steps
-    (``config.lr``) on eq. 3 (``config.lam``) with the voxel weights ``weight``, plus
+    (then up to ``config.extra_iterations`` more while the strokes ``agree_on`` are not yet
+    mostly predicted with their label; ``config.lr``) on eq. 3 (``config.lam``) with the voxel weights ``weight``, plus
     ``config.scribble_ce`` times the cross-entropy on the ``scribbles`` voxels
     (:func:`iunet_nb.losses.scribble_cross_entropy`); then predicts once more with the updated
     weights.
@@ -268,6 +277,9 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
             ``config.cached_encoder``).
         should_stop: called before every step; when it returns True the loop stops and
             the function returns None (the model is then half-trained: discard it).
+        agree_on: bool ``(D, H, W)``: the voxels (the newest strokes) of which at least half
+            must be predicted with their ``target`` label before ``config.extra_iterations``
+            stop early; None: every ``scribbles`` voxel.
 
     Returns:
         ``(prob, losses, encoded, start_prob)``: float32 ``(D, H, W)`` foreground
@@ -284,9 +296,11 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
     t1 = (t == 1).to(torch.float32)
     target_oh = torch.stack([1.0 - t1, t1])[None]
     w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))[None].to(dev)
-    scribbled = (None if scribbles is None or config.scribble_ce == 0
-                 or not np.any(scribbles) else
-                 torch.from_numpy(np.ascontiguousarray(scribbles) != 0)[None].to(dev))
+    on_strokes = (None if scribbles is None or not np.any(scribbles) else
+                  torch.from_numpy(np.ascontiguousarray(scribbles) != 0)[None].to(dev))
+    scribbled = None if config.scribble_ce == 0 else on_strokes
+    if agree_on is not None and np.any(agree_on):
+        on_strokes = torch.from_numpy(np.ascontiguousarray(agree_on, dtype=bool))[None].to(dev)
     if config.cached_encoder:
         if encoded is None:
             encoded = model.encode_frozen(x)
@@ -296,12 +310,19 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
         run = lambda: model(x)
     losses = []
     start_prob = None
-    for _ in range(config.iterations):
+    labels_on_strokes = None if on_strokes is None else t[None][on_strokes]
+    for step in range(config.iterations + config.extra_iterations):
         if should_stop is not None and should_stop():
             return None
         logits = run()
         if start_prob is None:
             start_prob = torch.softmax(logits.detach(), dim=1)[0, 1].float().cpu().numpy()
+        if step >= config.iterations:
+            if labels_on_strokes is None:
+                break
+            agree = logits.detach().argmax(dim=1)[on_strokes] == labels_on_strokes
+            if float(agree.float().mean()) >= 0.5:
+                break
         loss = interactive_loss(torch.softmax(logits, dim=1), target_oh, w, config.lam)
         if scribbled is not None:
             loss = loss + config.scribble_ce * scribble_cross_entropy(logits, t[None], scribbled)

@@ -1002,10 +1002,14 @@ class Session:
                        or sorted(self._registry))
             direction = _stroke_direction({self._registry[sid].label for sid in new_ids})
             new_idx = np.unique(np.concatenate([self._registry[sid].indices for sid in new_ids]))
+            new_w = np.zeros(record.size_zyx, dtype=bool)
+            w, inside = self._to_working_grid(record, new_idx)
+            new_w[tuple(w[inside].T)] = True
             return {"generation": self._generation, "box": box, "x": x, "record": record,
                     "target": target, "scribbles": scrib_w, "model": model,
                     "params_before": self._get_params(), "encoded": encoded,
                     "round": self._refine_round, "new_ids": new_ids, "new_idx": new_idx,
+                    "new_working": new_w,
                     "direction": direction, "next_id": self._next_id,
                     "prob_prev": self._prob,
                     "t0": time.perf_counter()}
@@ -1017,13 +1021,17 @@ class Session:
             return out
         idx = np.unique(np.concatenate([s.indices for s in self._registry.values()]))
         labels = self._scribbles.ravel()[idx]  # the visible label (newest scribble wins)
-        zyx = np.stack(np.unravel_index(idx, self._volume.shape), axis=1)
-        w = np.rint(record.original_to_working_index(zyx)).astype(np.int64)
-        inside = np.all((w >= 0) & (w < np.asarray(record.size_zyx)), axis=1)
+        w, inside = self._to_working_grid(record, idx)
         for label in (_FG, _BG):  # background written last: it wins where both land
             sel = w[inside & (labels == label)]
             out[sel[:, 0], sel[:, 1], sel[:, 2]] = label
         return out
+
+    def _to_working_grid(self, record: CropRecord, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest working-grid voxel ``(n, 3)`` of each flat CT index, and which lie inside."""
+        zyx = np.stack(np.unravel_index(idx, self._volume.shape), axis=1)
+        w = np.rint(record.original_to_working_index(zyx)).astype(np.int64)
+        return w, np.all((w >= 0) & (w < np.asarray(record.size_zyx)), axis=1)
 
     def _run_refine(self, job: dict[str, Any], future: concurrent.futures.Future | None,
                     ) -> Volume | None:
@@ -1120,7 +1128,7 @@ class Session:
             torch.manual_seed(seed)
             return fine_tune(job["model"], job["x"], target, weight, self._config,
                              scribbles=job["scribbles"], encoded=job["encoded"],
-                             should_stop=stale)
+                             should_stop=stale, agree_on=job["new_working"])
 
     def _fall_back_to_cpu(self, what: str, exc: BaseException) -> None:
         """After a CUDA out-of-memory error: move the network to the CPU and carry on there."""

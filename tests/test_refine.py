@@ -99,6 +99,40 @@ def test_scribble_term_makes_the_network_learn_the_strokes(model):
     assert with_term > before + 0.08
 
 
+def test_extra_iterations_run_until_the_new_strokes_are_taken_in(model):
+    """``extra_iterations`` continue only while the new strokes are mostly predicted wrong."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 16, 16)).astype(np.float32)
+    scribbles = np.zeros((8, 16, 16), np.uint8)
+    scribbles[4, 6:10, 8] = 1                          # foreground, where the network says 0.39
+    scribbles[1, 2:5, 2] = 2                           # background
+    target = _refine_target(np.zeros((8, 16, 16), np.uint8), scribbles)
+    weight = np.where(scribbles > 0, 3.0, 1.0).astype(np.float32)
+
+    def run(agree_on, extra):
+        torch.manual_seed(0)
+        cfg = RefineConfig(iterations=1, lr=5e-2, extra_iterations=extra)
+        return fine_tune(copy.deepcopy(model), x, target, weight, cfg, scribbles=scribbles,
+                         agree_on=agree_on)
+
+    fg = scribbles == 1
+    prob, losses, _, _ = run(fg, 0)
+    assert len(losses) == 1 and np.mean(prob[fg] >= 0.5) < 0.5     # one step is not enough
+    prob, losses, _, _ = run(fg, 40)
+    assert 1 < len(losses) < 41 and np.mean(prob[fg] >= 0.5) >= 0.5  # stopped once taken in
+    # the same as plain iterations up to that step (the extra steps are ordinary steps)
+    torch.manual_seed(0)
+    _, plain, _, _ = fine_tune(copy.deepcopy(model), x, target, weight,
+                               RefineConfig(iterations=len(losses), lr=5e-2),
+                               scribbles=scribbles)
+    np.testing.assert_allclose(losses, plain, rtol=1e-6)
+    # strokes the network already agrees with (background): no extra step
+    _, losses, _, _ = run(scribbles == 2, 40)
+    assert len(losses) == 1
+    with pytest.raises(ConfigError, match="extra_iterations"):
+        RefineConfig(extra_iterations=-1)
+
+
 def test_refine_config_scribble_ce_must_be_a_non_negative_number():
     assert RefineConfig().scribble_ce > 0
     assert RefineConfig(scribble_ce=0).scribble_ce == 0.0
