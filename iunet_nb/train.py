@@ -316,6 +316,19 @@ def _read_losses(path: Path, upto: int) -> list[float]:
     return [r["loss"] for r in rows]
 
 
+def _generator(config: "SynthConfig") -> str:
+    """How a training-data description names the generator: version and any departure from
+    the default ranges (a reader of a card must be able to make the same data again)."""
+    from . import synth
+
+    default = synth.SynthConfig()
+    changed = sorted(f for f in config.__dataclass_fields__ if f != "organ_contact_fraction"
+                     and getattr(config, f) != getattr(default, f))
+    return (f"generator {synth.GENERATOR_VERSION}, soft tissue against the organs "
+            f"{config.organ_contact_fraction:g}"
+            + (f", changed: {', '.join(changed)}" if changed else ""))
+
+
 def load_training_cases(data: str, *, structure: str | int = "pancreas", layout: str = "auto",
                         limit: int | None = None, seed: int = 0,
                         btcv_direction: tuple[float, ...] | None = BTCV_DIRECTION,
@@ -357,13 +370,16 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
             n = int(data.split(":", 1)[1])
         except ValueError:
             raise ConfigError(f"'phantom:<n>' needs a number of cases, got {data!r}") from None
-        cases = [synth.make_phantom(rng=seed + i) for i in range(n)]
-        return cases, f"{n} procedural phantoms (seeds {seed}..{seed + n - 1})"
+        cfg = synth_config or synth.SynthConfig()
+        cases = [synth.make_phantom(rng=seed + i, config=cfg) for i in range(n)]
+        return cases, (f"{n} procedural phantoms ({_generator(cfg)}, seeds {seed}.."
+                       f"{seed + n - 1})")
     if data.startswith("btcv-synth:"):
         root = data.split(":", 1)[1]
         label_cases = datasets.find_cases(root, structure=structure, layout="btcv",
                                           btcv_direction=btcv_direction)[:limit]
         value = label_cases[0].label_value if label_cases else None
+        cfg = synth_config or synth.SynthConfig()
         cases = []
         for i, case in enumerate(tqdm(label_cases, desc="Synthesising CT", unit="case",
                                           disable=not is_main())):
@@ -372,15 +388,15 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
                 grow_rng = np.random.default_rng(10_000 + seed + i)
                 if grow_rng.random() < liver_spleen_contact:
                     labels = synth.grow_liver_to_spleen(labels, grow_rng)
-            ct = synth.synthesize_ct(labels, rng=seed + i,
-                                     config=synth_config or synth.SynthConfig())
+            ct = synth.synthesize_ct(labels, rng=seed + i, config=cfg)
             mask = labels.with_array((labels.array == value).astype(np.uint8))
             cases.append((ct, mask))
         ids = [c.case_id for c in label_cases]
         extra = (f", liver grown to the spleen with probability {liver_spleen_contact:g}"
                  + ("" if augment_first is None else f" in the first {augment_first}")
                  if liver_spleen_contact > 0 else "")
-        return cases, (f"synthetic CT from {len(ids)} BTCV label maps ({ids[0]}..{ids[-1]}), "
+        return cases, (f"synthetic CT ({_generator(cfg)}) from {len(ids)} BTCV label maps "
+                       f"({ids[0]}..{ids[-1]}), "
                        f"seeds {seed}..{seed + len(ids) - 1}, target label {value}{extra}")
     found = datasets.find_cases(data, structure=structure, layout=layout,
                                 btcv_direction=btcv_direction)[:limit]

@@ -309,9 +309,11 @@ def test_grow_liver_to_spleen_without_a_spleen_or_with_a_bad_width():
 
 
 def test_organ_contact_puts_soft_tissue_against_the_organs_and_moves_nothing_else(labels, case):
+    off = synthesize(labels, label_table=PHANTOM_LABELS, rng=3,
+                     config=SynthConfig(organ_contact_fraction=0.0))
     on = synthesize(labels, label_table=PHANTOM_LABELS, rng=3,
                     config=SynthConfig(organ_contact_fraction=0.6))
-    before, after = case.tissue.array, on.tissue.array
+    before, after = off.tissue.array, on.tissue.array
     changed = before != after
     assert changed.sum() > 50
     assert set(np.unique(before[changed])) <= {TISSUE["fat"], TISSUE["lung"], TISSUE["heart"]}
@@ -322,9 +324,13 @@ def test_organ_contact_puts_soft_tissue_against_the_organs_and_moves_nothing_els
     # the case's own draws do not move: the CT differs only within the blur's reach of the
     # new soft tissue, and the drawn parameters are the same
     far = ndi.distance_transform_edt(~changed, sampling=sp) > 12.0
-    np.testing.assert_array_equal(on.ct.array[far], case.ct.array[far])
-    assert on.params == case.params
-    cfg = SynthConfig(organ_contact_fraction=0.25)
+    np.testing.assert_array_equal(on.ct.array[far], off.ct.array[far])
+    assert on.params == off.params == case.params
+    # the default (0.25) turns a subset of what 0.6 turns: the same smooth field, a lower quantile
+    default_changed = off.tissue.array != case.tissue.array
+    assert SynthConfig().organ_contact_fraction == 0.25
+    assert 0 < default_changed.sum() < changed.sum() and not (default_changed & ~changed).any()
+    cfg = SynthConfig(organ_contact_fraction=0.1)
     assert SynthConfig.from_json(cfg.to_json()) == cfg
     for bad in (-0.1, 1.5, True, "0.5"):
         with pytest.raises(ConfigError, match="organ_contact_fraction"):
