@@ -1109,7 +1109,8 @@ class Session:
             self._apply(entry, forward=True)
             n_uncertain = int(np.count_nonzero(weight == 0))
             self._commit(entry, job["t0"], {
-                "round": job["round"], "seed": seed, "iterations": cfg.iterations,
+                "round": job["round"], "seed": seed, "iterations": len(losses),
+                "extra_iterations": cfg.extra_iterations,
                 "losses": [round(v, 6) for v in losses], "compute_s": round(compute_s, 4),
                 "n_changed": entry.mask.n if entry.mask else 0,
                 "new_scribbles": job["new_ids"], "n_reverted": n_reverted,

@@ -550,6 +550,32 @@ def test_refine_changes_farther_than_local_mm_from_the_new_stroke_are_undone(cas
     assert local.events[-1]["details"]["local_mm"] == 4.0
 
 
+def test_extra_iterations_wait_for_the_strokes_added_since_the_last_refine(case, model, card,
+                                                                           monkeypatch):
+    seen = []
+    real = session_mod.fine_tune
+
+    def spy(*args, **kw):
+        seen.append((kw["scribbles"].copy(), kw["agree_on"].copy()))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(session_mod, "fine_tune", spy)
+    cfg = RefineConfig(device="cpu", iterations=2, lr=1e-2, extra_iterations=6, box_fallback="error")
+    s = _session(case, model, card, cfg)
+    s.predict()
+    s.add_scribble("fg", [(16, 8), (16, 14)], view="axial", slice_index=12, radius_mm=2)
+    s.refine()
+    s.add_scribble("bg", [(4, 4), (4, 10)], view="axial", slice_index=12, radius_mm=2)
+    s.refine()
+    (scrib1, new1), (scrib2, new2) = seen
+    # round 1: the foreground stroke; round 2: only the background stroke added since
+    assert new1.any() and np.all(scrib1[new1] == 1) and np.array_equal(new1, scrib1 == 1)
+    assert new2.any() and np.all(scrib2[new2] == 2) and not (new2 & (scrib2 == 1)).any()
+    steps = [e["details"]["iterations"] for e in s.events if e["event"] == "refine"]
+    assert all(2 <= n <= 8 for n in steps)
+    assert s.events[-1]["details"]["extra_iterations"] == 6
+
+
 @pytest.mark.parametrize("label", ["fg", "bg"])
 def test_one_way_refine_only_moves_in_the_strokes_direction(case, model, card, label):
     if label == "bg":
