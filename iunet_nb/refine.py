@@ -304,6 +304,8 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
     scribbled = None if config.scribble_ce == 0 else on_strokes
     if agree_on is not None and np.any(agree_on):
         on_strokes = torch.from_numpy(np.ascontiguousarray(agree_on, dtype=bool))[None].to(dev)
+    labels_on_strokes = (t[None][on_strokes]
+                         if on_strokes is not None and config.extra_iterations else None)
     if config.cached_encoder:
         if encoded is None:
             encoded = model.encode_frozen(x)
@@ -313,7 +315,6 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
         run = lambda: model(x)
     losses = []
     start_prob = None
-    labels_on_strokes = None if on_strokes is None else t[None][on_strokes]
     for step in range(config.iterations + config.extra_iterations):
         if should_stop is not None and should_stop():
             return None

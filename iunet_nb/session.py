@@ -1002,9 +1002,11 @@ class Session:
                        or sorted(self._registry))
             direction = _stroke_direction({self._registry[sid].label for sid in new_ids})
             new_idx = np.unique(np.concatenate([self._registry[sid].indices for sid in new_ids]))
-            new_w = np.zeros(record.size_zyx, dtype=bool)
-            w, inside = self._to_working_grid(record, new_idx)
-            new_w[tuple(w[inside].T)] = True
+            new_w = None                          # only extra_iterations look at them
+            if self._config.extra_iterations:
+                new_w = np.zeros(record.size_zyx, dtype=bool)
+                w, inside = self._to_working_grid(record, new_idx)
+                new_w[tuple(w[inside].T)] = True
             return {"generation": self._generation, "box": box, "x": x, "record": record,
                     "target": target, "scribbles": scrib_w, "model": model,
                     "params_before": self._get_params(), "encoded": encoded,
