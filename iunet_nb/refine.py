@@ -299,13 +299,14 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
     t1 = (t == 1).to(torch.float32)
     target_oh = torch.stack([1.0 - t1, t1])[None]
     w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))[None].to(dev)
-    on_strokes = (None if scribbles is None or not np.any(scribbles) else
-                  torch.from_numpy(np.ascontiguousarray(scribbles) != 0)[None].to(dev))
-    scribbled = None if config.scribble_ce == 0 else on_strokes
-    if agree_on is not None and np.any(agree_on):
-        on_strokes = torch.from_numpy(np.ascontiguousarray(agree_on, dtype=bool))[None].to(dev)
-    labels_on_strokes = (t[None][on_strokes]
-                         if on_strokes is not None and config.extra_iterations else None)
+    scribbled = (None if scribbles is None or config.scribble_ce == 0
+                 or not np.any(scribbles) else
+                 torch.from_numpy(np.ascontiguousarray(scribbles) != 0)[None].to(dev))
+    # the voxels extra_iterations wait for, and the labels they must take
+    watch = agree_on if agree_on is not None and np.any(agree_on) else scribbles
+    watched = (None if not config.extra_iterations or watch is None or not np.any(watch) else
+               torch.from_numpy(np.ascontiguousarray(watch) != 0)[None].to(dev))
+    watched_labels = None if watched is None else t[None][watched]
     if config.cached_encoder:
         if encoded is None:
             encoded = model.encode_frozen(x)
@@ -322,9 +323,9 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
         if start_prob is None:
             start_prob = torch.softmax(logits.detach(), dim=1)[0, 1].float().cpu().numpy()
         if step >= config.iterations:
-            if labels_on_strokes is None:
+            if watched is None:
                 break
-            agree = logits.detach().argmax(dim=1)[on_strokes] == labels_on_strokes
+            agree = logits.detach().argmax(dim=1)[watched] == watched_labels
             if float(agree.float().mean()) >= 0.5:
                 break
         loss = interactive_loss(torch.softmax(logits, dim=1), target_oh, w, config.lam)
