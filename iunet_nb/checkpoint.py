@@ -43,6 +43,9 @@ class ModelCard(JsonConfig):
 
     Written as ``model.json`` next to ``model.pt``; the network and preprocessing configs are
     what :func:`load_model` needs to rebuild the model, the rest is provenance.
+    ``ema_decay`` > 0: the weights are the moving average of the training iterates with that
+    decay (:class:`iunet_nb.train.TrainConfig`); 0, and every card written before the field
+    existed: the last iterate.
     """
 
     version: int = 1
@@ -56,6 +59,7 @@ class ModelCard(JsonConfig):
     machine: str = ""
     validation_dsc: float | None = None
     notes: str = ""
+    ema_decay: float = 0.0
 
 
 

@@ -53,7 +53,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         preprocess=PreprocessConfig(size_zyx=tuple(args.size)),
         augment=AugmentConfig(), iterations=args.iterations, batch_size=args.batch,
         lr=args.lr, seed=args.seed, structure=str(args.structure),
-        checkpoint_every=min(args.checkpoint_every, args.iterations))
+        checkpoint_every=min(args.checkpoint_every, args.iterations),
+        **({} if args.ema_decay is None else {"ema_decay": args.ema_decay}))
     cases, description = load_training_cases(args.data, structure=args.structure,
                                               layout=args.layout, limit=args.limit,
                                               seed=args.seed)
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="global batch size (split over the processes under torchrun)")
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--ema-decay", type=float, default=None,
+                   help="save the moving average of the weights with this decay; 0: the last "
+                        "iteration's weights (default: TrainConfig.ema_decay)")
     t.add_argument("--limit", type=int, default=None, help="use at most this many cases")
     t.add_argument("--checkpoint-every", type=int, default=100)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -2,15 +2,19 @@
 
 The paper's schedule is the default: Adam with lr 1e-4, 2000 iterations, batch 8, a fresh
 augmentation (translation, rotation, noise) of every sample at every iteration, soft Dice loss.
+One measured departure: the saved weights are a moving average of the iterates
+(``TrainConfig.ema_decay`` 0.99; 0 saves the last iterate, as the paper).
 Training is seeded end to end (batch order, augmentation, initial weights) and can be resumed
 from its last checkpoint with the identical continuation.
 
 Outputs in ``out_dir``:
 
 * ``checkpoint.pt`` — ``torch.save`` of a dict of tensors/state dicts (model, optimizer,
-  random generator state, iteration); loaded with ``weights_only=True``;
+  random generator state, iteration, and the weight average when ``ema_decay`` > 0); loaded
+  with ``weights_only=True``;
 * ``checkpoint.json`` — the :class:`TrainConfig` and the iteration reached (the sidecar);
-* ``model.pt`` + ``model.json`` — the final weights and their :class:`ModelCard` (what
+* ``model.pt`` + ``model.json`` — the final weights (the moving average of the weights when
+  ``ema_decay`` > 0, else the last iteration's) and their :class:`ModelCard` (what
   :func:`iunet_nb.checkpoint.load_model` reads);
 * ``loss.jsonl`` — one JSON line per iteration: iteration, loss, elapsed_s.
 
@@ -44,7 +48,7 @@ from .distributed import (DistContext, check_divisible, convert_sync_batchnorm, 
 from .errors import CheckpointError, ConfigError, InputError
 from .losses import one_hot, soft_dice_loss
 from .nets import NetConfig, build_network
-from .preprocess import Box, PreprocessConfig, crop_mask, preprocess_image
+from .preprocess import Box, PreprocessConfig, _is_real, crop_mask, preprocess_image
 from .volume import Volume
 
 if TYPE_CHECKING:
@@ -69,6 +73,15 @@ class TrainConfig(JsonConfig):
         seed: seeds the initial weights, the batch order and the augmentation.
         checkpoint_every: write ``checkpoint.pt`` every so many iterations (and at the end).
         structure: name of the target structure (recorded in the model card).
+        ema_decay: decay of an exponential moving average of the weights and batch-norm
+            statistics, updated after every step and debiased (as Adam's moments); the saved
+            model is the average. 0: the weights of the last step (the paper's). Default
+            0.99, measured (``docs/realism.md`` section 8; 400 steps at lr 1e-3, the same run
+            averaged and not): real 3D-IRCADb spleen, three seeds, 0.874 / 0.879 / 0.851 ->
+            0.883 / 0.874 / 0.863 (mean 0.868 -> 0.874), liver 0.908 -> 0.906, and the
+            held-out synthetic DSC of all four up by 0-0.008; the last step's real DSC swings
+            by up to 0.03 between checkpoints 25 steps apart. A cosine learning-rate decay
+            instead gave 0.867 / 0.864 (seeds 1, 2).
     """
 
     version: int = 1
@@ -81,6 +94,7 @@ class TrainConfig(JsonConfig):
     seed: int = 0
     checkpoint_every: int = 100
     structure: str = "pancreas"
+    ema_decay: float = 0.99
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "checkpoint_every"):
@@ -89,6 +103,9 @@ class TrainConfig(JsonConfig):
                 raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise ConfigError(f"TrainConfig.lr must be in (0, 1), got {self.lr!r}")
+        if not (_is_real(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise ConfigError(f"TrainConfig.ema_decay must be in [0, 1) (0: no averaging), "
+                              f"got {self.ema_decay!r}")
 
 
 @dataclass
@@ -187,6 +204,7 @@ def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
     if ctx.is_distributed:  # batch statistics of the global batch, not of each slice
         model = convert_sync_batchnorm(model, dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    average = _weight_average(model, config.ema_decay)
     gen = torch.Generator().manual_seed(config.seed)
     start, losses, elapsed_before = 0, [], 0.0
     out = Path(out_dir) if out_dir is not None and ctx.is_main else None  # rank 0 writes
@@ -206,6 +224,8 @@ def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
         state = resumed["state"]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         gen.set_state(state["generator"])
         start = int(state["iteration"])
         elapsed_before = float(state["elapsed_s"])
@@ -236,6 +256,8 @@ def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over the ranks
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             value = ctx.mean(loss.detach())  # the global batch's loss
             losses.append(value)
             bar.set_postfix(loss=f"{value:.4f}")
@@ -244,12 +266,14 @@ def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
                                       "elapsed_s": round(time.perf_counter() - t0, 3)}) + "\n")
                 log.flush()
                 if (it + 1) % config.checkpoint_every == 0 or it + 1 == config.iterations:
-                    _save_checkpoint(out, model, optimizer, gen, it + 1,
+                    _save_checkpoint(out, model, optimizer, average, gen, it + 1,
                                      time.perf_counter() - t0, config)
     finally:
         if log is not None:
             log.close()
         bar.close()
+    if average is not None:
+        model = average.module
     if ctx.is_distributed:  # back to plain batch norm (same state-dict keys)
         plain = build_network(config.net)
         plain.load_state_dict(model.state_dict())
@@ -260,6 +284,7 @@ def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
         machine = f"{machine}; {ctx.describe()}"
     card = ModelCard(net=config.net, preprocess=config.preprocess, structure=config.structure,
                      data=data_description, iterations=config.iterations, seed=config.seed,
+                     ema_decay=config.ema_decay,
                      train_time_s=round(time.perf_counter() - t0, 1), machine=machine)
     if out is not None:
         save_model(model, card, out / "model.pt")
@@ -278,11 +303,40 @@ def _resume_payload(path: Path, config: TrainConfig) -> dict[str, Any]:
                                                    int(state["iteration"])), "path": str(path)}
 
 
+# what a run saved before a TrainConfig field existed did in its place
+_BEFORE_FIELD: dict[str, Any] = {"ema_decay": 0.0}
+
+
+def _weight_average(model: torch.nn.Module,
+                    decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """torch's AveragedModel as a debiased exponential moving average (None when ``decay`` is
+    0), over the parameters and the batch-norm buffers (use_buffers: the average's running
+    statistics then belong to its own weights, as nearly as an average allows, and no extra
+    pass over the data is needed).
+
+    Debiased as Adam debiases its moments: after ``t`` steps the average is
+    ``sum_i (1 - d) d**(t - i) w_i / (1 - d**t)``, so the first iterate is not over-weighted
+    (a plain EMA started from it keeps ``d**t`` of it: 45 % after 400 steps at 0.998)."""
+    if not decay:
+        return None
+
+    def ema(averaged: torch.Tensor, current: torch.Tensor,
+            n_averaged: torch.Tensor | int) -> torch.Tensor:
+        if not averaged.is_floating_point():   # num_batches_tracked: a count, not averaged
+            return current
+        t = float(n_averaged) + 1.0             # this iterate's number
+        return averaged + (current - averaged) * ((1.0 - decay) / (1.0 - decay ** t))
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=ema, use_buffers=True)
+
+
 def _save_checkpoint(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     gen: torch.Generator, iteration: int, elapsed_s: float,
-                     config: TrainConfig) -> None:
+                     average: torch.optim.swa_utils.AveragedModel | None, gen: torch.Generator,
+                     iteration: int, elapsed_s: float, config: TrainConfig) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "generator": gen.get_state(), "iteration": iteration, "elapsed_s": elapsed_s}
+    if average is not None:
+        state["average"] = average.state_dict()
     with atomic_path(out / "checkpoint.pt") as tmp:
         torch.save(state, tmp)
     atomic_write_text(out / "checkpoint.json", json.dumps(
@@ -295,7 +349,7 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
         saved = json.loads(sidecar.read_text(encoding="utf-8"))["config"]
         mine = config.to_dict()
         differ = sorted(k for k in mine if k not in ("iterations", "checkpoint_every")
-                        and saved.get(k) != mine[k])
+                        and saved.get(k, _BEFORE_FIELD.get(k)) != mine[k])
         if differ:
             raise CheckpointError(
                 f"cannot resume from {path}: it was trained with different settings ({differ}); "

@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--organ-contact", type=float, default=None, metavar="F",
                     help="SynthConfig.organ_contact_fraction: soft tissue against the organs "
                          "(default: SynthConfig's, 0.25; 0 gives generator 2.0)")
+    ap.add_argument("--ema-decay", type=float, default=None,
+                    help="moving average of the weights (default: TrainConfig.ema_decay; 0: off)")
     ap.add_argument("--out", default="runs/domain_gap")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -65,7 +67,8 @@ def main() -> None:
     cfg = TrainConfig(net=NetConfig(base_channels=args.base_channels), augment=augment,
                       preprocess=PreprocessConfig(size_zyx=(24, 64, 64)),
                       iterations=args.iterations, batch_size=args.batch, lr=args.lr,
-                      seed=args.seed, checkpoint_every=25, structure=args.structure)
+                      seed=args.seed, checkpoint_every=25, structure=args.structure,
+                      **({} if args.ema_decay is None else {"ema_decay": args.ema_decay}))
     out = Path(args.out) / args.structure
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "run_config.json", cfg.to_json())

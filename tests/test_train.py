@@ -85,6 +85,54 @@ def test_training_reduces_the_loss(prepared):
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.1
 
 
+def test_ema_model_is_the_debiased_moving_average_of_the_iterates(prepared, tmp_path):
+    decay = 0.5
+    # the raw iterates w_1..w_4: runs of 1..4 steps share the seeded trajectory
+    iterates = [train(*prepared, dataclasses.replace(TINY, iterations=k, ema_decay=0.0), None,
+                      progress=False).model.state_dict() for k in range(1, 5)]
+    # sum_i (1 - d) d**(t - i) w_i / (1 - d**t), written out (counts: the last iterate's)
+    t = len(iterates)
+    norm = 1 - decay ** t
+    expected = {k: v.clone() if not v.is_floating_point() else
+                sum((1 - decay) * decay ** (t - i) * w[k] for i, w in enumerate(iterates, 1)) / norm
+                for k, v in iterates[-1].items()}
+    averaged = train(*prepared, dataclasses.replace(TINY, ema_decay=decay), tmp_path,
+                     progress=False)
+    got = averaged.model.state_dict()
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert torch.allclose(got[k].float(), expected[k].float(), atol=1e-6), k
+    # the average is not the last iterate, and the losses are the raw run's
+    assert any(not torch.allclose(got[k].float(), iterates[-1][k].float(), atol=1e-4)
+               for k in got if got[k].is_floating_point())
+    model, card = load_model(tmp_path / "model.pt")
+    assert card.ema_decay == decay
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), got.values()))
+
+
+def test_ema_resume_is_identical_and_old_runs_resume_without_it(prepared, tmp_path):
+    cfg = dataclasses.replace(TINY, ema_decay=0.9)
+    straight = train(*prepared, cfg, tmp_path / "a", progress=False)
+    train(*prepared, dataclasses.replace(cfg, iterations=2), tmp_path / "b", progress=False)
+    resumed = train(*prepared, cfg, tmp_path / "b", resume=True, progress=False)
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(p.float(), q.float(), atol=1e-6), name
+    # a run saved before ema_decay existed (no such key in its sidecar) had no average: it
+    # resumes without one, and refuses a config that asks for one
+    raw = dataclasses.replace(TINY, ema_decay=0.0)
+    train(*prepared, dataclasses.replace(raw, iterations=2), tmp_path / "old", progress=False)
+    sidecar = tmp_path / "old" / "checkpoint.json"
+    saved = json.loads(sidecar.read_text())
+    del saved["config"]["ema_decay"]
+    sidecar.write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match="ema_decay"):
+        train(*prepared, cfg, tmp_path / "old", resume=True, progress=False)
+    assert train(*prepared, raw, tmp_path / "old", resume=True, progress=False).losses == \
+        pytest.approx(straight.losses, rel=1e-5)  # the raw trajectory is the averaged run's
+    with pytest.raises(ConfigError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
 def test_config_validation_and_size_mismatch(prepared):
     with pytest.raises(ConfigError, match="iterations"):
         TrainConfig(iterations=0)
