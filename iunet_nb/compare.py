@@ -89,7 +89,7 @@ PAPER_LAMBDA = 1.0
 PAPER_CONFIG = RefineConfig(lam=PAPER_LAMBDA, threshold=0.2, scribble_weight=3.0,
                             geodesic_lam=1.0, lr=1e-2, local_mm=None, one_way=False,
                             force_scribbles=False, keep_weights_between_rounds=True,
-                            scribble_ce=0.0, confidence_gate=False)
+                            scribble_ce=0.0, confidence_gate=False, edge_weight=0.0)
 #: Changes of a refinement farther than this from the new stroke are discarded (mm).
 IMPROVED_LOCAL_MM = 15.0
 #: The measured improvement (benchmarks/interactive_results.md), now the Session's defaults:
@@ -100,10 +100,11 @@ IMPROVED_LOCAL_MM = 15.0
 #: scribbles forced, and a cross-entropy term on the scribbled voxels added to eq. 3 (weight
 #: 1.0) so that a stroke teaches the network more than its own voxels. Spelled out so that it
 #: does not move with the defaults; the Session's defaults have since added the confidence
-#: gate (``RefineConfig.confidence_gate``), which ``"session_default"`` measures.
+#: gate (``RefineConfig.confidence_gate``) and the boundary placed on the CT's edges
+#: (``RefineConfig.edge_weight``), which ``"session_default"`` measures.
 IMPROVED_CONFIG = RefineConfig(lam=0.0, geodesic_lam=0.0, lr=1e-3, local_mm=IMPROVED_LOCAL_MM,
                                one_way=True, force_scribbles=True, scribble_ce=1.0,
-                               confidence_gate=False)
+                               confidence_gate=False, edge_weight=0.0)
 _KINDS = ("paint", "refine", "random_walker")
 
 
@@ -142,7 +143,7 @@ METHODS: dict[str, Method] = {
                                 f"{PAPER_LAMBDA}, threshold 0.2, network mask"),
     "full": Method("full", "refine",
                    RefineConfig(lr=1e-3, geodesic_lam=1.0, local_mm=None, one_way=False,
-                                scribble_ce=0.0, confidence_gate=False),
+                                scribble_ce=0.0, confidence_gate=False, edge_weight=0.0),
                    full_network=True,
                    description="(c) whole network fine-tuned (lr 1e-3, image-driven band, "
                                "changes anywhere in the crop)"),

@@ -4,7 +4,8 @@ Staged as in MONAILabel's infer tasks: pre-transform (:func:`iunet_nb.preprocess
 smooth, window, crop box + margin, reorient the crop to the patient axes (LPS), resample to the
 working grid), inferer (the network, softmax), inverse transform
 (:func:`iunet_nb.preprocess.restore_probabilities`: resample back to the crop, undo the
-reorientation and paste into the full grid), post-transform (threshold).
+reorientation and paste into the full grid), post-transform (threshold, with the boundary
+placed on the CT's own edges: :func:`iunet_nb.edges.snap_to_edges`).
 
 The network therefore sees the same anatomy whatever order the CT's file stores its axes in
 (identity-direction DICOM, a NIfTI stored right-to-left, ...), and the mask comes back on the
@@ -20,8 +21,16 @@ import numpy as np
 import torch
 
 from .checkpoint import select_device
+from .edges import EDGE_WEIGHT, snap_to_edges
 from .errors import InputError
-from .preprocess import Box, PreprocessConfig, preprocess_image, restore_probabilities
+from .preprocess import (
+    Box,
+    CropRecord,
+    PreprocessConfig,
+    preprocess_image,
+    restore_crop_probabilities,
+    restore_probabilities,
+)
 from .volume import Volume
 
 __all__ = ["predict_probabilities", "segment", "make_box"]
@@ -30,6 +39,16 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
+def _working_probabilities(model: torch.nn.Module, image: Volume, box: Box,
+                           cfg: PreprocessConfig, device: str | torch.device | None,
+                           ) -> tuple[np.ndarray, CropRecord]:
+    dev = select_device(device)
+    x, record = preprocess_image(image, box, cfg)
+    model = model.to(dev).eval()
+    logits = model(torch.from_numpy(np.ascontiguousarray(x))[None, None].to(dev))
+    return torch.softmax(logits, dim=1)[0, 1].float().cpu().numpy(), record
+
+
 def predict_probabilities(model: torch.nn.Module, image: Volume, box: Box,
                           cfg: PreprocessConfig, device: str | torch.device | None = None,
                           ) -> np.ndarray:
@@ -45,24 +64,36 @@ def predict_probabilities(model: torch.nn.Module, image: Volume, box: Box,
     Returns:
         ``float32 (z, y, x)`` probabilities on ``image``'s grid; 0 outside the crop.
     """
-    dev = select_device(device)
-    x, record = preprocess_image(image, box, cfg)
-    model = model.to(dev).eval()
-    logits = model(torch.from_numpy(np.ascontiguousarray(x))[None, None].to(dev))
-    prob = torch.softmax(logits, dim=1)[0, 1].float().cpu().numpy()
+    prob, record = _working_probabilities(model, image, box, cfg, device)
     return restore_probabilities(prob, record)
 
 
 def segment(image: Volume, model: torch.nn.Module, box: Box, cfg: PreprocessConfig,
-            threshold: float = 0.5, device: str | torch.device | None = None) -> Volume:
-    """Binary mask (uint8 {0, 1}) of the structure, on ``image``'s grid and geometry."""
-    prob = predict_probabilities(model, image, box, cfg, device)
-    mask = (prob >= threshold).astype(np.uint8)
+            threshold: float = 0.5, device: str | torch.device | None = None, *,
+            edge_weight: float = EDGE_WEIGHT) -> Volume:
+    """Binary mask (uint8 {0, 1}) of the structure, on ``image``'s grid and geometry.
+
+    Args:
+        image: CT in HU.
+        model: a network returning logits ``(N, K, D, H, W)``; class 1 is the foreground.
+        box: voxel box of the structure (before the margin, which ``cfg`` adds).
+        cfg: the preprocessing the model was trained with (its card's ``preprocess``).
+        threshold: foreground probability threshold.
+        device: None for CUDA when available, else CPU.
+        edge_weight: weight of the CT's intensities in placing the boundary
+            (:func:`iunet_nb.edges.snap_to_edges`); 0 thresholds the probability alone.
+    """
+    prob_working, record = _working_probabilities(model, image, box, cfg, device)
+    prob = restore_crop_probabilities(prob_working, record)
+    crop = record.crop.slices
+    mask = np.zeros(image.shape, dtype=np.uint8)
+    mask[crop] = snap_to_edges(prob, image.array[crop], image.spacing_mm,
+                               weight=edge_weight, threshold=threshold)
     if not mask.any():
         logger.warning("the segmentation is empty: check the box and that the model fits the "
                        "structure (threshold %.2f, max probability %.3f)", threshold, prob.max())
     return Volume(mask, image.geometry, {"source": "iunet_nb.predict.segment",
-                                         "box": box.to_dict()})
+                                         "box": box.to_dict(), "edge_weight": edge_weight})
 
 
 def make_box(image: Volume, *, voxel: Sequence[int] | None = None,

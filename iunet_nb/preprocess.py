@@ -69,6 +69,7 @@ __all__ = [
     "preprocess_image",
     "crop_mask",
     "restore_probabilities",
+    "restore_crop_probabilities",
     "restore_mask",
     "lps_orientation",
     "reorient_to_lps",
@@ -697,6 +698,17 @@ def restore_probabilities(prob_working: np.ndarray, record: CropRecord, *,
     full = np.full(prob.shape[:-3] + record.original_shape_zyx, fill, dtype=np.float32)
     full[(Ellipsis,) + record.crop.slices] = _restore_region(prob, record)
     return full
+
+
+def restore_crop_probabilities(prob_working: np.ndarray, record: CropRecord) -> np.ndarray:
+    """Working-grid probabilities on the crop region only (``record.crop``'s shape, array
+    order): :func:`restore_probabilities` without the paste into the full grid.
+
+    Raises:
+        GeometryError: the spatial shape is not ``record.size_zyx``.
+        InputError: the array is not 3D/4D or holds NaN.
+    """
+    return _restore_region(_check_working(prob_working, record), record)
 
 
 def _restore_region(prob: np.ndarray, record: CropRecord) -> np.ndarray:

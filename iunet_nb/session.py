@@ -65,6 +65,7 @@ import torch
 from ._atomic import atomic_write_bytes, atomic_write_text
 from ._history import _Diff, _Entry, _registry_from_bytes, _registry_to_bytes, _Scribble
 from .checkpoint import ModelCard, select_device
+from .edges import smooth_hu, snap_to_edges
 from .errors import ConfigError, InputError, IunetError, SessionError
 from .locking import FolderLock
 from .memory import check_memory, estimate_preprocess_bytes, estimate_session_bytes
@@ -75,6 +76,7 @@ from .preprocess import (
     _is_int,
     crop_mask,
     preprocess_image,
+    restore_crop_probabilities,
     restore_probabilities,
 )
 from .refine import (
@@ -269,6 +271,8 @@ class Session:
         self._folder: Path | None = None
         self._folder_lock: FolderLock | None = None
         self._working: tuple[Box, np.ndarray, CropRecord] | None = None
+        # (box, HU of its crop, the same smoothed for snap_to_edges)
+        self._crop_hu: tuple[Box, np.ndarray, np.ndarray] | None = None
         self._encoded: tuple[Box, EncodedFeatures] | None = None
         self._generation = 0
         self._pending: set[concurrent.futures.Future] = set()
@@ -966,10 +970,21 @@ class Session:
             return torch.softmax(self._model(t), dim=1)[0, 1].float().cpu().numpy()
 
     def _restore_crop(self, prob: np.ndarray, box: Box) -> np.ndarray:
-        """uint8 mask of the crop region (CT resolution) from working-grid probabilities."""
+        """uint8 mask of the crop region (CT resolution) from working-grid probabilities:
+        thresholded, the boundary placed on the CT's edges (``config.edge_weight``)."""
         _, _, record = self._working_grid(box)
-        local = _local_record(record)
-        return (restore_probabilities(prob, local) >= self._config.mask_threshold).astype(np.uint8)
+        prob_crop = restore_crop_probabilities(prob, record)
+        cfg = self._config
+        if cfg.edge_weight == 0:
+            return (prob_crop >= cfg.mask_threshold).astype(np.uint8)
+        cached = self._crop_hu
+        if cached is None or cached[0] != box:
+            hu = self._volume.array[record.crop.slices]
+            cached = (box, hu, smooth_hu(hu, self._volume.spacing_mm))
+            self._crop_hu = cached  # one tuple assignment: a worker thread reads it whole
+        return snap_to_edges(prob_crop, cached[1], self._volume.spacing_mm,
+                             weight=cfg.edge_weight, threshold=cfg.mask_threshold,
+                             smoothed_hu=cached[2]).astype(np.uint8)
 
     # -- refinement machinery ---------------------------------------------------------------------
     def _start_refine(self) -> dict[str, Any]:
@@ -1067,12 +1082,11 @@ class Session:
             allowed = (None if cfg.local_mm is None else
                        _near_scribbles(self._volume.shape, self._volume.spacing_mm,
                                        job["new_idx"], record.crop, cfg.local_mm))
-            prior = (restore_probabilities(start_prob, _local_record(record))
+            prior = (restore_crop_probabilities(start_prob, record)
                      if cfg.confidence_gate and job["direction"] != 0 else None)
             # what the previous network wanted: changes it already made, and locality held
             # back, are not released by a later stroke that comes within reach
-            prev_mask = (restore_probabilities(job["prob_prev"], _local_record(record))
-                         >= cfg.mask_threshold
+            prev_mask = (self._restore_crop(job["prob_prev"], job["box"]) == 1
                          if cfg.new_changes_only and job["prob_prev"] is not None else None)
         except _Superseded:
             logger.debug("refinement superseded; discarded")
@@ -1439,15 +1453,17 @@ def _local_record(record: CropRecord) -> CropRecord:
 def _config_from_saved(text: str) -> RefineConfig:
     """The saved RefineConfig; a config written before ``local_mm``/``one_way`` existed
     keeps the behaviour it was saved with (changes anywhere in the crop, both ways), one
-    written before ``scribble_ce`` existed refines without the scribble term, and one written
-    before ``confidence_gate``/``new_changes_only`` existed without those."""
+    written before ``scribble_ce`` existed refines without the scribble term, one written
+    before ``confidence_gate``/``new_changes_only`` existed without those, and one written
+    before ``edge_weight`` existed thresholds the probability alone."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"RefineConfig: not valid JSON ({exc})") from exc
     if isinstance(data, dict):
         data = {"local_mm": None, "one_way": False, "scribble_ce": 0.0,
-                "confidence_gate": False, "new_changes_only": False, **data}
+                "confidence_gate": False, "new_changes_only": False, "edge_weight": 0.0,
+                **data}
     return RefineConfig.from_dict(data)
 
 

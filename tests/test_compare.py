@@ -20,6 +20,7 @@ from iunet_nb.compare import (
     random_walker_probability,
     random_walker_round,
 )
+from iunet_nb.edges import EDGE_WEIGHT
 from iunet_nb.errors import ConfigError, InputError
 from iunet_nb.nets import build_network
 from iunet_nb.preprocess import Box
@@ -116,9 +117,11 @@ def test_methods_table_is_complete_and_paper_config_is_the_papers():
             IMPROVED_CONFIG.one_way, IMPROVED_CONFIG.scribble_ce) == (0.0, 1e-3, 15.0, True, 1.0)
     assert PAPER_CONFIG.scribble_ce == 0.0  # the paper's loss is eq. 3 alone
     assert not PAPER_CONFIG.confidence_gate and not METHODS["full"].refine.confidence_gate
-    # the defaults are the improved method plus the confidence gate
+    # the defaults are the improved method plus the confidence gate and edge snapping
     assert METHODS["improved"].refine == IMPROVED_CONFIG
-    assert dataclasses.replace(IMPROVED_CONFIG, confidence_gate=True) == RefineConfig()
+    assert PAPER_CONFIG.edge_weight == 0.0 and METHODS["full"].refine.edge_weight == 0.0
+    assert dataclasses.replace(IMPROVED_CONFIG, confidence_gate=True,
+                               edge_weight=EDGE_WEIGHT) == RefineConfig()
     assert METHODS["session_default"].refine == RefineConfig()
     for name in ("paper", "full", "improved", "session_default"):
         assert _apply_for(METHODS[name]) is None        # add_scribble + Session.refine
