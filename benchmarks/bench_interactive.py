@@ -13,6 +13,8 @@ Usage::
   + ``Session.refine``) median at 24 x 64 x 64 with ``RefineConfig()`` defaults;
 * the same with ``cached_encoder=False``, interleaved in the same run, as a ratio;
 * the same with ``scribble_ce=0`` (eq. 3 alone), interleaved, as a ratio;
+* the same without the confidence gate, and with ``edge_weight=0`` (the probability
+  thresholded alone, no edge snapping), interleaved, as ratios;
 * the same at a 48 x 128 x 128 working size;
 * one robot round per method of :data:`iunet_nb.compare.METHODS` (median apply time).
 
@@ -127,8 +129,8 @@ def cmd_timing(args: argparse.Namespace) -> None:
     print(f"machine: {machine_description()}; model: {which}; phantom 1000 "
           f"{ct.shape} at {ct.spacing_mm} mm")
     print("| what | median |\n| --- | --- |")
-    cached, naive, no_term, no_gate = [], [], [], []
-    for _ in range(2):  # interleave the default, naive, no-scribble-term and no-gate rounds
+    cached, naive, no_term, no_gate, no_edges = [], [], [], [], []
+    for _ in range(2):  # interleave the default, naive, no-scribble-term, no-gate, no-edge rounds
         cached += _round_times(ct, ref, model, card, cfg, args.repeats)
         naive += _round_times(ct, ref, model, card,
                               dataclasses.replace(cfg, cached_encoder=False), args.repeats)
@@ -136,6 +138,8 @@ def cmd_timing(args: argparse.Namespace) -> None:
                                 args.repeats)
         no_gate += _round_times(ct, ref, model, card,
                                 dataclasses.replace(cfg, confidence_gate=False), args.repeats)
+        no_edges += _round_times(ct, ref, model, card, dataclasses.replace(cfg, edge_weight=0.0),
+                                 args.repeats)
     print(f"| refine round 24x64x64, defaults ({cfg.iterations} it, cached encoder) | "
           f"{_fmt(cached)} |")
     print(f"| refine round 24x64x64, naive (no encoder cache) | {_fmt(naive)} |")
@@ -146,6 +150,9 @@ def cmd_timing(args: argparse.Namespace) -> None:
     print(f"| refine round 24x64x64, without the confidence gate | {_fmt(no_gate)} |")
     print(f"| defaults / without the gate (same run) | "
           f"{statistics.median(cached) / statistics.median(no_gate):.2f} |")
+    print(f"| refine round 24x64x64, without edge snapping (edge_weight 0) | {_fmt(no_edges)} |")
+    print(f"| defaults / without edge snapping (same run) | "
+          f"{statistics.median(cached) / statistics.median(no_edges):.2f} |")
     large = _round_times(ct, ref, model, _with_size(card, (48, 128, 128)), cfg,
                          max(2, args.repeats // 2))
     print(f"| refine round 48x128x128, defaults | {_fmt(large)} |")
