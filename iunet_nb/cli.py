@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .edges import EDGE_WEIGHT
 from .errors import IunetError
 
 __all__ = ["main"]
@@ -78,7 +79,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model, card = load_model(args.model) if args.model else load_bundled_model()
     box_ref = read_mask(args.box_from) if args.box_from else None
     box = make_box(ct, voxel=args.box, physical_mm=args.box_mm, reference=box_ref)
-    mask = segment(ct, model, box, card.preprocess, device=args.device)
+    mask = segment(ct, model, box, card.preprocess, device=args.device,
+                   edge_weight=args.edge_weight)
     out = write_mask(mask, args.out)
     print(f"mask written to {out} ({int(mask.array.sum())} voxels)")
     reference = read_mask(args.reference) if args.reference else None
@@ -165,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--box-from", metavar="MASK", help="use the bounding box of this mask")
     r.add_argument("--reference", default=None, help="reference mask: print metrics")
     r.add_argument("--png", default=None, help="write an overview PNG here")
+    r.add_argument("--edge-weight", type=float, default=EDGE_WEIGHT,
+                   help="weight of the CT's own edges in placing the boundary (default "
+                        f"{EDGE_WEIGHT}; 0: the network's probability thresholded alone)")
     r.add_argument("--device", default=None)
     r.set_defaults(func=_cmd_predict)
 

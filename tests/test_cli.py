@@ -38,6 +38,28 @@ def test_predict_writes_a_mask_in_the_ct_geometry(files, capsys):
     assert 0.0 <= metrics["dice"] <= 1.0
 
 
+def test_predict_edge_weight_zero_is_the_plain_threshold_and_bad_weights_are_refused(
+        files, capsys):
+    from iunet_nb.checkpoint import load_model
+    from iunet_nb.io import read_image
+    from iunet_nb.predict import make_box, predict_probabilities
+
+    out = files["tmp"] / "plain.nii.gz"
+    args = ["predict", str(files["ct"]), "--model", str(files["model"]), "--box-from",
+            str(files["ref"])]
+    assert main(args + ["--out", str(out), "--edge-weight", "0"]) == 0
+    ct = read_image(files["ct"])
+    model, card = load_model(files["model"])
+    prob = predict_probabilities(model, ct, make_box(ct, reference=read_mask(files["ref"])),
+                                 card.preprocess, "cpu")
+    assert (read_mask(out).array == (prob >= 0.5)).all()
+    capsys.readouterr()
+    bad = files["tmp"] / "bad.nii.gz"
+    assert main(args + ["--out", str(bad), "--edge-weight", "-1"]) == 2
+    assert "weight must be a finite number >= 0" in capsys.readouterr().err
+    assert not bad.exists()
+
+
 def test_evaluate_prints_metrics_of_identical_masks(files, capsys):
     assert main(["evaluate", str(files["ref"]), str(files["ref"])]) == 0
     metrics = json.loads(capsys.readouterr().out)
