@@ -187,10 +187,11 @@ def estimate_preprocess_bytes(crop_shape_zyx: Sequence[int],
     """Peak extra bytes of preprocessing a crop and restoring its probabilities.
 
     float32 padded crop, its smoothed copy, the finite-check temporaries and the restored
-    probability map at crop resolution (about 14 bytes per crop voxel), plus a few float32
-    working-grid arrays.
+    probability map at crop resolution (about 14 bytes per crop voxel), the edge snapping's
+    smoothed HU and masks (:func:`iunet_nb.edges.snap_to_edges`, about 10 more), plus a few
+    float32 working-grid arrays.
     """
-    return _voxels(crop_shape_zyx) * 14 + _voxels(working_shape_zyx) * 16
+    return _voxels(crop_shape_zyx) * 24 + _voxels(working_shape_zyx) * 16
 
 
 def check_memory(needed_bytes: int, what: str, *, hint: str = _HINT,

@@ -164,11 +164,14 @@ class RefineConfig(JsonConfig):
             (:func:`iunet_nb.edges.snap_to_edges`: the resampled probability is the prior,
             the HU histograms inside and around the mask the evidence), for the predicted
             mask and every refinement's. 0: the probability thresholded alone (the paper's).
-            Default 0.5, measured (``docs/realism.md``, section 9): real spleen start DSC
-            0.883 / 0.874 / 0.863 -> 0.910 / 0.896 / 0.882 and after 5 robot rounds 0.900 /
-            0.894 / 0.884 -> 0.931 / 0.921 / 0.895, never dropping; livers 0.915 / 0.898 ->
-            0.927 / 0.925; held-out BTCV-synthetic pancreas 0.822 -> 0.850; procedural
-            phantoms 0.944 -> 0.935.
+            Default 0.5, measured (``docs/realism.md``, section 9;
+            ``benchmarks/interactive_results.md``, eighth session): real spleen start DSC
+            0.883 / 0.874 / 0.863 -> 0.910 / 0.897 / 0.883 and after 5 robot rounds 0.900 /
+            0.894 / 0.884 -> 0.932 / 0.922 / 0.896, never dropping; livers 0.915 / 0.898 ->
+            0.927 / 0.925 (5 rounds: 0.928 / 0.926); held-out BTCV-synthetic pancreas 0.822
+            -> 0.850 (5 rounds: 0.832 -> 0.869); procedural phantoms 0.944 -> 0.935 (their
+            HU edge lies a pixel outside their masks; 5 rounds on three: 0.952 -> 0.944).
+            A refine round costs 2 % more (735 vs 720 ms).
         box_fallback: what :meth:`~iunet_nb.session.Session.predict` does without a box:
             ``"detector"``
             (default) finds one with the bundled automatic-box detector (the coarse stage of

@@ -47,7 +47,7 @@ def test_format_bytes(n, text):
 def test_estimates_are_per_voxel_sums():
     assert estimate_read_bytes((10, 20, 30), 2) == 6000 * (2 * 2 + 4 + 2)
     assert estimate_session_bytes((10, 20, 30)) == 36000
-    assert estimate_preprocess_bytes((10, 20, 30), (2, 4, 4)) == 6000 * 14 + 32 * 16
+    assert estimate_preprocess_bytes((10, 20, 30), (2, 4, 4)) == 6000 * 24 + 32 * 16
     with pytest.raises(InputError, match="non-negative"):
         estimate_session_bytes((-1, 2, 3))
 
