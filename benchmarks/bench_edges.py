@@ -18,12 +18,10 @@ Run:  python benchmarks/bench_edges.py [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+from bench_preprocess import _median_ms  # benchmarks/ is on sys.path when run
 from scipy import ndimage
 
 from iunet_nb.checkpoint import load_bundled_model, machine_description
@@ -34,15 +32,6 @@ from iunet_nb.predict import _working_probabilities, make_box
 from iunet_nb.preprocess import crop_mask, preprocess_image, restore_crop_probabilities
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
 
 
 def _row(name: str, prob_working: np.ndarray, record, ct, ref, repeats: int) -> None:
