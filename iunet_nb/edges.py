@@ -103,6 +103,11 @@ def _check(prob: np.ndarray, hu: np.ndarray, spacing_mm: Sequence[float]) -> tup
     spacing = tuple(float(s) for s in spacing_mm)
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise InputError(f"spacing_mm must be three positive numbers (z, y, x), got {spacing_mm!r}")
+    for name, array in (("HU", hu), ("probabilities", prob)):
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise InputError(f"the {name} hold {bad} NaN/infinite value(s); fill or crop them "
+                             "before segmenting")
     return spacing
 
 
@@ -164,7 +169,8 @@ def snap_to_edges(prob: np.ndarray, hu: np.ndarray, spacing_mm: Sequence[float],
         bool array of ``prob``'s shape. Voxels with ``prob == 0`` (outside a crop) stay 0.
 
     Raises:
-        InputError: shapes differ or the spacing is not three positive numbers.
+        InputError: shapes differ, the spacing is not three positive numbers, or the HU or
+            probabilities hold NaN/infinity.
     """
     prob = np.asarray(prob)
     spacing = _check(prob, np.asarray(hu), spacing_mm)

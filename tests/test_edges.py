@@ -95,6 +95,10 @@ def test_bad_input_is_refused():
         snap_to_edges(prob, hu, (1, 1, 1), weight=-1.0)
     with pytest.raises(InputError, match="threshold"):
         snap_to_edges(prob, hu, (1, 1, 1), threshold=0.0)
+    nan_hu = hu.copy()
+    nan_hu[2, 3, 4] = np.nan
+    with pytest.raises(InputError, match="HU hold 1 NaN"):
+        snap_to_edges(prob, nan_hu, (1, 1, 1))
     with pytest.raises(ConfigError, match="edge_weight"):
         RefineConfig(edge_weight=float("nan"))
 
