@@ -75,17 +75,15 @@ class IntensityModel:
     """
 
     def __init__(self, inside: np.ndarray, outside: np.ndarray) -> None:
-        edges_n = int(round((_HU_RANGE[1] - _HU_RANGE[0]) / _BIN_HU))
+        n_bins = int(round((_HU_RANGE[1] - _HU_RANGE[0]) / _BIN_HU))
         sigma = _BANDWIDTH_HU / _BIN_HU
 
         def log_density(samples: np.ndarray) -> np.ndarray:
-            counts, _ = np.histogram(samples, bins=edges_n, range=_HU_RANGE)
+            counts, _ = np.histogram(samples, bins=n_bins, range=_HU_RANGE)
             dens = ndimage.gaussian_filter1d(counts.astype(np.float64), sigma, mode="constant")
-            dens = dens / dens.sum() + 1e-4 / edges_n      # a floor: no bin is impossible
+            dens = dens / dens.sum() + 1e-4 / n_bins       # a floor: no bin is impossible
             return np.log(dens / dens.sum())
 
-        self.n_inside = int(inside.size)
-        self.n_outside = int(outside.size)
         table = log_density(inside) - log_density(outside)
         self.table = np.clip(table, -_MAX_LOG_RATIO, _MAX_LOG_RATIO).astype(np.float32)
 

@@ -271,8 +271,8 @@ class Session:
         self._folder: Path | None = None
         self._folder_lock: FolderLock | None = None
         self._working: tuple[Box, np.ndarray, CropRecord] | None = None
-        # (box, HU of its crop, the same smoothed for snap_to_edges)
-        self._crop_hu: tuple[Box, np.ndarray, np.ndarray] | None = None
+        # (box, the HU of its crop smoothed for snap_to_edges)
+        self._smoothed_hu: tuple[Box, np.ndarray] | None = None
         self._encoded: tuple[Box, EncodedFeatures] | None = None
         self._generation = 0
         self._pending: set[concurrent.futures.Future] = set()
@@ -973,18 +973,18 @@ class Session:
         """uint8 mask of the crop region (CT resolution) from working-grid probabilities:
         thresholded, the boundary placed on the CT's edges (``config.edge_weight``)."""
         _, _, record = self._working_grid(box)
-        prob_crop = restore_crop_probabilities(prob, record)
-        cfg = self._config
-        if cfg.edge_weight == 0:
-            return (prob_crop >= cfg.mask_threshold).astype(np.uint8)
-        cached = self._crop_hu
-        if cached is None or cached[0] != box:
-            hu = self._volume.array[record.crop.slices]
-            cached = (box, hu, smooth_hu(hu, self._volume.spacing_mm))
-            self._crop_hu = cached  # one tuple assignment: a worker thread reads it whole
-        return snap_to_edges(prob_crop, cached[1], self._volume.spacing_mm,
+        cfg, spacing = self._config, self._volume.spacing_mm
+        hu = self._volume.array[record.crop.slices]
+        smoothed = None
+        if cfg.edge_weight > 0:
+            cached = self._smoothed_hu
+            if cached is None or cached[0] != box:
+                cached = (box, smooth_hu(hu, spacing))
+                self._smoothed_hu = cached  # one assignment: a worker thread reads it whole
+            smoothed = cached[1]
+        return snap_to_edges(restore_crop_probabilities(prob, record), hu, spacing,
                              weight=cfg.edge_weight, threshold=cfg.mask_threshold,
-                             smoothed_hu=cached[2]).astype(np.uint8)
+                             smoothed_hu=smoothed).astype(np.uint8)
 
     # -- refinement machinery ---------------------------------------------------------------------
     def _start_refine(self) -> dict[str, Any]:
