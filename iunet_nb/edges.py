@@ -192,7 +192,7 @@ def snap_to_edges(prob: np.ndarray, hu: np.ndarray, spacing_mm: Sequence[float],
     centre = np.log(threshold / (1.0 - threshold))
     lo = 1.0 / (1.0 + np.exp(-(centre - reach)))
     hi = 1.0 / (1.0 + np.exp(-(centre + reach)))
-    cand = (prob > max(lo, 0.0)) & (prob < hi)
+    cand = (prob > lo) & (prob < hi)            # lo > 0: outside a crop (p = 0) stays 0
     p = prob[cand].astype(np.float32)
     logit = np.log(p) - np.log1p(-p)
     mask[cand] = logit - centre + weight * model.log_ratio(h[cand]) >= 0
