@@ -34,7 +34,7 @@ BUNDLED_DETECTOR = "zhou_pancreas_detector.pt"
 BUNDLED_DETECTOR_SHA256 = "67e6bcef9eceffa8807be3f49ac539e5071423ce4b185b1d4868f184baaeff3d"
 # SHA-256 of the shipped weights: a damaged or swapped file is refused before it is loaded.
 # Update it (and the card) whenever scripts/train_bundled_model.py retrains them.
-BUNDLED_SHA256 = "611492c4f2544529fd8040270e270ea16426772502330d97a0bd72b42bb85c69"
+BUNDLED_SHA256 = "4239a887d2c46e680d55d9f5f973acc77ad481d3bbac80e0b6f5b6ad0016f9b9"
 
 
 @dataclass(frozen=True)

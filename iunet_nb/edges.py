@@ -30,11 +30,13 @@ and a table lookup.
 Measured (``docs/realism.md``, section 9; weight 0.5, box from the reference): real spleen
 1.7 0.883 -> 0.910, 0.874 -> 0.897, 0.863 -> 0.883 (three averaged-weight models), livers
 1.17 / 1.7 0.915 -> 0.927 / 0.898 -> 0.925, kidneys 0.920 / 0.909 -> 0.944 / 0.922;
-held-out BTCV-synthetic pancreas 0.822 -> 0.850; the procedural phantoms lose 0.009 (0.944 ->
-0.935): the duodenal and gastric walls against their pancreas have its HU while most of the
-outside ring is fat, so the ring's histogram calls them pancreas. A real pancreas has those
-neighbours too; letting the snapping only remove voxels keeps the phantoms at 0.942 and most
-of the real organs' gain (section 9 has the table).
+held-out BTCV-synthetic pancreas 0.822 -> 0.850 (the 400-iteration bundled model; the
+1200-iteration one shipped since: 0.833 -> 0.860); the procedural phantoms lose 0.009 (0.944
+-> 0.935; 0.003 with the 1200-iteration model): the duodenal and gastric walls against their
+pancreas have its HU while most of the outside ring is fat, so the ring's histogram calls
+them pancreas. A real pancreas has those neighbours too; letting the snapping only remove
+voxels keeps the phantoms at 0.942 and most of the real organs' gain (section 9 has the
+table).
 """
 
 from __future__ import annotations

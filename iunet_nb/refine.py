@@ -169,7 +169,7 @@ class RefineConfig(JsonConfig):
             0.883 / 0.874 / 0.863 -> 0.910 / 0.897 / 0.883 and after 5 robot rounds 0.900 /
             0.894 / 0.884 -> 0.932 / 0.922 / 0.896, never dropping; livers 0.915 / 0.898 ->
             0.927 / 0.925 (5 rounds: 0.928 / 0.926); held-out BTCV-synthetic pancreas 0.822
-            -> 0.850 (5 rounds: 0.832 -> 0.869); procedural phantoms 0.944 -> 0.935 (the
+            -> 0.850 (5 rounds: 0.832 -> 0.869; the 400-iteration bundled model); procedural phantoms 0.944 -> 0.935 (the
             snapping grows into duodenal and gastric wall of pancreas HU; 5 rounds on three:
             0.952 -> 0.944).
             A refine round costs 2 % more (735 vs 720 ms).
