@@ -376,10 +376,13 @@ def _generator(config: "SynthConfig") -> str:
     from . import synth
 
     default = synth.SynthConfig()
-    changed = sorted(f for f in config.__dataclass_fields__ if f != "organ_contact_fraction"
+    named = ("organ_contact_fraction", "liver_lesion_fraction")
+    changed = sorted(f for f in config.__dataclass_fields__ if f not in named
                      and getattr(config, f) != getattr(default, f))
     return (f"generator {synth.GENERATOR_VERSION}, soft tissue against the organs "
             f"{config.organ_contact_fraction:g}"
+            + (f", liver lesions {config.liver_lesion_fraction:g}"
+               if config.liver_lesion_fraction else "")
             + (f", changed: {', '.join(changed)}" if changed else ""))
 
 

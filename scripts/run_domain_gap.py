@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--organ-contact", type=float, default=None, metavar="F",
                     help="SynthConfig.organ_contact_fraction: soft tissue against the organs "
                          "(default: SynthConfig's, 0.25; 0 gives generator 2.0)")
+    ap.add_argument("--liver-lesions", type=float, default=None, metavar="F",
+                    help="SynthConfig.liver_lesion_fraction: share of cases whose liver holds "
+                         "hypodense lesions inside its label (default: SynthConfig's, 0)")
     ap.add_argument("--ema-decay", type=float, default=None,
                     help="moving average of the weights (default: TrainConfig.ema_decay; 0: off)")
     ap.add_argument("--out", default="runs/domain_gap")
@@ -77,6 +80,8 @@ def main() -> None:
         synth_changes["fat_hu"] = tuple(args.fat_hu)
     if args.organ_contact is not None:
         synth_changes["organ_contact_fraction"] = args.organ_contact
+    if args.liver_lesions is not None:
+        synth_changes["liver_lesion_fraction"] = args.liver_lesions
     synth_config = dataclasses.replace(SynthConfig(), **synth_changes)
     atomic_write_text(out / "synth_config.json", synth_config.to_json())   # the record, always
     t0 = time.perf_counter()

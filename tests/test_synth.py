@@ -335,3 +335,31 @@ def test_organ_contact_puts_soft_tissue_against_the_organs_and_moves_nothing_els
     for bad in (-0.1, 1.5, True, "0.5"):
         with pytest.raises(ConfigError, match="organ_contact_fraction"):
             SynthConfig(organ_contact_fraction=bad)
+
+
+def test_liver_lesions_darken_the_liver_inside_its_label_and_move_nothing_else(labels, case):
+    on = synthesize(labels, label_table=PHANTOM_LABELS, rng=3,
+                    config=SynthConfig(liver_lesion_fraction=1.0))
+    assert SynthConfig().liver_lesion_fraction == 0.0 and "liver_lesions" not in case.params
+    assert 1 <= on.params.pop("liver_lesions") <= 4
+    assert on.params == case.params                       # its own stream: no draw moves
+    np.testing.assert_array_equal(on.tissue.array, case.tissue.array)
+    diff = case.ct.array - on.ct.array
+    liver = labels.array == PHANTOM_LABELS["liver"]
+    changed = np.abs(diff) > 1.0
+    assert changed.sum() > 20 and diff.min() > -1e-3     # only darker
+    # inside the liver (the label, hence the training target, is unchanged) up to the blur
+    sp = labels.spacing_mm
+    assert ndi.distance_transform_edt(~liver, sampling=sp)[changed].max() <= 4.0
+    assert diff[changed & liver].max() >= 25.0 - 1.0      # the drop's lower bound, at the core
+    again = synthesize(labels, label_table=PHANTOM_LABELS, rng=3,
+                       config=SynthConfig(liver_lesion_fraction=1.0))
+    np.testing.assert_array_equal(again.ct.array, on.ct.array)
+    cfg = SynthConfig(liver_lesion_fraction=0.5)
+    assert SynthConfig.from_json(cfg.to_json()) == cfg
+    from iunet_nb.train import _generator  # what a model card's data description says
+
+    assert "liver lesions 0.5" in _generator(cfg) and "lesion" not in _generator(SynthConfig())
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ConfigError, match="liver_lesion_fraction"):
+            SynthConfig(liver_lesion_fraction=bad)
