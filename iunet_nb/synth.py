@@ -191,18 +191,12 @@ class SynthConfig(JsonConfig):
     liver_lesion_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        v = self.organ_contact_fraction
-        if (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
-                or not 0.0 <= float(v) <= 1.0):
-            raise ConfigError(f"SynthConfig.organ_contact_fraction must be a number in [0, 1], "
-                              f"got {v!r}")
-        object.__setattr__(self, "organ_contact_fraction", float(v))
-        v = self.liver_lesion_fraction
-        if (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
-                or not 0.0 <= float(v) <= 1.0):
-            raise ConfigError(f"SynthConfig.liver_lesion_fraction must be a number in [0, 1], "
-                              f"got {v!r}")
-        object.__setattr__(self, "liver_lesion_fraction", float(v))
+        for f in ("organ_contact_fraction", "liver_lesion_fraction"):   # numbers, not ranges
+            v = getattr(self, f)
+            if (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
+                    or not 0.0 <= float(v) <= 1.0):
+                raise ConfigError(f"SynthConfig.{f} must be a number in [0, 1], got {v!r}")
+            object.__setattr__(self, f, float(v))
         for f in self.__dataclass_fields__:
             v = getattr(self, f)
             if isinstance(v, (tuple, list)):
