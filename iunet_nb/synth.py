@@ -139,7 +139,7 @@ class SynthConfig(JsonConfig):
     inside the liver label, so the target includes them: the 3D-IRCADb liver masks include
     their tumours (patient 1.17: 186 000 tumour voxels, 8.8 % of the liver, median 68 HU
     against the liver's 103), and a network that never saw one leaves most of them out
-    (``docs/realism.md`` section 10). Its own stream, seeded by the case's drawn
+    (``docs/realism.md`` section 11). Its own stream, seeded by the case's drawn
     parameters, like ``organ_contact_fraction``.
     """
 
