@@ -176,8 +176,11 @@ class RefineConfig(JsonConfig):
         box_fallback: what :meth:`~iunet_nb.session.Session.predict` does without a box:
             ``"detector"``
             (default) finds one with the bundled automatic-box detector (the coarse stage of
-            Zhou et al., :func:`iunet_nb.systems.autobox.detect_box`; pancreas models only,
-            else it raises like ``"error"``); ``"error"`` raises
+            Zhou et al., :func:`iunet_nb.systems.autobox.detect_box`), then replaces it by
+            the box of the network's own mask in it
+            (:func:`~iunet_nb.systems.autobox.settle_box`: on the bundled sample box recall
+            0.797 -> 0.978, DSC 0.929 -> 0.952); pancreas models only, else it raises like
+            ``"error"``; ``"error"`` raises
             :class:`~iunet_nb.errors.SessionError` asking
             for a box (the models were trained on organ boxes and give poor masks on a whole
             CT); ``"whole"`` uses the whole image.

@@ -161,8 +161,8 @@ class Session:
             is the pipeline the model was trained with).
         box: the structure's voxel box on ``volume`` (before the card's margin). None: give
             it later to :meth:`predict`; without any box :meth:`predict` follows
-            ``config.box_fallback`` (by default it raises :class:`SessionError` asking for a
-            box; an automatic detector is planned).
+            ``config.box_fallback`` (by default, for a pancreas model, the bundled automatic
+            detector's box, re-boxed once around the network's own mask in it).
         config: refinement and session settings.
         folder: autosave folder (created; must not already hold a session: resume one with
             :meth:`load`). None: nothing is written, events stay in :attr:`events`. The
@@ -396,10 +396,12 @@ class Session:
             return Box((0, 0, 0), self._volume.shape)
         if fallback == "detector" and self._card.structure == "pancreas":
             from .checkpoint import load_bundled_detector
-            from .systems.autobox import detect_box
+            from .systems.autobox import detect_box, settle_box
 
-            box = detect_box(self._volume, load_bundled_detector())
-            logger.info("no box given: the automatic detector proposes %s", box.to_dict())
+            detected = detect_box(self._volume, load_bundled_detector())
+            box = settle_box(detected, self._mask_in)
+            logger.info("no box given: the automatic detector proposes %s, the network's own "
+                        "mask in it %s", detected.to_dict(), box.to_dict())
             return box
         why = ("there is no automatic detector for "
                f"'{self._card.structure}'" if fallback == "detector" else "no box was given")
@@ -968,6 +970,13 @@ class Session:
         with torch.no_grad():
             t = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(self._device)
             return torch.softmax(self._model(t), dim=1)[0, 1].float().cpu().numpy()
+
+    def _mask_in(self, box: Box) -> np.ndarray:
+        """The network's mask in ``box`` on the whole CT grid (no scribbles, nothing stored)."""
+        _, _, record = self._working_grid(box)
+        mask = np.zeros(self._volume.shape, np.uint8)
+        mask[record.crop.slices] = self._restore_crop(self._forward(box), box)
+        return mask
 
     def _restore_crop(self, prob: np.ndarray, box: Box) -> np.ndarray:
         """uint8 mask of the crop region (CT resolution) from working-grid probabilities:

@@ -10,7 +10,8 @@ from conftest import make_ellipsoid
 from iunet_nb.errors import ConfigError, InputError
 from iunet_nb.preprocess import Box
 from iunet_nb.systems import zhou
-from iunet_nb.systems.autobox import BoxDetector, box_contains, box_recall, detect_box
+from iunet_nb.systems.autobox import (BoxDetector, box_contains, box_recall, detect_box,
+                                      settle_box)
 from iunet_nb.volume import Geometry, Volume
 
 
@@ -73,6 +74,43 @@ def test_nothing_found_and_bad_detectors_raise(ct):
         detect_box(ct, lambda v: v.array, threshold=1.5)
     with pytest.raises(ConfigError, match="margin_mm"):
         detect_box(ct, lambda v: v.array, margin_mm=-1.0)
+
+
+def _segmenter(shape, organ, margin=2):
+    """A stand-in iUnet: the organ's voxels within ``margin`` voxels of the box (its crop)."""
+    calls = []
+
+    def segment(box):
+        calls.append(box)
+        mask = np.zeros(shape, np.uint8)
+        mask[organ] = 1
+        crop = box.expand((margin,) * 3).clip(shape)
+        out = np.zeros_like(mask)
+        out[crop.slices] = mask[crop.slices]
+        return out
+    return segment, calls
+
+
+def test_settle_box_takes_the_box_of_the_segmenters_own_mask():
+    shape = (20, 30, 40)
+    seg, calls = _segmenter(shape, ORGAN)
+    cut = Box((7, 12, 12), (12, 20, 25))        # the detector cut the organ at z 7, y 12, x 12
+    assert box_recall(cut, _prob(shape, ORGAN)) < 0.6
+    once = settle_box(cut, seg)
+    assert once == Box((5, 10, 10), (12, 20, 25)) and calls == [cut]   # grown by the margin
+    assert settle_box(cut, seg, passes=3) == Box((5, 10, 8), (12, 20, 25))  # whole organ
+    calls.clear()
+    assert settle_box(Box((5, 10, 8), (12, 20, 25)), seg, passes=5) == Box((5, 10, 8), (12, 20, 25))
+    assert len(calls) == 1                      # a stable box stops at once
+    assert settle_box(cut, seg, passes=0) == cut
+
+
+def test_settle_box_keeps_the_box_when_the_mask_is_empty(caplog):
+    box = Box((1, 1, 1), (5, 5, 5))
+    assert settle_box(box, lambda b: np.zeros((8, 8, 8), np.uint8)) == box
+    assert "empty" in caplog.text
+    with pytest.raises(ConfigError, match="passes"):
+        settle_box(box, lambda b: np.ones((8, 8, 8)), passes=-1)
 
 
 def test_a_zhou_model_is_a_box_detector():

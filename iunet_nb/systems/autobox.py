@@ -24,6 +24,14 @@ size (voxel recall >= 0.955; iUnet's 5 % crop margin takes in most of the rest) 
 synthetic cases. Organ parts a tight box cuts off can be added back by scribbles
 (refinement works in the crop) or by redrawing the box.
 
+:func:`settle_box` then replaces the detector's box by the box of the iUnet's own mask in it:
+the iUnet segments up to its 5 % crop margin beyond a box that cuts the organ, and its mask's
+box is what it was trained on (the organ's box). One such pass, measured (tenth session,
+``bench_autobox.py``): the sample's box recall 0.797 -> 0.978 and DSC 0.929 -> 0.952 (0.947
+with the reference box); BTCV-synthetic 0.818 -> 0.836 (0.846); phantoms unchanged (0.952 ->
+0.953). More passes do not converge: the box wanders by a voxel or two and the BTCV mean
+drops again (0.836 -> 0.831 -> 0.822 after passes 2 and 3).
+
 Example:
     >>> model = load_zhou("zhou/model.pt")                      # doctest: +SKIP
     >>> box = detect_box(ct, model)                             # doctest: +SKIP
@@ -45,7 +53,7 @@ from ..preprocess import Box
 from ..volume import Volume
 from ._common import _check_volume
 
-__all__ = ["BoxDetector", "box_contains", "box_recall", "detect_box"]
+__all__ = ["BoxDetector", "box_contains", "box_recall", "detect_box", "settle_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +146,37 @@ def detect_box(volume: Volume, detector: BoxDetector | Callable[[Volume], np.nda
         logger.warning("the detected box covers %.0f %% of the image (peak probability %.3f): "
                        "the detector is unsure where the organ is; check or redraw the box",
                        100 * fraction, peak)
+    return box
+
+
+def settle_box(box: Box, segment: Callable[[Box], np.ndarray], *, passes: int = 1) -> Box:
+    """The box of ``segment``'s own mask inside ``box``, ``passes`` times over.
+
+    Args:
+        box: the first box (e.g. from :func:`detect_box`).
+        segment: box -> mask of the whole image (non-zero = organ), e.g. the iUnet in that box.
+        passes: how many times to re-box (1 by measurement: module docstring).
+
+    Returns:
+        the last box; ``box`` itself when the mask is empty (nothing to re-box from). Stops
+        early when a pass returns the box it was given.
+
+    Raises:
+        ConfigError: ``passes`` < 0.
+    """
+    if not isinstance(passes, int) or passes < 0:
+        raise ConfigError(f"passes must be an integer >= 0, got {passes!r}")
+    for _ in range(passes):
+        mask = np.asarray(segment(box))
+        if not mask.any():
+            logger.warning("settle_box: the segmentation in %s is empty; keeping the box",
+                           box.to_dict())
+            break
+        new = Box.from_mask(mask)
+        if new == box:
+            break
+        logger.debug("settle_box: %s -> %s", box.to_dict(), new.to_dict())
+        box = new
     return box
 
 
