@@ -70,17 +70,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_bundled_model, load_model
+    from .errors import InputError
     from .evaluate import evaluate_case
     from .io import read_image, read_mask, write_mask
     from .plots import plot_overview
     from .predict import make_box, segment
+    from .preprocess import Box
+    from .systems.autobox import automatic_box
+    from .volume import Volume
 
     ct = read_image(args.ct)
     model, card = load_model(args.model) if args.model else load_bundled_model()
-    box_ref = read_mask(args.box_from) if args.box_from else None
-    box = make_box(ct, voxel=args.box, physical_mm=args.box_mm, reference=box_ref)
-    mask = segment(ct, model, box, card.preprocess, device=args.device,
-                   edge_weight=args.edge_weight)
+    def segment_in(box: Box) -> Volume:
+        return segment(ct, model, box, card.preprocess, device=args.device,
+                       edge_weight=args.edge_weight)
+
+    if args.auto_box:
+        if card.structure != "pancreas":
+            raise InputError(f"--auto-box needs a pancreas model (the only automatic detector "
+                             f"shipped is for the pancreas); this model is for "
+                             f"'{card.structure}': give --box, --box-mm or --box-from")
+        box = automatic_box(ct, lambda b: segment_in(b).array)
+        print(f"automatic box (z0 y0 x0 z1 y1 x1): "
+              f"{' '.join(str(v) for v in (*box.lo_zyx, *box.hi_zyx))}")
+    else:
+        box_ref = read_mask(args.box_from) if args.box_from else None
+        box = make_box(ct, voxel=args.box, physical_mm=args.box_mm, reference=box_ref)
+    mask = segment_in(box)
     out = write_mask(mask, args.out)
     print(f"mask written to {out} ({int(mask.array.sum())} voxels)")
     reference = read_mask(args.reference) if args.reference else None
@@ -165,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--box-mm", type=float, nargs=6, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
                    help="two opposite corners in physical mm (LPS)")
     g.add_argument("--box-from", metavar="MASK", help="use the bounding box of this mask")
+    g.add_argument("--auto-box", action="store_true",
+                   help="find the box automatically (pancreas models: the bundled detector's "
+                        "box, settled around the model's own mask in it)")
     r.add_argument("--reference", default=None, help="reference mask: print metrics")
     r.add_argument("--png", default=None, help="write an overview PNG here")
     r.add_argument("--edge-weight", type=float, default=EDGE_WEIGHT,

@@ -395,14 +395,9 @@ class Session:
         if fallback == "whole":
             return Box((0, 0, 0), self._volume.shape)
         if fallback == "detector" and self._card.structure == "pancreas":
-            from .checkpoint import load_bundled_detector
-            from .systems.autobox import detect_box, settle_box
+            from .systems.autobox import automatic_box
 
-            detected = detect_box(self._volume, load_bundled_detector())
-            box = settle_box(detected, self._mask_in)
-            logger.info("no box given: the automatic detector proposes %s, the network's own "
-                        "mask in it %s", detected.to_dict(), box.to_dict())
-            return box
+            return automatic_box(self._volume, self._mask_in)
         why = ("there is no automatic detector for "
                f"'{self._card.structure}'" if fallback == "detector" else "no box was given")
         raise SessionError(

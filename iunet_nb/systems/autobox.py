@@ -53,7 +53,8 @@ from ..preprocess import Box
 from ..volume import Volume
 from ._common import _check_volume
 
-__all__ = ["BoxDetector", "box_contains", "box_recall", "detect_box", "settle_box"]
+__all__ = ["BoxDetector", "automatic_box", "box_contains", "box_recall", "detect_box",
+           "settle_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,26 @@ def settle_box(box: Box, segment: Callable[[Box], np.ndarray], *, passes: int = 
             break
         logger.debug("settle_box: %s -> %s", box.to_dict(), new.to_dict())
         box = new
+    return box
+
+
+def automatic_box(volume: Volume, segment: Callable[[Box], np.ndarray]) -> Box:
+    """The pancreas box without user input: the bundled detector's, settled once.
+
+    What ``Session.predict()`` and ``iunet-nb predict --auto-box`` use: :func:`detect_box`
+    with the shipped Zhou coarse-stage detector and its defaults, then :func:`settle_box`
+    around ``segment``'s mask in it.
+
+    Args:
+        volume: CT in HU.
+        segment: box -> mask of the whole image from the pancreas model that will segment.
+    """
+    from ..checkpoint import load_bundled_detector
+
+    detected = detect_box(volume, load_bundled_detector())
+    box = settle_box(detected, segment)
+    logger.info("automatic box: the detector proposes %s, the network's own mask in it %s",
+                detected.to_dict(), box.to_dict())
     return box
 
 
