@@ -155,6 +155,7 @@ def prepare_cases(cases: Iterable[tuple[Volume, Volume]], cfg: PreprocessConfig,
 
 def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = TrainConfig(),
           out_dir: str | os.PathLike | None = None, *, resume: bool = False,
+          continue_from: str | os.PathLike | None = None,
           device: str | torch.device | None = None, progress: bool = True,
           data_description: str = "") -> TrainResult:
     """Train a network from scratch (or resume) on prepared working-grid cases.
@@ -166,6 +167,13 @@ def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = Train
         out_dir: where checkpoints, the loss log and the final model go (None: nothing written).
         resume: continue from ``out_dir/checkpoint.pt`` if it exists; the continuation is the
             same as an uninterrupted run (the random generator state is restored too).
+        continue_from: another run's ``checkpoint.pt`` to start from when there is nothing to
+            resume: its weights, optimizer, averaged weights, random state, iteration count
+            and loss history carry over, as with ``resume``, but into ``out_dir`` (the source
+            folder is not touched) and with this config's working size
+            (``preprocess.size_zyx``), which may differ from the source's: progressive
+            resizing, a network trained on a coarse grid continued on a finer one. Every other
+            setting must match the source's.
         device: "cpu", "cuda" or None for automatic. Under torchrun each process uses
             ``cuda:LOCAL_RANK`` (nccl) or the CPU (gloo).
         progress: show a tqdm progress bar (rank 0 only).
@@ -179,7 +187,8 @@ def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = Train
         InputError: badly shaped images or masks.
         ConfigError: the working size differs from the config's, or (under torchrun) the
             batch size is not divisible by the number of processes.
-        CheckpointError: resuming from a checkpoint of other settings, or an unreadable one.
+        CheckpointError: resuming or continuing from a checkpoint of other settings, or an
+            unreadable one.
     """
     if images.ndim != 5 or masks.ndim != 4 or images.shape[0] != masks.shape[0]:
         raise InputError(f"expected images (N, 1, D, H, W) and masks (N, D, H, W), got "
@@ -189,13 +198,15 @@ def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = Train
                           f"{tuple(config.preprocess.size_zyx)}; prepare them with the same config")
     check_divisible(config.batch_size, get_world_size())
     with distributed(device) as ctx:
-        return _train(images, masks, config, out_dir, ctx, resume=resume, progress=progress,
+        return _train(images, masks, config, out_dir, ctx, resume=resume,
+                      continue_from=continue_from, progress=progress,
                       data_description=data_description)
 
 
 def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
            out_dir: str | os.PathLike | None, ctx: DistContext, *, resume: bool,
-           progress: bool, data_description: str) -> TrainResult:
+           continue_from: str | os.PathLike | None, progress: bool,
+           data_description: str) -> TrainResult:
     from tqdm.auto import tqdm
 
     dev = ctx.device
@@ -217,6 +228,12 @@ def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
             resumed = _resume_payload(ckpt_path, config)
         elif (out / "loss.jsonl").exists():
             (out / "loss.jsonl").unlink()
+    if resumed is None and continue_from is not None and ctx.is_main:
+        resumed = _resume_payload(Path(continue_from), config, resize=True)
+        if out is not None and "losses" in resumed:   # the new folder holds the whole curve
+            atomic_write_text(out / "loss.jsonl", "".join(
+                json.dumps({"iteration": i + 1, "loss": v}) + "\n"
+                for i, v in enumerate(resumed["losses"])))
     resumed = ctx.broadcast(resumed)  # every rank continues from rank 0's checkpoint
     if resumed is not None:
         if "error" in resumed:
@@ -293,14 +310,18 @@ def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
                        out_dir=Path(out_dir) if out_dir is not None else None)
 
 
-def _resume_payload(path: Path, config: TrainConfig) -> dict[str, Any]:
-    """Rank 0's checkpoint and loss history, or the reason it cannot be used (for every rank)."""
+def _resume_payload(path: Path, config: TrainConfig, *, resize: bool = False) -> dict[str, Any]:
+    """Rank 0's checkpoint and loss history, or the reason it cannot be used (for every rank).
+
+    ``resize``: another run's checkpoint (``continue_from``): its working size may differ and
+    its loss log is read, not rewritten."""
     try:
-        state = _load_checkpoint(path, config)
+        state = _load_checkpoint(path, config, resize=resize)
     except CheckpointError as exc:
         return {"error": str(exc)}
     return {"state": state, "losses": _read_losses(path.parent / "loss.jsonl",
-                                                   int(state["iteration"])), "path": str(path)}
+                                                   int(state["iteration"]), rewrite=not resize),
+            "path": str(path)}
 
 
 # what a run saved before a TrainConfig field existed did in its place
@@ -343,11 +364,16 @@ def _save_checkpoint(out: Path, model: torch.nn.Module, optimizer: torch.optim.O
         {"iteration": iteration, "config": config.to_dict()}, indent=2) + "\n")
 
 
-def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+def _load_checkpoint(path: Path, config: TrainConfig, *, resize: bool = False) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: give a run's checkpoint.pt")
     sidecar = path.with_suffix(".json")
     if sidecar.exists():
         saved = json.loads(sidecar.read_text(encoding="utf-8"))["config"]
         mine = config.to_dict()
+        if resize:   # the working size may change; the rest of the preprocessing may not
+            saved = {**saved, "preprocess": {**saved.get("preprocess", {}),
+                                             "size_zyx": mine["preprocess"]["size_zyx"]}}
         differ = sorted(k for k in mine if k not in ("iterations", "checkpoint_every")
                         and saved.get(k, _BEFORE_FIELD.get(k)) != mine[k])
         if differ:
@@ -360,13 +386,15 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
 
 
-def _read_losses(path: Path, upto: int) -> list[float]:
-    """Losses of the first ``upto`` iterations; later lines (after the checkpoint) are dropped."""
+def _read_losses(path: Path, upto: int, *, rewrite: bool = True) -> list[float]:
+    """Losses of the first ``upto`` iterations; later lines (after the checkpoint) are dropped
+    (from the file too, when ``rewrite``)."""
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     rows = [r for r in rows if r["iteration"] <= upto]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    if rewrite:
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return [r["loss"] for r in rows]
 
 

@@ -78,6 +78,39 @@ def test_resume_with_other_settings_is_refused(prepared, tmp_path):
         train(*prepared, changed, tmp_path, resume=True, progress=False)
 
 
+def test_continue_from_another_run_at_a_finer_working_size(prepared, ellipsoid_case, tmp_path):
+    half = TrainConfig.from_dict({**TINY.to_dict(), "iterations": 2})
+    train(*prepared, half, tmp_path / "coarse", progress=False)
+    source_log = (tmp_path / "coarse" / "loss.jsonl").read_text()
+    fine = TrainConfig.from_dict({**TINY.to_dict(), "preprocess": {
+        **TINY.preprocess.to_dict(), "size_zyx": [16, 16, 16]}})
+    ct, mask = ellipsoid_case
+    images, masks = prepare_cases([(ct, mask), (ct, mask)], fine.preprocess)
+    cont = train(images, masks, fine, tmp_path / "fine", progress=False,
+                 continue_from=tmp_path / "coarse" / "checkpoint.pt")
+    # the first two iterations are the coarse run's, the last two ran on the 16 x 16 x 16 grid
+    coarse_losses = [json.loads(line)["loss"] for line in source_log.splitlines()]
+    assert len(cont.losses) == 4 and cont.losses[:2] == pytest.approx(coarse_losses)
+    lines = (tmp_path / "fine" / "loss.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3, 4]
+    assert (tmp_path / "coarse" / "loss.jsonl").read_text() == source_log   # untouched
+    model, card = load_model(tmp_path / "fine" / "model.pt")
+    assert card.iterations == 4 and tuple(card.preprocess.size_zyx) == (16, 16, 16)
+    # the weights carry over: continuing to the source's own iteration trains nothing
+    same = train(images, masks, TrainConfig.from_dict({**fine.to_dict(), "iterations": 2}), None,
+                 progress=False, continue_from=tmp_path / "coarse" / "checkpoint.pt")
+    coarse_model, _ = load_model(tmp_path / "coarse" / "model.pt")
+    for (name, p), q in zip(coarse_model.state_dict().items(), same.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert not all(torch.equal(p, q) for p, q in zip(coarse_model.state_dict().values(),
+                                                      cont.model.state_dict().values()))
+    with pytest.raises(CheckpointError, match="different settings"):
+        train(images, masks, TrainConfig.from_dict({**fine.to_dict(), "lr": 5e-4}), None,
+              progress=False, continue_from=tmp_path / "coarse" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(images, masks, fine, None, progress=False, continue_from=tmp_path / "nope.pt")
+
+
 def test_training_reduces_the_loss(prepared):
     cfg = TrainConfig.from_dict({**TINY.to_dict(), "iterations": 16, "lr": 1e-2,
                                  "augment": AugmentConfig().to_dict()})
