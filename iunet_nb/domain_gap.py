@@ -152,6 +152,7 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
                progress: bool = False, reorient: bool = True,
                btcv_direction: Sequence[float] | None = BTCV_DIRECTION,
                liver_spleen_contact: float = 0.0,
+               liver_cover_mm: tuple[float, float] | None = None,
                synth_config: SynthConfig | None = None) -> pd.DataFrame:
     """Synthetic-to-synthetic and synthetic-to-real DSC of an iUnet trained on BTCV-synthetic CT.
 
@@ -178,6 +179,8 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
         liver_spleen_contact: probability that a *training* map's liver is grown until it
             touches the spleen (:func:`iunet_nb.synth.grow_liver_to_spleen`); the held-out
             synthetic cases keep their anatomy. Default 0 (off).
+        liver_cover_mm: with ``liver_spleen_contact``, how far (range in mm) the grown liver
+            spreads over the spleen's surface from the contact (None: the bridge alone).
         synth_config: the generator's parameter ranges for training and held-out synthetic
             cases alike (None: :class:`iunet_nb.synth.SynthConfig` defaults).
 
@@ -201,6 +204,7 @@ def domain_gap(structure: str, btcv_folder: str | os.PathLike, ircadb_folder: st
     synthetic, desc = load_training_cases(f"btcv-synth:{btcv_folder}", structure=structure,
                                           limit=limit, seed=seed, btcv_direction=direction,
                                           liver_spleen_contact=liver_spleen_contact,
+                                          liver_cover_mm=liver_cover_mm,
                                           augment_first=n_train, synth_config=synth_config)
     real_found = datasets.find_cases(ircadb_folder, structure, layout="ircadb")
     real = []

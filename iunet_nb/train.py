@@ -418,6 +418,7 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
                         limit: int | None = None, seed: int = 0,
                         btcv_direction: tuple[float, ...] | None = BTCV_DIRECTION,
                         liver_spleen_contact: float = 0.0, augment_first: int | None = None,
+                        liver_cover_mm: tuple[float, float] | None = None,
                         synth_config: SynthConfig | None = None,
                         ) -> tuple[list[tuple[Volume, Volume]], str]:
     """Training cases ``(CT, mask)`` from a data source string, and a description of it.
@@ -440,6 +441,9 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
             Default 0 (off).
         augment_first: apply it only to the first ``augment_first`` maps (None: all), so
             held-out cases keep their anatomy.
+        liver_cover_mm: with ``liver_spleen_contact``, the grown liver also spreads over the
+            spleen's surface this far (range in mm) from the contact
+            (``grow_liver_to_spleen(cover_mm=)``); None: the bridge alone.
         synth_config: ``btcv-synth`` only: the generator's parameter ranges (None:
             :class:`iunet_nb.synth.SynthConfig` defaults).
     """
@@ -472,12 +476,15 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
             if liver_spleen_contact > 0 and (augment_first is None or i < augment_first):
                 grow_rng = np.random.default_rng(10_000 + seed + i)
                 if grow_rng.random() < liver_spleen_contact:
-                    labels = synth.grow_liver_to_spleen(labels, grow_rng)
+                    labels = synth.grow_liver_to_spleen(labels, grow_rng,
+                                                        cover_mm=liver_cover_mm)
             ct = synth.synthesize_ct(labels, rng=seed + i, config=cfg)
             mask = labels.with_array((labels.array == value).astype(np.uint8))
             cases.append((ct, mask))
         ids = [c.case_id for c in label_cases]
         extra = (f", liver grown to the spleen with probability {liver_spleen_contact:g}"
+                 + ("" if liver_cover_mm is None else
+                    " and spread over it {:g}-{:g} mm from the contact".format(*liver_cover_mm))
                  + ("" if augment_first is None else f" in the first {augment_first}")
                  if liver_spleen_contact > 0 else "")
         return cases, (f"synthetic CT ({_generator(cfg)}) from {len(ids)} BTCV label maps "

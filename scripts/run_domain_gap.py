@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--liver-spleen-contact", type=float, default=0.0, metavar="P",
                     help="probability that a training map's liver is grown to touch the spleen "
                          "(iunet_nb.synth.grow_liver_to_spleen; held-out maps unchanged)")
+    ap.add_argument("--liver-cover", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                    help="with --liver-spleen-contact: spread the grown liver over the spleen's "
+                         "surface LOW-HIGH mm from the contact (default: the bridge alone)")
     ap.add_argument("--fat-hu", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                     help="range of the generator's fat HU (default: SynthConfig's, -105 -80)")
     ap.add_argument("--organ-contact", type=float, default=None, metavar="F",
@@ -89,6 +92,7 @@ def main() -> None:
                        seed=args.seed, out_dir=out, limit=args.limit, progress=True,
                        reorient=not args.no_reorient,
                        liver_spleen_contact=args.liver_spleen_contact,
+                       liver_cover_mm=None if args.liver_cover is None else tuple(args.liver_cover),
                        synth_config=synth_config)
     logger.info("done in %.0f s", time.perf_counter() - t0)
     print(table.to_string(index=False))

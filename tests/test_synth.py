@@ -299,6 +299,26 @@ def test_grow_liver_to_spleen_bridges_the_gap_over_background_only():
     assert a is labels.array and (a == BTCV["liver"]).sum() < liver_b.sum()  # input untouched
 
 
+def test_grow_liver_to_spleen_cover_spreads_a_sheet_over_the_spleen():
+    labels = _liver_spleen_map()
+    bridge = grow_liver_to_spleen(labels, 0).array
+    covered = grow_liver_to_spleen(labels, 0, cover_mm=(30.0, 30.0)).array
+    a = labels.array
+    for organ in ("spleen", "stomach"):
+        assert np.array_equal(covered == BTCV[organ], a == BTCV[organ])
+    sheet = (covered == BTCV["liver"]) & (bridge != BTCV["liver"])
+    assert sheet.sum() > 100
+    assert np.all(a[sheet] == 0) and np.all(bridge[sheet] == 0)
+    d_spleen = ndi.distance_transform_edt(a != BTCV["spleen"], sampling=(2.0, 2.0, 2.0))
+    assert d_spleen[sheet].max() <= 20.0            # the thickest sheet drawn is 20 mm
+    # over the spleen's far faces too: past the bridge's x range, above and below it
+    assert sheet[:, :, 25:].any() and (sheet[:5].any() or sheet[15:].any())
+    # the bridge alone is as before the option existed (its draws come first)
+    assert np.array_equal(grow_liver_to_spleen(labels, 0, cover_mm=None).array, bridge)
+    with pytest.raises(ConfigError, match="cover_mm"):
+        grow_liver_to_spleen(labels, 0, cover_mm=(5.0, 1.0))
+
+
 def test_grow_liver_to_spleen_without_a_spleen_or_with_a_bad_width():
     arr = _liver_spleen_map().array.copy()
     arr[arr == BTCV["spleen"]] = 0
