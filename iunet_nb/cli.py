@@ -81,6 +81,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     ct = read_image(args.ct)
     model, card = load_model(args.model) if args.model else load_bundled_model()
+
     def segment_in(box: Box) -> Volume:
         return segment(ct, model, box, card.preprocess, device=args.device,
                        edge_weight=args.edge_weight)

@@ -33,6 +33,11 @@ box is what it was trained on (the organ's box). One such pass, measured (tenth 
 shipped since 0.842 / 0.946 / 0.931 -> 0.851 / 0.948 / 0.956 (reference box 0.859 / 0.950 /
 0.955). More passes do not converge: the box wanders by a voxel or two and the BTCV mean drops
 again (0.836 -> 0.831 -> 0.822 after passes 2 and 3, the 1200-iteration iUnet).
+
+Example:
+    >>> model = load_zhou("zhou/model.pt")                      # doctest: +SKIP
+    >>> box = detect_box(ct, model)                             # doctest: +SKIP
+    >>> session.predict(box)                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
