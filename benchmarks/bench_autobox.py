@@ -78,8 +78,9 @@ def main() -> None:
             box = detect_box(ct, detector, threshold=thr, margin_mm=margin)
             dt = time.perf_counter() - t0
             pred = segment(ct, model, box, card.preprocess)
-            settled = settle_box(box, lambda b: segment(ct, model, b, card.preprocess).array,
-                                 passes=args.passes)
+            settled = settle_box(   # its first pass is the mask in `box`: reuse it
+                box, lambda b: (pred if b == box else segment(ct, model, b, card.preprocess)).array,
+                passes=args.passes)
             pred_settled = segment(ct, model, settled, card.preprocess)
             rows.append((name, box_recall(box, m.array),
                          np.prod(box.size) / np.prod(Box.from_mask(m.array).size),
