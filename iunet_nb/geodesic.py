@@ -4,8 +4,16 @@
 al., DeepIGeoS) compiled with numba. It reproduces GeodisTK's arithmetic step by step: the same
 13 forward and 13 backward neighbour offsets in the same order, the same float32 local
 distances, the same speed term and the same seed initialisation, so for the same arguments it
-returns the same numbers (to float rounding). GeodisTK itself is not a dependency: its sdist does
+returns the same numbers (bit for bit; tests/test_geodesic.py checks it against a line-by-line
+transcription and against GeodisTK itself). GeodisTK itself is not a dependency: its sdist does
 not build against numpy 2 without patching (see ENVIRONMENT.md, section 2).
+
+The scan is not written voxel by voxel as GeodisTK's is: the volume is padded (no bounds
+checks), each edge cost is computed once for all passes, and 12 of the 13 neighbours of a pass
+are taken for a whole row at a time, vectorised; only the neighbour before a voxel in its own
+row is a scalar sweep (see :func:`_raster_pass` for why that changes no bit). On 24 x 64 x 64
+with 4 iterations that is 4-6x faster than the voxel-by-voxel port (``bench_geodesic.py``,
+which keeps that port as its baseline), at about 60 bytes of working memory per voxel.
 
 If numba cannot be imported, a numpy-only plane sweep in the style of FastGeodis is used instead
 (with a logged warning). Both converge to the same exact 26-neighbour shortest-path distance
@@ -35,6 +43,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from .errors import ConfigError, GeometryError, InputError
+from .memory import check_memory
 
 try:  # numba is a hard dependency in pyproject, but the engine must survive without it.
     import numba as _numba
@@ -79,53 +88,106 @@ _warned_no_numba = False
 
 # -- the GeodisTK raster scan (numba) ---------------------------------------------------------
 def _jit(func):  # type: ignore[no-untyped-def]
-    """``numba.njit(cache=True)`` when numba imports, else the plain Python function."""
-    return _numba.njit(cache=True, nogil=True)(func) if _numba is not None else func
+    """``numba.njit`` when numba imports, else the plain Python function.
+
+    ``error_model="numpy"``: a float division by zero would give inf instead of raising (none
+    can happen: the speed ``(1 - lam) + lam / (|dI| + 1e-5)`` is positive for every ``lam`` in
+    [0, 1]); it removes the per-element check that keeps LLVM from vectorising the edge costs.
+    """
+    if _numba is None:
+        return func
+    return _numba.njit(cache=True, nogil=True, error_model="numpy")(func)
 
 
 @_jit
-def _raster_pass(image: np.ndarray, dist: np.ndarray, offsets: np.ndarray, local: np.ndarray,
-                 lam: np.float32, backward: bool) -> None:
-    """One GeodisTK raster pass over the volume, in place (forward or backward)."""
-    depth, height, width = image.shape
-    if backward:
-        d0, d1, step = depth - 1, -1, -1
-        h0, h1 = height - 1, -1
-        w0, w1 = width - 1, -1
-    else:
-        d0, d1, step = 0, depth, 1
-        h0, h1 = 0, height
-        w0, w1 = 0, width
-    n_off = offsets.shape[0]
-    for d in range(d0, d1, step):
-        for h in range(h0, h1, step):
-            for w in range(w0, w1, step):
-                p_dis = dist[d, h, w]
-                p_val = image[d, h, w]
-                for i in range(n_off):
-                    nd = d + offsets[i, 0]
-                    nh = h + offsets[i, 1]
-                    nw = w + offsets[i, 2]
-                    if nd < 0 or nd >= depth or nh < 0 or nh >= height or nw < 0 or nw >= width:
-                        continue
-                    l2dis = abs(p_val - image[nd, nh, nw])  # float32, as in GeodisTK
-                    # GeodisTK evaluates the speed in double and stores it in a float.
-                    speed = np.float32((1.0 - lam) + lam / (l2dis + 1e-5))
-                    temp_dis = dist[nd, nh, nw] + local[i] / speed
-                    if temp_dis < p_dis:
-                        p_dis = temp_dis
-                dist[d, h, w] = p_dis
+def _edge_costs(image: np.ndarray, lin: np.ndarray, local: np.ndarray, lam: np.float32,
+                cost: np.ndarray) -> None:
+    """``cost[i, p] = local[i] / speed(p, p + lin[i])`` on the flat padded image, in place.
+
+    GeodisTK's arithmetic: ``|I_p - I_q|`` in float32, the speed in double stored as float32,
+    then a float32 division. Entries whose neighbour falls off the padded array stay 0.
+    """
+    n = image.shape[0]
+    one_minus_lam = 1.0 - lam
+    for i in range(lin.shape[0]):
+        off = lin[i]
+        lo = max(0, -off)
+        hi = min(n, n - off)
+        here = image[lo:hi]
+        there = image[lo + off:hi + off]
+        out = cost[i, lo:hi]
+        local_i = local[i]
+        # Slices indexed by the range variable: numba then drops its negative-index
+        # wrap-around, and LLVM vectorises the loop (4-6x faster than p + off indexing).
+        for p in range(hi - lo):
+            speed = np.float32(one_minus_lam + lam / (abs(here[p] - there[p]) + 1e-5))
+            out[p] = local_i / speed
 
 
 @_jit
-def _raster_scan(image: np.ndarray, dist: np.ndarray, forward: np.ndarray,
-                 local_forward: np.ndarray, backward: np.ndarray, local_backward: np.ndarray,
-                 lam: np.float32, iterations: int) -> None:
+def _raster_pass(dist: np.ndarray, cost: np.ndarray, depth: int, height: int, width: int,
+                 lin: np.ndarray, cost_at: np.ndarray, along_row: int, backward: bool,
+                 cand: np.ndarray) -> None:
+    """One GeodisTK raster pass (forward or backward) over the flat padded ``dist``, in place.
+
+    A row is done in two steps. Twelve of a voxel's 13 neighbours in this pass lie in rows
+    that are final before the row starts (the row before it in this plane, already updated,
+    and the planes before and after it, as this pass and the last one left them), so their
+    candidates are taken for the whole row at once, vectorised. Only the neighbour before it
+    in the same row (``along_row``) depends on the voxel just updated: a scalar sweep adds it.
+    Each voxel ends with the minimum over the same candidates as GeodisTK's voxel-by-voxel
+    loop, and a minimum does not depend on the order it is taken in, so the distances are the
+    same bit for bit.
+    """
+    row_len = width + 2
+    plane = (height + 2) * row_len
+    for dd in range(depth):
+        d = depth - dd if backward else dd + 1
+        for hh in range(height):
+            h = height - hh if backward else hh + 1
+            base = d * plane + h * row_len + 1  # first interior voxel of the row
+            row = dist[base:base + width]
+            for w in range(width):
+                cand[w] = row[w]
+            for i in range(lin.shape[0]):
+                if i == along_row:
+                    continue
+                there = dist[base + lin[i]:base + lin[i] + width]
+                edge = cost[cost_at[i] + base:cost_at[i] + base + width]
+                for w in range(width):
+                    temp = there[w] + edge[w]
+                    best = cand[w]
+                    cand[w] = best if best <= temp else temp
+            edge = cost[cost_at[along_row] + base:cost_at[along_row] + base + width]
+            if backward:
+                prev = dist[base + width]
+                for ww in range(width):
+                    w = width - 1 - ww
+                    temp = prev + edge[w]
+                    best = cand[w]
+                    prev = temp if temp < best else best
+                    row[w] = prev
+            else:
+                prev = dist[base - 1]
+                for w in range(width):
+                    temp = prev + edge[w]
+                    best = cand[w]
+                    prev = temp if temp < best else best
+                    row[w] = prev
+
+
+@_jit
+def _raster_scan(dist: np.ndarray, cost: np.ndarray, depth: int, height: int, width: int,
+                 lin_forward: np.ndarray, at_forward: np.ndarray, row_forward: int,
+                 lin_backward: np.ndarray, at_backward: np.ndarray, row_backward: int,
+                 iterations: int) -> None:
     """``iterations`` times a forward then a backward pass, in place on ``dist``."""
+    cand = np.empty(width, dtype=np.float32)
     for _ in range(iterations):
-        _raster_pass(image, dist, forward, local_forward, lam, False)
-        _raster_pass(image, dist, backward, local_backward, lam, True)
-
+        _raster_pass(dist, cost, depth, height, width, lin_forward, at_forward, row_forward,
+                     False, cand)
+        _raster_pass(dist, cost, depth, height, width, lin_backward, at_backward,
+                     row_backward, True, cand)
 
 
 def _local_distances(offsets: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -140,17 +202,50 @@ def _local_distances(offsets: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return out
 
 
+#: For each backward offset, the forward offset pointing the other way: the backward edge
+#: ``(p, p + o)`` is the forward edge ``(p + o, p)``, whose cost is the same number (the
+#: intensity difference is symmetric and both offsets move along the same axes).
+_BACKWARD_AS_FORWARD = np.array(
+    [int(np.flatnonzero((_FORWARD_OFFSETS == -off).all(axis=1))[0]) for off in _BACKWARD_OFFSETS])
+#: Bytes per voxel the numba scan needs: padded float32 distance, image and 13 edge costs.
+_SCAN_BYTES_PER_VOXEL = 4 * (2 + len(_FORWARD_OFFSETS))
+
+
 def _geodesic_distance_numba(image: np.ndarray, seeds: np.ndarray, spacing: np.ndarray,
                              lam: float, iterations: int) -> np.ndarray:
-    """GeodisTK raster scan; arguments already validated (float32 image, bool seeds)."""
+    """GeodisTK raster scan; arguments already validated (float32 image, bool seeds).
+
+    The volume is padded by one voxel at infinite distance, so no neighbour needs a bounds
+    check (an infinite candidate never wins, exactly as GeodisTK's skipped ones), and the 13
+    forward edge costs of every voxel are computed once for all passes (the image does not
+    change between them; the backward pass reads them from the neighbour's side).
+    """
     if not _HAVE_NUMBA:
         raise ConfigError("backend='numba' was asked for but numba cannot be imported; "
                           "install numba (pip install numba) or use backend='numpy'")
-    dist = np.where(seeds, np.float32(0.0), np.float32(_FAR)).astype(np.float32)
-    _raster_scan(image, dist, _FORWARD_OFFSETS, _local_distances(_FORWARD_OFFSETS, spacing),
-                 _BACKWARD_OFFSETS, _local_distances(_BACKWARD_OFFSETS, spacing),
-                 np.float32(lam), int(iterations))
-    return dist
+    padded_shape = tuple(n + 2 for n in image.shape)
+    n_padded = math.prod(padded_shape)
+    check_memory(n_padded * _SCAN_BYTES_PER_VOXEL,
+                 f"the geodesic distance on a {' x '.join(map(str, image.shape))} grid",
+                 hint="compute it on a smaller or downsampled grid, or use backend='numpy' "
+                      "(about 10 bytes per voxel, slower)")
+    strides = np.array([padded_shape[1] * padded_shape[2], padded_shape[2], 1])
+    lin_forward = _FORWARD_OFFSETS @ strides
+    lin_backward = _BACKWARD_OFFSETS @ strides
+    at_forward = np.arange(len(lin_forward)) * n_padded
+    at_backward = _BACKWARD_AS_FORWARD * n_padded + lin_backward
+    row_forward = int(np.flatnonzero((_FORWARD_OFFSETS[:, :2] == 0).all(axis=1))[0])
+    row_backward = int(np.flatnonzero((_BACKWARD_OFFSETS[:, :2] == 0).all(axis=1))[0])
+
+    dist = np.full(padded_shape, np.inf, dtype=np.float32)
+    dist[1:-1, 1:-1, 1:-1] = np.where(seeds, np.float32(0.0), np.float32(_FAR))
+    cost = np.zeros((len(lin_forward), n_padded), dtype=np.float32)
+    _edge_costs(np.pad(image, 1).ravel(), lin_forward,
+                _local_distances(_FORWARD_OFFSETS, spacing), np.float32(lam), cost)
+    flat = dist.reshape(-1)
+    _raster_scan(flat, cost.reshape(-1), *image.shape, lin_forward, at_forward, row_forward,
+                 lin_backward, at_backward, row_backward, int(iterations))
+    return np.ascontiguousarray(dist[1:-1, 1:-1, 1:-1])
 
 
 # -- numpy-only fallback: FastGeodis-style plane sweeps ---------------------------------------

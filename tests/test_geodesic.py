@@ -147,6 +147,32 @@ def test_numba_port_matches_geodistk_transcription(lam, iterations):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(1, 5, 5), (3, 1, 8), (5, 3, 2), (1, 1, 1), (6, 7, 9)])
+@pytest.mark.parametrize("lam", [1.0, 0.0])
+def test_numba_port_matches_the_transcription_on_thin_and_odd_grids(shape, lam):
+    """The row-vectorised scan with its padding and edge-cost table against the voxel-by-voxel
+    transcription, bit for bit, on grids with a single plane, row or column."""
+    rng = np.random.default_rng(sum(shape))
+    img = rng.uniform(-1, 1, size=shape).astype(np.float32)
+    seeds = np.zeros(shape, np.uint8)
+    seeds[tuple(n - 1 for n in shape)] = 1
+    seeds[0, shape[1] // 2, 0] = 1
+    expected = _geodistk_transcription(img, seeds, SPACING, lam, 4)
+    got = geodesic_distance(img, seeds, SPACING, lam=lam, iterations=4, backend="numba")
+    np.testing.assert_array_equal(got, expected)
+    assert got.flags.c_contiguous and (got.size == 1 or got.max() > 0)
+
+
+def test_numba_scan_refuses_a_grid_larger_than_memory(monkeypatch):
+    monkeypatch.setattr("iunet_nb.memory.available_bytes", lambda: 10_000)
+    img = np.zeros((8, 16, 16), np.float32)
+    seeds = np.zeros(img.shape, np.uint8)
+    seeds[0, 0, 0] = 1
+    with pytest.raises(InputError, match="geodesic distance on a 8 x 16 x 16 grid"):
+        geodesic_distance(img, seeds, backend="numba")
+    assert geodesic_distance(img, seeds, backend="numpy").max() > 0
+
+
 # -- exact shortest path ---------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("lam", [1.0, 0.5, 0.0])
