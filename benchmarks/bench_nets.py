@@ -10,6 +10,12 @@ one iteration of the interactive loop (forward, softmax, eq. 3 loss, backward, A
 the two trainable layers) through the plain ``forward`` ("naive") and through the cached
 ``decode_trainable(encode_frozen(x))`` path, in the same process; the ratio column is
 relative to the naive refine iteration.
+
+With ``--tricks`` it also times the cached refine iteration under the other speed-ups the
+interactive-engine issue names, each against plain float32 in the same process: the
+``channels_last_3d`` memory format, bfloat16 autocast, and ``torch.compile`` (its first call,
+the compilation, reported separately). Early stopping and the iteration count are measured by
+their DSC in ``bench_interactive.py``.
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float | None]]
     parser.add_argument("--batch", type=int, default=8, help="training batch size (8)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tricks", action="store_true",
+                        help="also time channels_last_3d, bfloat16 autocast and torch.compile")
+    parser.add_argument("--trick-repeats", type=int, default=3,
+                        help="timed refine iterations per trick (3; bfloat16 can take seconds)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -133,6 +143,9 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float | None]]
     rows.append(("refine: encode_frozen once", encode, encode / naive))
     rows.append(("refine iteration cached (decode_trainable)", cached, cached / naive))
 
+    if args.tricks:
+        rows.extend(_tricks(net, x1, target, weight, cached, args.trick_repeats, device))
+
     print(f"# {args.arch} base {args.base_channels}: {count_parameters(net):,} parameters, "
           f"{sum(p.numel() for p in params):,} trainable in refinement; device {device}, "
           f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or '?'}; "
@@ -142,6 +155,69 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float | None]]
         rtxt = f"{ratio:8.2f}" if ratio is not None else " " * 8
         print(f"{name:<48} {sec * 1e3:10.1f} {rtxt}")
     print(f"cached refine saves {100 * (1 - cached / naive):.0f} % per iteration")
+    return rows
+
+
+def _tricks(net: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+            cached_s: float, repeats: int, device: torch.device
+            ) -> list[tuple[str, float, float | None]]:
+    """The cached refine iteration under each speed-up, interleaved with plain float32.
+
+    Each variant gets its own copy of the network and optimiser (same weights), so a memory
+    format or a compiled graph of one does not leak into another. Ratios are against the plain
+    float32 iteration timed in the same loop (``cached_s``, from the rows above, is printed
+    for reference only).
+    """
+    import copy
+
+    def make(variant: str) -> Callable[[], None]:
+        net_v = copy.deepcopy(net).eval()
+        params = net_v.freeze_for_refinement()
+        xv = x
+        if variant == "channels_last_3d":
+            net_v = net_v.to(memory_format=torch.channels_last_3d)
+            xv = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.no_grad():
+            state = net_v.encode_frozen(xv)
+        opt = torch.optim.Adam(params, lr=1e-4)
+        decode = torch.compile(net_v.decode_trainable) if variant == "compile" \
+            else net_v.decode_trainable
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            if variant == "bfloat16":
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    logits = decode(state)
+                logits = logits.float()
+            else:
+                logits = decode(state)
+            loss = interactive_loss(torch.softmax(logits, dim=1), target, weight, lam=0.5)
+            loss.backward()
+            opt.step()
+        return step
+
+    variants = ["float32", "channels_last_3d", "bfloat16", "compile"]
+    steps, first = [], []
+    for variant in variants:
+        step = make(variant)
+        t0 = time.perf_counter()
+        try:
+            step()  # warm-up; for compile, the compilation
+        except Exception as exc:  # noqa: BLE001 - a measurement: report and go on
+            print(f"{variant}: failed ({type(exc).__name__}: {exc})")
+            step = None
+        first.append(time.perf_counter() - t0)
+        steps.append(step)
+    live = [s for s in steps if s is not None]
+    medians = iter(_median_interleaved(live, repeats, device))
+    times = [next(medians) if s is not None else float("nan") for s in steps]
+    base = times[0]
+    rows = []
+    for variant, sec, first_s in zip(variants, times, first):
+        rows.append((f"refine cached, {variant}", sec, sec / base))
+        if variant == "compile":
+            rows.append(("  torch.compile's first call (compilation)", first_s, None))
+    print(f"(float32 cached refine iteration in the rows above: {cached_s * 1e3:.1f} ms)")
     return rows
 
 
