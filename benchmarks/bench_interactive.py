@@ -224,10 +224,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     variants = {
         "default": base,
         "lam0.1": dataclasses.replace(base, lam=0.1),
+        "it3": dataclasses.replace(base, iterations=3),
         "it10": dataclasses.replace(base, iterations=10),
         "it10_lr3e-2": dataclasses.replace(base, iterations=10, lr=3e-2),
         "lr3e-3": dataclasses.replace(base, lr=3e-3),
-        "reset": dataclasses.replace(base, keep_weights_between_rounds=False),
+        "keep": dataclasses.replace(base, keep_weights_between_rounds=True),
         "thr0.1": dataclasses.replace(base, threshold=0.1),
         "noforce": dataclasses.replace(base, force_scribbles=False),
     }
