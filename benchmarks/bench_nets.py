@@ -14,13 +14,14 @@ relative to the naive refine iteration.
 With ``--tricks`` it also times the cached refine iteration under the other speed-ups the
 interactive-engine issue names, each against plain float32 in the same process: the
 ``channels_last_3d`` memory format, bfloat16 autocast, and ``torch.compile`` (its first call,
-the compilation, reported separately). Early stopping and the iteration count are measured by
-their DSC in ``bench_interactive.py``.
+the compilation, reported separately). The number of iterations is weighed by its DSC instead,
+in ``bench_interactive.py sweep`` (``it3``, ``it10``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -168,8 +169,6 @@ def _tricks(net: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, weight:
     float32 iteration timed in the same loop (``cached_s``, from the rows above, is printed
     for reference only).
     """
-    import copy
-
     def make(variant: str) -> Callable[[], None]:
         net_v = copy.deepcopy(net).eval()
         params = net_v.freeze_for_refinement()
