@@ -4,8 +4,9 @@ Everything here is a fast, stateless function of arrays, so the slice views stay
 pixels they show can be tested without a browser:
 
 * :func:`window_to_uint8` / :func:`window_lut`: window/level (HU -> grey), a LUT for integer CT;
-* :func:`display_flips`: how a view's ``(row, col)`` slice is flipped for display so that the
-  patient appears in the usual radiological orientation, from the CT's direction matrix;
+* :func:`display_flips` (from :mod:`iunet_nb.plots`, shared with every other picture): how a
+  view's ``(row, col)`` slice is flipped for display so that the patient appears in the usual
+  radiological orientation, from the CT's direction matrix;
 * :func:`mask_contour`: the boundary pixels of a 2D mask;
 * :func:`compose_slice`: grey CT + mask overlay (filled or contour) + scribbles -> RGBA;
 * :func:`encode_png`: a fast PNG encoder (zlib level 1) for sending the RGBA to the browser;
@@ -28,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import InputError
-from ..volume import Geometry
+from ..plots import display_flips  # the engine's orientation, shared with plot_overview
 
 __all__ = [
     "BG_COLOR",
@@ -58,18 +59,6 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 MASK_COLOR: tuple[int, int, int] = (255, 64, 32)
 FG_COLOR: tuple[int, int, int] = (40, 220, 60)
 BG_COLOR: tuple[int, int, int] = (40, 140, 255)
-
-#: per view: (wanted physical LPS axis and sign) for rows, then for columns.
-#: axial: anterior at the top (rows run towards +P), patient's left on the right (+L);
-#: coronal: superior at the top (rows run towards -S), left on the right;
-#: sagittal: superior at the top, anterior on the left (columns run towards +P).
-_DISPLAY_AXES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-    "axial": ((1, +1), (0, +1)),
-    "coronal": ((2, -1), (0, +1)),
-    "sagittal": ((2, -1), (1, +1)),
-}
-#: view -> (row axis, col axis) in (z, y, x) (same as iunet_nb.session.VIEWS).
-_VIEW_AXES: dict[str, tuple[int, int]] = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}
 
 
 def _check_window(width: float, level: float) -> tuple[float, float]:
@@ -130,37 +119,6 @@ def window_to_uint8(image: np.ndarray, width: float, level: float) -> np.ndarray
         return lut[image.astype(np.int32) - lo] if lo else lut[image]
     g = _grey(np.nan_to_num(image.astype(np.float32), nan=level - width), width, level)
     return g
-
-
-def display_flips(geometry: Geometry | None, view: str) -> tuple[bool, bool]:
-    """Whether a view's rows / columns are flipped for display (radiological orientation).
-
-    The wanted screen directions (LPS): axial rows run towards posterior, columns towards
-    the patient's left; coronal rows run towards inferior, columns to the left; sagittal rows
-    run towards inferior, columns towards posterior. An array axis is flipped when its
-    direction (a column of the direction matrix) points against the wanted one. Without a
-    geometry the identity direction is assumed: coronal and sagittal rows (z) are flipped.
-
-    Returns:
-        ``(flip_rows, flip_cols)``.
-
-    Raises:
-        InputError: unknown view.
-    """
-    if view not in _VIEW_AXES:
-        raise InputError(f"unknown view {view!r}; use 'axial', 'coronal' or 'sagittal'")
-    d = (np.eye(3) if geometry is None
-         else np.asarray(geometry.direction, dtype=float).reshape(3, 3))
-    flips = []
-    for array_axis, (phys, sign) in zip(_VIEW_AXES[view], _DISPLAY_AXES[view]):
-        sitk_axis = 2 - array_axis  # array (z, y, x) -> SimpleITK index (x, y, z)
-        component = d[phys, sitk_axis]
-        if abs(component) < 1e-6:  # oblique / permuted beyond recognition: follow the largest
-            component = d[int(np.argmax(np.abs(d[:, sitk_axis]))), sitk_axis] * sign
-            flips.append(component < 0)
-        else:
-            flips.append(component * sign < 0)
-    return bool(flips[0]), bool(flips[1])
 
 
 def mask_contour(mask: np.ndarray) -> np.ndarray:
