@@ -22,6 +22,7 @@ import contextlib
 import gzip
 import logging
 import os
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -633,13 +634,57 @@ def _writable(path: Path) -> None:
 def _write(volume: Volume, array: np.ndarray, path: Path) -> Path:
     _writable(path)
     image = volume.geometry.apply_to(sitk.GetImageFromArray(array))
-    with atomic_path(path) as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-        except RuntimeError as exc:
-            raise InputError(f"cannot write {path} ({_sitk_reason(exc)})") from exc
+    try:
+        with atomic_path(path) as tmp:
+            try:
+                sitk.WriteImage(image, str(tmp), useCompression=True)
+            except RuntimeError as exc:
+                raise InputError(f"cannot write {path} ({_sitk_reason(exc)}){_space_hint(path)}"
+                                 ) from exc
+            _verify_written(tmp, array, volume.geometry, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path} ({exc.strerror or exc}); choose a folder you "
+                         f"can write to{_space_hint(path)}") from exc
     logger.info("wrote %s: shape %s, %s", path, array.shape, array.dtype)
     return path
+
+
+def _space_hint(path: Path) -> str:
+    """``"; N MiB free there"`` (or a full-disk hint) for a failed write, ``""`` when unknown."""
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+    except OSError:
+        return ""
+    if free < (1 << 20):
+        return f"; its file system is full ({free} bytes free): free space or write elsewhere"
+    return f"; {free / 2**20:.0f} MiB free there"
+
+
+def _verify_written(tmp: Path, array: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """InputError unless ``tmp`` reads back as ``array`` with ``geometry``.
+
+    SimpleITK does not raise when a NIfTI or NRRD write fails part-way (a full disk, a quota):
+    it leaves a short or empty file. Without this check the atomic rename would put that file
+    over a good one. Costs one read of the file (about a third of the write for a mask).
+    """
+    kept = (f"; {path.name} was not changed" if path.exists() else "; nothing was written")
+    size = tmp.stat().st_size
+    problem = ""
+    if size == 0:
+        problem = "came out empty (0 bytes)"
+    else:
+        try:
+            if _extension(path) in (".nii", ".nii.gz"):
+                _check_nifti(tmp)
+            back = sitk.ReadImage(str(tmp))
+            if (tuple(back.GetSize())[::-1] != array.shape
+                    or not Geometry.from_sitk(back).is_close(geometry, atol=1e-3)
+                    or not np.array_equal(sitk.GetArrayViewFromImage(back), array)):
+                problem = f"reads back different from what was written ({size} bytes)"
+        except (InputError, RuntimeError):
+            problem = f"is truncated or unreadable after writing (it holds {size} bytes)"
+    if problem:
+        raise InputError(f"writing {path} failed: the file {problem}{kept}{_space_hint(path)}")
 
 
 def write_image(volume: Volume, path: str | os.PathLike) -> Path:

@@ -1,0 +1,242 @@
+"""Data safety: bad conditions never cost the user a file they had.
+
+Each row of :data:`CASES` builds a situation in a temporary folder (a full or read-only file
+system, a second writer, an output over an input, an archive that explodes...), then runs
+the call a user would make. The harness checks the exact error class, a ``match=`` on the
+part of the message that says what to do, that the message is one line, and that every file
+that existed before the call is still there, byte for byte (nothing the user had was lost or
+overwritten), with no temporary file left behind.
+
+The full-disk and read-only rows use a small ``tmpfs``; they need root (``mount``) and are
+skipped with that reason otherwise. The injected-ENOSPC rows run everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from test_bad_input import CARD, GEOM, SHAPE, _ct, _model, _session
+
+import iunet_nb.io as io_mod
+from iunet_nb.cli import main
+from iunet_nb.checkpoint import save_model
+from iunet_nb.errors import InputError, IunetError, SessionError
+from iunet_nb.io import write_image, write_mask
+from iunet_nb.session import Session
+from iunet_nb.volume import Volume
+
+
+# ----------------------------------------------------------------------------- helpers
+def _files(root: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``root`` (a lock file excluded)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "session.lock":
+            out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _mask(value: int = 1) -> Volume:
+    a = np.zeros(SHAPE, np.uint8)
+    a[1:5, 2:8, 2 + value:10] = 1
+    return Volume(a, GEOM)
+
+
+def _busy_mask() -> Volume:
+    """A mask that compresses badly (bigger than the small file systems below)."""
+    return Volume((np.random.default_rng(1).random((40, 64, 64)) > 0.5).astype(np.uint8), GEOM)
+
+
+@contextlib.contextmanager
+def _mounted(where: Path, options: str) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("a small tmpfs needs root (mount); the injected-ENOSPC rows cover the rest")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(folder: Path) -> None:
+    """Fill the file system of ``folder`` to the last byte."""
+    with contextlib.suppress(OSError), open(folder / "filler.bin", "wb", buffering=0) as fh:
+        while True:
+            fh.write(b"\0" * 4096)
+    with contextlib.suppress(OSError), open(folder / "filler2.bin", "wb", buffering=0) as fh:
+        while True:
+            fh.write(b"\0")
+
+
+@pytest.fixture
+def small_fs(tmp_path) -> Iterator[Path]:
+    """A 512 KiB tmpfs at ``tmp_path/small`` (skipped unless root)."""
+    with _mounted(tmp_path / "small", "size=512k") as where:
+        yield where
+
+
+def _injected_short_write(monkeypatch: pytest.MonkeyPatch, keep: float) -> None:
+    """SimpleITK writes, then the file is cut to ``keep`` of its size, as a full disk does to a
+    NIfTI or NRRD write without SimpleITK raising."""
+    real = sitk.WriteImage
+
+    def short(image: Any, name: str, *args: Any, **kw: Any) -> None:
+        real(image, name, *args, **kw)
+        os.truncate(name, int(os.path.getsize(name) * keep))
+
+    monkeypatch.setattr(io_mod.sitk, "WriteImage", short)
+
+
+# ----------------------------------------------------------------------------- 1. full disk
+def _on_full_disk(fs: Path, ext: str) -> Callable[[], Any]:
+    write_mask(_mask(), fs / f"liver{ext}")
+    _fill(fs)
+    return lambda: write_mask(_busy_mask(), fs / f"liver{ext}")
+
+
+def _injected(t: Path, m: pytest.MonkeyPatch, name: str, keep: float) -> Callable[[], Any]:
+    write_mask(_mask(), t / name)
+    _injected_short_write(m, keep)
+    return lambda: write_mask(_mask(2), t / name)
+
+
+def _export_on_full_disk(fs: Path) -> Callable[[], Any]:
+    s = _session()
+    s.predict()
+    write_mask(_mask(), fs / "export.nii")
+    _fill(fs)
+    return lambda: s.export(fs / "export.nii")
+
+
+def _autosave_on_full_disk(fs: Path) -> Callable[[], Any]:
+    s = _session(folder=fs / "s")
+    _fill(fs)
+    return lambda: s.add_scribble("fg", points=np.argwhere(np.ones(SHAPE, bool)))
+
+
+Case = tuple[str, Callable[..., Callable[[], Any]], type[IunetError], str]
+
+# rows whose builder takes (tmp_path, monkeypatch)
+CASES: list[Case] = [
+    ("0-byte NIfTI write over a good mask (injected ENOSPC)",
+     lambda t, m: _injected(t, m, "liver.nii.gz", 0.0),
+     InputError, r"writing .*liver\.nii\.gz failed: the file came out empty \(0 bytes\); "
+                 r"liver\.nii\.gz was not changed"),
+    ("truncated .nii write over a good mask (injected ENOSPC)",
+     lambda t, m: _injected(t, m, "liver.nii", 0.5),
+     InputError, r"truncated or unreadable after writing .*liver\.nii was not changed"),
+    ("truncated .nrrd write over a good mask (injected ENOSPC)",
+     lambda t, m: _injected(t, m, "liver.nrrd", 0.7),
+     InputError, r"liver\.nrrd failed.*liver\.nrrd was not changed"),
+    ("truncated .mha write (injected ENOSPC)",
+     lambda t, m: _injected(t, m, "liver.mha", 0.6),
+     InputError, r"liver\.mha failed.*liver\.mha was not changed"),
+    ("truncated new .nii.gz file (injected ENOSPC)",
+     lambda t, m: (_injected_short_write(m, 0.4), lambda: write_mask(_mask(), t / "new.nii.gz")
+                   )[1],
+     InputError, r"new\.nii\.gz failed: .*; nothing was written"),
+]
+
+# rows whose builder takes a small tmpfs folder
+FULL_DISK_CASES: list[Case] = [
+    ("mask .nii over a good one on a full disk", lambda fs: _on_full_disk(fs, ".nii"),
+     InputError, r"liver\.nii was not changed; its file system is full .*write elsewhere"),
+    ("mask .nii.gz over a good one on a full disk", lambda fs: _on_full_disk(fs, ".nii.gz"),
+     InputError, r"liver\.nii\.gz.*file system is full .*free space or write elsewhere"),
+    ("mask .nrrd over a good one on a full disk", lambda fs: _on_full_disk(fs, ".nrrd"),
+     InputError, r"liver\.nrrd.*file system is full"),
+    ("mask .mha over a good one on a full disk", lambda fs: _on_full_disk(fs, ".mha"),
+     InputError, r"liver\.mha.*file system is full"),
+    ("Session.export on a full disk", _export_on_full_disk,
+     InputError, r"export\.nii was not changed; its file system is full"),
+    ("autosave on a full disk", _autosave_on_full_disk,
+     SessionError, r"autosave to .* failed .*the change is in memory and the folder still "
+                   r"holds the previous state"),
+]
+
+
+def _check(build_call: Callable[[], Callable[[], Any]], root: Path, error: type, match: str):
+    call = build_call()
+    before = _files(root)
+    with pytest.raises(IunetError, match=match) as info:
+        call()
+    assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
+    assert "\n" not in str(info.value), str(info.value)
+    after = _files(root)
+    lost = {k: v for k, v in before.items() if after.get(k) != v and not k.startswith("filler")}
+    assert not lost, f"changed or lost: {sorted(lost)}"
+    assert not [k for k in set(after) - set(before) if Path(k).name.startswith(".")], after
+    return info.value
+
+
+@pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
+def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
+    _check(lambda: build(tmp_path, monkeypatch), tmp_path, error, match)
+
+
+@pytest.mark.parametrize("name, build, error, match", FULL_DISK_CASES,
+                         ids=[c[0] for c in FULL_DISK_CASES])
+def test_full_disk(name, build, error, match, small_fs):
+    _check(lambda: build(small_fs), small_fs, error, match)
+
+
+def test_autosave_on_a_full_disk_keeps_a_loadable_session(small_fs):
+    s = _session(folder=small_fs / "s")
+    s.predict()
+    saved = s.mask.array.copy()
+    _fill(small_fs)
+    with pytest.raises(SessionError, match="autosave"):
+        s.add_scribble("fg", points=np.argwhere(np.ones(SHAPE, bool)))
+    s.close()
+    (small_fs / "filler.bin").unlink()
+    again = Session.load(small_fs / "s", s.volume, _model(), CARD)
+    np.testing.assert_array_equal(again.mask.array, saved)
+    again.close()
+
+
+# ----------------------------------------------------------------------------- CLI rows
+@pytest.fixture
+def cli_files(tmp_path):
+    ct = Volume(_ct(), GEOM)
+    model = save_model(_model(), CARD, tmp_path / "model.pt")
+    return {"ct": write_image(ct, tmp_path / "ct.nrrd"), "model": model,
+            "ref": write_mask(_mask(), tmp_path / "ref.nii.gz")}
+
+
+def _run_cli(argv: list[str], root: Path, match: str) -> str:
+    before = _files(root)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:
+        rc = main([str(a) for a in argv])
+    text = err.getvalue().strip()
+    assert rc == 2, f"exit {rc}; stdout {out.getvalue()!r}; stderr {text!r}"
+    lines = [ln for ln in text.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, text
+    assert __import__("re").search(match, lines[0]), lines[0]
+    after = _files(root)
+    lost = {k for k, v in before.items() if after.get(k) != v and not k.startswith("filler")}
+    assert not lost, f"changed or lost: {sorted(lost)}"
+    return lines[0]
+
+
+def test_cli_predict_onto_a_full_disk_fails_and_keeps_the_old_mask(cli_files, small_fs):
+    old = write_mask(_mask(), small_fs / "pred.nii")
+    _fill(small_fs)
+    _run_cli(["predict", cli_files["ct"], "--model", cli_files["model"], "--box", 0, 0, 0, 6,
+              10, 12, "--out", old], small_fs, r"pred\.nii was not changed; its file system is "
+                                               r"full")
