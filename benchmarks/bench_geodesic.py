@@ -75,7 +75,7 @@ def first_call_ms() -> tuple[float, float, float]:
     return out[0][0], out[0][1], out[1][1]
 
 
-# -- the baseline: the voxel-by-voxel port the shipped scan replaced (eleventh session) ------
+# -- the baseline: the voxel-by-voxel port the shipped scan replaced (2026-11-29) -----------
 @numba.njit(cache=True, nogil=True)
 def _voxel_pass(image, dist, offsets, local, lam, backward):  # type: ignore[no-untyped-def]
     depth, height, width = image.shape

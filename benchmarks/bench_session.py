@@ -201,7 +201,7 @@ def main() -> None:
     ct, ref = synthetic_ct()
     rows: list[tuple[str, str]] = []
     bench_refine(ct, ref, (24, 64, 64), args.rounds, rows)   # the paper's size, the target
-    try:   # the shipped model's own working size (32 x 64 x 64 since the tenth session)
+    try:   # the shipped model's own working size (32 x 64 x 64 since 2026-11-29)
         own = tuple(load_bundled_model("cpu")[1].preprocess.size_zyx)
     except CheckpointError:
         own = (24, 64, 64)

@@ -125,7 +125,7 @@ class RobotConfig(JsonConfig):
             around a real organ, which as one 26-connected component otherwise outweighs
             a compact missed chunk. Default False (the largest region, as the issue and
             the earlier benchmarks have it); measured in
-            ``benchmarks/interactive_results.md`` (fifth session): it helps every real
+            ``benchmarks/interactive_results.md`` (the confidence-gate section): it helps every real
             case and lowers the synthetic phantoms, a choice of reader model.
         seed: seeds the jitter and the think times (same seed, same strokes).
 

@@ -12,7 +12,7 @@ validation DSC, training time and machine.
 Training runs in stages (``--stages``, default ``1200:24x64x64,1500:32x64x64``): iterations
 1-1200 on the 24 x 64 x 64 working grid, then 1201-1500 on 32 x 64 x 64, continuing the first
 stage's weights, optimizer and random state (progressive resizing, ``train(continue_from=)``;
-tenth session): the finer grid holds the long BTCV boxes at 3.8-5.1 mm per working slice
+since 2026-11-29): the finer grid holds the long BTCV boxes at 3.8-5.1 mm per working slice
 instead of 5.1-6.8 mm. Each stage has its folder under ``--work`` and resumes there.
 """
 

@@ -26,7 +26,7 @@ synthetic cases. Organ parts a tight box cuts off can be added back by scribbles
 
 :func:`settle_box` then replaces the detector's box by the box of the iUnet's own mask in it:
 the iUnet segments up to its 5 % crop margin beyond a box that cuts the organ, and its mask's
-box is what it was trained on (the organ's box). One such pass, measured (tenth session,
+box is what it was trained on (the organ's box). One such pass, measured (2026-11-29,
 ``bench_autobox.py``; held-out BTCV-synthetic / 20 phantoms / bundled sample): with the
 1200-iteration 24 x 64 x 64 iUnet 0.818 / 0.942 / 0.929 -> 0.836 / 0.943 / 0.952 (reference box
 0.846 / 0.946 / 0.947; the sample's box recall 0.797 -> 0.978); with the 32 x 64 x 64 iUnet
