@@ -11,8 +11,11 @@ other's files). :class:`FolderLock` creates ``<folder>/session.lock`` holding wh
   a warning: the kernel drops a dead process's ``flock``; where ``flock`` is not available
   (Windows, some network file systems) the holder's pid is checked instead (same host: the
   pid no longer runs, or runs a newer process started after the lock was taken);
-* within **one process** (one kernel, e.g. one notebook shown in two browser tabs) several
-  objects may share the lock; :meth:`FolderLock.io` serialises their writes.
+* within **one process** too there is one writer: a second ``FolderLock`` on a folder this
+  process holds (e.g. a notebook's load cell run twice, so two ``Session`` objects would
+  autosave one folder and each one's clean-up would delete the other's files) gets a
+  :class:`~iunet_nb.errors.SessionError` saying to close the first one. One object shown in
+  two browser tabs is one writer; :meth:`FolderLock.io` serialises its threads' writes.
 
 Example:
     >>> with FolderLock("sessions/case07"):          # doctest: +SKIP
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import getpass
 import json
 import logging
@@ -195,11 +199,11 @@ class FolderLock:
 
     Raises:
         SessionError: another live process holds the lock (the message names its host, pid,
-            user and start time, and what to do), or the lock file cannot be created.
+            user and start time, and what to do); another object of this process holds it
+            (one that is no longer referenced anywhere is collected first and its lock
+            released); or the lock file cannot be created.
 
-    Thread-safe. Reentrant per process: a second ``FolderLock`` on the same folder in the
-    same process shares the lock (logged at INFO) and the file is removed when the last one
-    is released.
+    Thread-safe. Not reentrant: one holder per folder, in this process as in any other.
     """
 
     def __init__(self, folder: str | os.PathLike, *, what: str = "session") -> None:
@@ -209,14 +213,18 @@ class FolderLock:
             raise SessionError(f"cannot lock {self.folder}: it is not a folder")
         self._key = os.path.realpath(self.folder)
         with _REGISTRY_LOCK:
-            held = _REGISTRY.get(self._key)
-            if held is None:
-                held = self._acquire()
-                _REGISTRY[self._key] = held
-            else:
-                logger.info("%s %s is already open in this process; sharing its lock (writes "
-                            "are serialised, but close the other one to avoid surprises)",
-                            what, self.folder)
+            taken = self._key in _REGISTRY
+        if taken:  # a holder nobody references any more releases the lock when collected
+            gc.collect()
+        with _REGISTRY_LOCK:
+            if self._key in _REGISTRY:
+                raise SessionError(
+                    f"the {what} in {self.folder} is already open in this process (another "
+                    f"{what.capitalize()} object; a cell run twice?); two writers would delete "
+                    f"each other's files. Close the other one first (its close()), or use the "
+                    f"object you already have")
+            held = self._acquire()
+            _REGISTRY[self._key] = held
             held.count += 1
         self._held: _Held | None = held
         self._finalizer = weakref.finalize(self, FolderLock._drop, self._key, held)
@@ -236,7 +244,7 @@ class FolderLock:
 
     @contextlib.contextmanager
     def io(self) -> Iterator[None]:
-        """Serialise writes to the folder among the objects of this process that share it."""
+        """Serialise the writes of the holder's threads to the folder."""
         if self._held is None:
             raise SessionError(f"the {self.what} in {self.folder} is closed (its lock was "
                                "released); reopen it to write")
@@ -244,7 +252,7 @@ class FolderLock:
             yield
 
     def release(self) -> None:
-        """Give the lock up (idempotent); the file goes when the last sharer releases."""
+        """Give the lock up and remove the lock file (idempotent)."""
         if self._held is not None:
             self._held = None
             self._finalizer()

@@ -102,6 +102,22 @@ def _injected_short_write(monkeypatch: pytest.MonkeyPatch, keep: float) -> None:
     monkeypatch.setattr(io_mod.sitk, "WriteImage", short)
 
 
+_OPEN: list[Session] = []
+
+
+def _keep(s: Session) -> Session:
+    """Keep ``s`` referenced (open) until the test ends."""
+    _OPEN.append(s)
+    return s
+
+
+@pytest.fixture(autouse=True)
+def _close_kept() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 # ----------------------------------------------------------------------------- 1. full disk
 def _on_full_disk(fs: Path, ext: str) -> Callable[[], Any]:
     write_mask(_mask(), fs / f"liver{ext}")
@@ -184,17 +200,6 @@ def _check(build_call: Callable[[], Callable[[], Any]], root: Path, error: type,
     return info.value
 
 
-@pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
-def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
-    _check(lambda: build(tmp_path, monkeypatch), tmp_path, error, match)
-
-
-@pytest.mark.parametrize("name, build, error, match", FULL_DISK_CASES,
-                         ids=[c[0] for c in FULL_DISK_CASES])
-def test_full_disk(name, build, error, match, small_fs):
-    _check(lambda: build(small_fs), small_fs, error, match)
-
-
 def test_autosave_on_a_full_disk_keeps_a_loadable_session(small_fs):
     s = _session(folder=small_fs / "s")
     s.predict()
@@ -240,3 +245,63 @@ def test_cli_predict_onto_a_full_disk_fails_and_keeps_the_old_mask(cli_files, sm
     _run_cli(["predict", cli_files["ct"], "--model", cli_files["model"], "--box", 0, 0, 0, 6,
               10, 12, "--out", old], small_fs, r"pred\.nii was not changed; its file system is "
                                                r"full")
+
+
+# ----------------------------------------------------------------------------- 2. two writers
+def _open_twice(t: Path) -> Callable[[], Any]:
+    first = _keep(_session(folder=t / "s"))
+    first.predict()
+    return lambda: Session.load(t / "s", first.volume, _model(), CARD)
+
+
+def _new_session_in_open_folder(t: Path) -> Callable[[], Any]:
+    _keep(_session(folder=t / "s"))
+    return lambda: _session(folder=t / "s" / ".." / "s")
+
+
+CASES += [
+    ("Session.load of a folder this process has open (a cell run twice)",
+     lambda t, m: _open_twice(t),
+     SessionError, r"already open in this process \(another Session object; a cell run "
+                   r"twice\?\); two writers would delete each other's files\. Close the other"),
+    ("new Session in a folder this process has open", lambda t, m: _new_session_in_open_folder(t),
+     SessionError, r"already open in this process"),
+]
+
+
+def test_two_session_objects_on_one_folder_never_both_write(tmp_path):
+    first = _session(folder=tmp_path / "s")
+    first.predict()
+    with pytest.raises(SessionError, match="already open in this process"):
+        Session.load(tmp_path / "s", first.volume, _model(), CARD)
+    # the first one goes on writing, and what it wrote loads once it is closed
+    first.paint(1, [(4, 4)], view="axial", slice_index=3, radius_vox=1)
+    first.add_scribble("bg", [(1, 1)], view="axial", slice_index=2)
+    first.close()
+    again = Session.load(tmp_path / "s", first.volume, _model(), CARD)
+    assert again.history == ["predict", "paint", "scribble"]
+    np.testing.assert_array_equal(again.mask.array, first.mask.array)
+    again.close()
+    with Session.load(tmp_path / "s", first.volume, _model(), CARD, use_previous=True) as prev:
+        assert prev.history == ["predict", "paint", "scribble"]  # the load autosaved once
+
+
+def test_a_session_nobody_references_gives_its_folder_up(tmp_path):
+    s = _session(folder=tmp_path / "s")
+    s.predict()
+    volume = s.volume
+    del s  # e.g. the notebook variable was reassigned; no close() was called
+    with Session.load(tmp_path / "s", volume, _model(), CARD) as again:
+        assert again.history == ["predict"]
+
+
+# ----------------------------------------------------------------------------- the tables
+@pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
+def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
+    _check(lambda: build(tmp_path, monkeypatch), tmp_path, error, match)
+
+
+@pytest.mark.parametrize("name, build, error, match", FULL_DISK_CASES,
+                         ids=[c[0] for c in FULL_DISK_CASES])
+def test_full_disk(name, build, error, match, small_fs):
+    _check(lambda: build(small_fs), small_fs, error, match)

@@ -121,19 +121,24 @@ def test_reused_pid_and_other_host(tmp_path, monkeypatch):
     FolderLock(folder).release()
 
 
-def test_one_process_shares_and_the_last_release_removes_the_file(tmp_path):
+def test_one_process_holds_once_and_release_removes_the_file(tmp_path):
     folder = tmp_path / "s"
     folder.mkdir()
     a = FolderLock(folder)
-    b = FolderLock(folder)
-    assert a.info == b.info and (folder / LOCK_NAME).exists()
+    with pytest.raises(SessionError, match=r"already open in this process .*Close the other "
+                                           r"one first"):
+        FolderLock(folder)
+    with pytest.raises(SessionError, match="already open in this process"):
+        FolderLock(tmp_path / "." / "s")  # the same folder by another spelling
+    assert a.held and (folder / LOCK_NAME).exists()
+    with a.io():
+        pass
     a.release()
     a.release()  # idempotent
-    assert (folder / LOCK_NAME).exists() and b.held and not a.held
+    assert not a.held and not (folder / LOCK_NAME).exists()
     with pytest.raises(SessionError, match="closed"), a.io():
         pass
-    with b.io():
-        pass
+    b = FolderLock(folder)  # free again
     b.release()
     assert not (folder / LOCK_NAME).exists()
     with pytest.raises(SessionError, match="not a folder"):
