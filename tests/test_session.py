@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import shutil
 import threading
 
 import numpy as np
@@ -296,7 +297,9 @@ def test_autosave_and_load_resume_identically(case, model, card, cfg, tmp_path):
     _mixed_actions(s)
     s.undo()  # leave one entry on the redo stack
     t = _session(case, model, card, cfg)  # a control that never saw the folder
-    loaded = Session.load(folder, ct, model, card)
+    # a copy of the folder: one folder has one writer (s goes on writing its own)
+    shutil.copytree(folder, tmp_path / "copy", ignore=shutil.ignore_patterns("session.lock"))
+    loaded = Session.load(tmp_path / "copy", ct, model, card)
     assert _same(_state(loaded), _state(s))
     assert loaded.history == s.history and loaded.can_redo
     assert loaded.session_id == s.session_id and loaded.box == s.box
@@ -322,6 +325,7 @@ def test_load_with_another_ct_or_model_is_refused(case, model, card, cfg, tmp_pa
     s = _session(case, model, card, cfg, folder=tmp_path / "s")
     s.predict()
     other = Volume(ct.array + np.float32(1.0), ct.geometry)
+    s.close()
     with pytest.raises(SessionError, match="another CT"):
         Session.load(tmp_path / "s", other, model, card)
     other_model = build_network(card.net).eval()
@@ -342,6 +346,7 @@ def test_truncated_autosave_is_refused_and_the_previous_state_survives(case, mod
     s.add_scribble("fg", [(16, 10), (16, 20)], view="axial", slice_index=12, radius_mm=2)
     before_last = s.mask.array
     s.refine()
+    s.close()
     state = json.loads((folder / "state.json").read_text())
     newest = folder / state["undo"][-1]["name"]
     newest.write_bytes(newest.read_bytes()[:100])  # a crash mid-write of the newest entry
@@ -352,6 +357,7 @@ def test_truncated_autosave_is_refused_and_the_previous_state_survives(case, mod
     previous = Session.load(folder, ct, model, card, use_previous=True)
     assert np.array_equal(previous.mask.array, before_last)
     assert previous.history == ["predict", "scribble"]
+    previous.close()
     # a truncated manifest is refused too
     (folder / "state.json").write_text((folder / "state.json").read_text()[:50])
     with pytest.raises(SessionError, match="corrupt or truncated"):

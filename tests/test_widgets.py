@@ -287,6 +287,7 @@ def test_reader_mode_save_export_and_resume(ellipsoid_case, model, card, cfg, tm
     assert {"open", "predict", "paint", "save", "export"} <= {e["event"] for e in events}
     assert {e["reader_id"] for e in events} == {"R2"} and events[-1]["dsc"] is not None
     mask = app.session.mask.array
+    app.close()  # one writer per session folder, in this process too
     again = _app(ellipsoid_case, model, card, cfg, reference=ref, folder=tmp_path, reader="R2")
     assert "resumed" in again.message.value
     np.testing.assert_array_equal(again.session.mask.array, mask)
