@@ -41,7 +41,7 @@ import torch
 from ._atomic import atomic_path, atomic_write_text
 from ._config import JsonConfig
 from .augment import AugmentConfig, augment_batch
-from .checkpoint import ModelCard, machine_description, save_model
+from .checkpoint import ModelCard, load_model, machine_description, save_model
 from .datasets import BTCV_DIRECTION
 from .distributed import (DistContext, check_divisible, convert_sync_batchnorm, distributed,
                           get_world_size, is_main)
@@ -156,6 +156,7 @@ def prepare_cases(cases: Iterable[tuple[Volume, Volume]], cfg: PreprocessConfig,
 def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = TrainConfig(),
           out_dir: str | os.PathLike | None = None, *, resume: bool = False,
           continue_from: str | os.PathLike | None = None,
+          init_from: str | os.PathLike | None = None,
           device: str | torch.device | None = None, progress: bool = True,
           data_description: str = "") -> TrainResult:
     """Train a network from scratch (or resume) on prepared working-grid cases.
@@ -174,6 +175,10 @@ def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = Train
             (``preprocess.size_zyx``), which may differ from the source's: progressive
             resizing, a network trained on a coarse grid continued on a finer one. Every other
             setting must match the source's.
+        init_from: a trained model (``model.pt`` with its card) whose weights start this run
+            when there is nothing to resume (fine-tuning): only the weights carry over, the
+            optimizer, iteration count and random state start afresh. Its architecture must be
+            ``config.net``.
         device: "cpu", "cuda" or None for automatic. Under torchrun each process uses
             ``cuda:LOCAL_RANK`` (nccl) or the CPU (gloo).
         progress: show a tqdm progress bar (rank 0 only).
@@ -199,19 +204,26 @@ def train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig = Train
     check_divisible(config.batch_size, get_world_size())
     with distributed(device) as ctx:
         return _train(images, masks, config, out_dir, ctx, resume=resume,
-                      continue_from=continue_from, progress=progress,
+                      continue_from=continue_from, init_from=init_from, progress=progress,
                       data_description=data_description)
 
 
 def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
            out_dir: str | os.PathLike | None, ctx: DistContext, *, resume: bool,
            continue_from: str | os.PathLike | None, progress: bool,
+           init_from: str | os.PathLike | None = None,
            data_description: str) -> TrainResult:
     from tqdm.auto import tqdm
 
     dev = ctx.device
     torch.manual_seed(config.seed)  # initial weights; the rest uses `gen`
     model = build_network(config.net).to(dev)
+    if init_from is not None:   # every rank reads the same file: same start weights
+        source, card = load_model(init_from, device="cpu")
+        if card.net != config.net:
+            raise ConfigError(f"init_from {init_from} is a {card.net} network, but this run "
+                              f"trains {config.net}")
+        model.load_state_dict(source.state_dict())
     if ctx.is_distributed:  # batch statistics of the global batch, not of each slice
         model = convert_sync_batchnorm(model, dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)

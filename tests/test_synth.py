@@ -383,3 +383,19 @@ def test_liver_lesions_darken_the_liver_inside_its_label_and_move_nothing_else(l
     for bad in (-0.1, 1.5, True, "0.5"):
         with pytest.raises(ConfigError, match="liver_lesion_fraction"):
             SynthConfig(liver_lesion_fraction=bad)
+
+
+def test_phase_config_changes_the_contrast_not_the_anatomy():
+    from iunet_nb.synth import PHASES, SynthConfig, phase_config
+
+    assert set(PHASES) == {"non_contrast", "arterial", "portal_venous", "delayed"}
+    assert phase_config("portal_venous") == SynthConfig()
+    arterial, plain = phase_config("arterial"), phase_config("non_contrast")
+    assert arterial.aorta_hu[0] > SynthConfig().aorta_hu[1]       # brighter than portal-venous
+    assert plain.pancreas_hu[1] < SynthConfig().pancreas_hu[0]    # unenhanced: darker
+    assert plain.bowel_fraction == SynthConfig().bowel_fraction   # anatomy unchanged
+    wide = phase_config("delayed", wide_quality=True)
+    assert wide.noise_sd_hu[1] > SynthConfig().noise_sd_hu[1]
+    assert wide.slice_sigma_mm[1] > SynthConfig().slice_sigma_mm[1]
+    with pytest.raises(ConfigError, match="unknown contrast phase"):
+        phase_config("venous")

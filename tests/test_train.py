@@ -241,3 +241,25 @@ def test_liver_spleen_contact_grows_only_the_first_maps(tmp_path, monkeypatch):
     brighter_fat = dataclasses.replace(synth.SynthConfig(), fat_hu=(-100.0, -50.0))
     load_training_cases(f"btcv-synth:{tmp_path}", structure="liver", synth_config=brighter_fat)
     assert configs[6:] == [brighter_fat] * 3
+
+
+def test_init_from_starts_from_a_models_weights_with_a_fresh_optimizer(prepared, tmp_path):
+    source = train(*prepared, TINY, tmp_path / "source", progress=False)
+    # with zero learning progress (1 iteration at a tiny rate) the start weights show through
+    slow = TrainConfig.from_dict({**TINY.to_dict(), "iterations": 1, "lr": 1e-9, "ema_decay": 0})
+    tuned = train(*prepared, slow, tmp_path / "tuned", progress=False,
+                  init_from=tmp_path / "source" / "model.pt")
+    fresh = train(*prepared, slow, None, progress=False)
+    src = source.model.state_dict()
+    near = [torch.allclose(src[k].float(), v.float(), atol=1e-6)
+            for k, v in tuned.model.state_dict().items() if "running" not in k and "num_batches" not in k]
+    assert all(near)
+    assert not all(torch.allclose(src[k].float(), v.float(), atol=1e-6)
+                   for k, v in fresh.model.state_dict().items() if v.is_floating_point())
+    # a fresh run: the iteration count starts at 1, not at the source's 4
+    lines = (tmp_path / "tuned" / "loss.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1]
+    other = TrainConfig.from_dict({**slow.to_dict(), "net": {**slow.net.to_dict(),
+                                                            "base_channels": 8}})
+    with pytest.raises(ConfigError, match="init_from"):
+        train(*prepared, other, None, progress=False, init_from=tmp_path / "source" / "model.pt")
