@@ -77,8 +77,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import make_box, segment
     from .preprocess import Box
     from .systems.autobox import automatic_box
+    from .paths import check_output
     from .volume import Volume
 
+    inputs = {"CT": args.ct, "model": args.model, "--box-from mask": args.box_from,
+              "reference mask": args.reference}
+    check_output(args.out, inputs, what="--out")
+    if args.png:
+        check_output(args.png, {**inputs, "mask of --out": args.out}, what="--png")
     ct = read_image(args.ct)
     model, card = load_model(args.model) if args.model else load_bundled_model()
 

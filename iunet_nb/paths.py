@@ -6,6 +6,9 @@ short names of letters, digits, ``.``, ``_`` and ``-`` that start with a letter 
 so ``..``, ``/``, ``\\``, drive letters, NUL bytes, hidden names and Windows device names
 (``CON``, ``NUL``, ...) are refused; :func:`safe_join` then joins ids under a root and
 checks that the resolved result (symbolic links followed) still lies inside the root.
+:func:`check_output` refuses an output path that is one of the inputs (the same file by
+another name, a symbolic or hard link included), so a slip such as ``--out ct.nii.gz``
+cannot overwrite the CT.
 
 Example:
     >>> safe_join("/data/study", "reader1", "case07").as_posix()
@@ -23,9 +26,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
-__all__ = ["MAX_ID_LENGTH", "check_id", "safe_join"]
+__all__ = ["MAX_ID_LENGTH", "check_id", "check_output", "safe_join"]
 
 #: Longest accepted id (characters); file systems allow 255 bytes per name.
 MAX_ID_LENGTH = 128
@@ -111,3 +114,34 @@ def safe_join(root: str | os.PathLike, *ids: str, what: str = "id") -> Path:
         raise ConfigError(f"{path} resolves to {real}, outside the output folder {real_root} "
                           "(a symbolic link?); remove the link or choose another output folder")
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # links and other spellings of one file
+    except OSError:  # one of them does not exist (yet): compare where they would be
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def check_output(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], *,
+                 what: str = "output") -> Path:
+    """Refuse an output path that is one of the inputs; return it as a Path.
+
+    Args:
+        out: the file about to be written.
+        inputs: {what the input is (``"CT"``): its path, or None when not given}.
+        what: what ``out`` is, for the message (``"--out"``).
+
+    Raises:
+        InputError: ``out`` is an input file (or a link to one), or an input folder.
+
+    Example:
+        >>> check_output("mask.nii.gz", {"CT": "ct.nii.gz"}).as_posix()
+        'mask.nii.gz'
+    """
+    target = Path(out)
+    for name, source in inputs.items():
+        if source is not None and _same_file(target, Path(source)):
+            raise InputError(f"{what} {out} is the {name} ({source}); writing it would "
+                             f"overwrite your {name}. Choose another file name for {what}")
+    return target

@@ -784,6 +784,7 @@ class Session:
         from .dicomseg import DICOM_SEG_EXTENSIONS, write_dicom_seg
         from .io import write_mask
 
+        _check_export_target(self._folder, self._volume.meta.get("source"), path)
         with self._lock:
             t0 = time.perf_counter()
             mask = Volume(self._mask, self._volume.geometry)
@@ -1497,6 +1498,27 @@ def _repair_after_crash(folder: Path) -> None:
                 with contextlib.suppress(OSError):
                     p.unlink()
                     logger.info("removed %s, left by an interrupted write", p)
+
+
+_SESSION_FILE = re.compile(r"state(\.prev)?\.json|events\.jsonl|config\.json|card\.json|"
+                           r"session\.lock|(mask|scribbles|params|prob)-\d+\.(nii\.gz|npz|pt|npy)")
+
+
+def _check_export_target(folder: Path | None, ct_source: Any, path: str | os.PathLike) -> None:
+    """InputError when ``path`` is the CT's file or an autosave file of the session in
+    ``folder`` (None: no folder)."""
+    from .paths import check_output
+
+    check_output(path, {"CT": ct_source}, what="the export path")
+    if folder is None:
+        return
+    path = Path(path)
+    parent, home = os.path.realpath(path.parent), os.path.realpath(folder)
+    if ((parent == home and _SESSION_FILE.fullmatch(path.name))
+            or parent == os.path.join(home, "history")):
+        raise InputError(f"{path} is one of the autosave files of the session in {folder}; "
+                         "writing over it would damage the session. Choose another name (e.g. "
+                         f"{Path(folder) / 'export.nii.gz'})")
 
 
 def _read_events(path: Path) -> list[dict[str, Any]]:

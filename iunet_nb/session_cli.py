@@ -197,6 +197,12 @@ def _cmd_session(args: argparse.Namespace) -> int:
         reference = read_mask(args.reference) if args.reference else None
         _print_info(session_info(args.folder, reference=reference, use_previous=args.previous))
         return 0
+    if args.action == "export":
+        from .paths import check_output
+        from .session import _check_export_target
+
+        _check_export_target(Path(args.folder), args.ct, args.out)
+        check_output(args.out, {"reference mask": args.reference}, what="OUT")
     if args.action == "export" and not args.out.lower().endswith((".dcm",)):
         out = write_mask(saved_mask(args.folder, use_previous=args.previous), args.out)
         print(f"wrote {out}")

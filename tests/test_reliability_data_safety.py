@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -32,8 +33,9 @@ import iunet_nb.io as io_mod
 from iunet_nb.cli import main
 from iunet_nb.checkpoint import save_model
 from iunet_nb.errors import InputError, IunetError, SessionError
-from iunet_nb.io import write_image, write_mask
-from iunet_nb.session import Session
+from iunet_nb.io import read_image, write_image, write_mask
+from iunet_nb.preprocess import Box
+from iunet_nb.session import RefineConfig, Session
 from iunet_nb.volume import Volume
 
 
@@ -294,6 +296,81 @@ def test_a_session_nobody_references_gives_its_folder_up(tmp_path):
     with Session.load(tmp_path / "s", volume, _model(), CARD) as again:
         assert again.history == ["predict"]
 
+
+# ----------------------------------------------------------------------------- 3. out over input
+def _export_over_own_mask(t: Path) -> Callable[[], Any]:
+    s = _keep(_session(folder=t / "s"))
+    s.predict()
+    own = json.loads((t / "s" / "state.json").read_text())["files"]["mask"]["name"]
+    return lambda: s.export(t / "s" / own)
+
+
+def _export_over_ct(t: Path) -> Callable[[], Any]:
+    ct = read_image(write_image(Volume(_ct(), GEOM), t / "ct.nii.gz"))
+    s = Session(ct, _model(), CARD, Box((1, 2, 2), (5, 8, 10)), config=RefineConfig(device="cpu"))
+    return lambda: s.export(t / "ct.nii.gz")
+
+
+CASES += [
+    ("Session.export over its own autosaved mask", lambda t, m: _export_over_own_mask(t),
+     InputError, r"is one of the autosave files of the session .*would damage the session\. "
+                 r"Choose another name"),
+    ("Session.export over the CT it was read from", lambda t, m: _export_over_ct(t),
+     InputError, r"the export path .*ct\.nii\.gz is the CT .*would overwrite your CT\. Choose "
+                 r"another file name"),
+]
+
+
+def _hardlink(src: Path, dst: Path) -> Path:
+    os.link(src, dst)
+    return dst
+
+
+CLI_OUT_OVER_INPUT = [
+    ("--out is the CT", lambda f: ["--out", f["ct"]], r"--out .*ct\.nrrd is the CT \("),
+    ("--out is the CT by another spelling",
+     lambda f: ["--out", f["ct"].parent / "." / "ct.nrrd"], r"is the CT .*overwrite your CT"),
+    ("--out is a symbolic link to the CT",
+     lambda f: ["--out", _symlink(f["ct"], f["ct"].parent / "link.nrrd")], r"is the CT"),
+    ("--out is a hard link of the CT",
+     lambda f: ["--out", _hardlink(f["ct"], f["ct"].parent / "hard.nrrd")], r"is the CT"),
+    ("--out is the --reference mask", lambda f: ["--out", f["ref"], "--reference", f["ref"]],
+     r"is the reference mask .*Choose another file name for --out"),
+    ("--png is the CT", lambda f: ["--out", f["ct"].parent / "m.nii.gz", "--png", f["ct"]],
+     r"--png .*is the CT"),
+]
+
+
+def _symlink(src: Path, dst: Path) -> Path:
+    dst.symlink_to(src)
+    return dst
+
+
+@pytest.mark.parametrize("name, extra, match", CLI_OUT_OVER_INPUT,
+                         ids=[c[0] for c in CLI_OUT_OVER_INPUT])
+def test_cli_output_over_an_input_is_refused(name, extra, match, cli_files, tmp_path):
+    argv = ["predict", cli_files["ct"], "--model", cli_files["model"], "--box", 0, 0, 0, 6, 10,
+            12, *extra(cli_files)]
+    _run_cli(argv, tmp_path, match)
+
+
+def test_cli_box_from_mask_as_out_is_refused(cli_files, tmp_path):
+    _run_cli(["predict", cli_files["ct"], "--model", cli_files["model"], "--box-from",
+              cli_files["ref"], "--out", cli_files["ref"]], tmp_path,
+             r"--out .*ref\.nii\.gz is the --box-from mask")
+
+
+def test_cli_session_export_over_its_own_files_is_refused(tmp_path):
+    s = _session(folder=tmp_path / "s")
+    s.predict()
+    s.close()
+    own = json.loads((tmp_path / "s" / "state.json").read_text())["files"]["mask"]["name"]
+    _run_cli(["session", "export", tmp_path / "s", tmp_path / "s" / own], tmp_path,
+             r"autosave files of the session .*Choose another name")
+    _run_cli(["session", "export", tmp_path / "s", tmp_path / "s" / "history" / "x.nii.gz"],
+             tmp_path, r"autosave files of the session")
+    assert main(["session", "export", str(tmp_path / "s"),
+                 str(tmp_path / "s" / "export.nii.gz")]) == 0  # beside them is fine
 
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
