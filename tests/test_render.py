@@ -34,10 +34,11 @@ def test_window_lut_golden_values():
                   300: 255}
 
 
-def test_presets_include_abdomen_and_paper_window():
-    for name in ("abdomen", "iunet"):
-        width, level = WINDOW_PRESETS[name]
-        assert (level - width / 2, level + width / 2) == (-160.0, 240.0)
+def test_presets_include_abdomen_and_paper_window_once():
+    width, level = WINDOW_PRESETS["abdomen"]
+    assert (level - width / 2, level + width / 2) == (-160.0, 240.0)   # the paper's input
+    windows = list(WINDOW_PRESETS.values())
+    assert len(set(windows)) == len(windows), "two presets show the same window"
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.int32, np.float32, np.float64])
@@ -203,3 +204,38 @@ def test_slice_transform_rejects_bad_values():
         SliceTransform(4, 4, 1.0, 1.0, 10, 10, zoom=0.0)
     with pytest.raises(InputError, match="n_rows"):
         SliceTransform(0, 4, 1.0, 1.0, 10, 10)
+
+
+
+def test_orientation_letters_follow_the_direction_matrix():
+    from iunet_nb.volume import Geometry
+    from iunet_nb.widgets.render import orientation_letters
+
+    lps = Geometry()
+    ras = Geometry(direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))   # the same patient, stored RAS
+    for g in (None, lps, ras):       # display_flips puts every storage in one picture
+        assert orientation_letters(g, "axial") == {"left": "R", "right": "L", "top": "A",
+                                                   "bottom": "P"}
+        assert orientation_letters(g, "coronal") == {"left": "R", "right": "L", "top": "S",
+                                                     "bottom": "I"}
+        assert orientation_letters(g, "sagittal") == {"left": "A", "right": "P", "top": "S",
+                                                      "bottom": "I"}
+    # without flips an LPS axial slice runs +x (L) to the right: the letters say so
+    assert orientation_letters(lps, "axial", (False, True))["right"] == "R"
+    with pytest.raises(InputError, match="unknown view"):
+        orientation_letters(lps, "oblique")
+
+
+def test_compose_slice_colours_what_a_refinement_changed():
+    from iunet_nb.widgets.render import ADDED_COLOR, REMOVED_COLOR
+
+    img = np.full((4, 5), 40, np.int16)                       # grey 128 under W400/L40
+    ch = np.zeros((4, 5), np.uint8)
+    ch[1, 2], ch[3, 0] = 1, 2
+    out = compose_slice(img, 400, 40, changes=ch, scribble_opacity=0.5)
+    expect = lambda c: [int(np.floor(128 + (v - 128) * 0.5 + 0.5)) for v in c]  # noqa: E731
+    assert out[1, 2, :3].tolist() == expect(ADDED_COLOR)
+    assert out[3, 0, :3].tolist() == expect(REMOVED_COLOR)
+    assert out[0, 0, :3].tolist() == [128, 128, 128]
+    with pytest.raises(InputError, match="changes"):
+        compose_slice(img, 400, 40, changes=np.zeros((2, 2), np.uint8))

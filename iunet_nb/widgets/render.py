@@ -32,8 +32,10 @@ from ..errors import InputError
 from ..plots import display_flips  # the engine's orientation, shared with plot_overview
 
 __all__ = [
+    "ADDED_COLOR",
     "BG_COLOR",
     "FG_COLOR",
+    "REMOVED_COLOR",
     "MASK_COLOR",
     "WINDOW_PRESETS",
     "SliceTransform",
@@ -41,16 +43,16 @@ __all__ = [
     "display_flips",
     "encode_png",
     "mask_contour",
+    "orientation_letters",
     "window_lut",
     "window_to_uint8",
 ]
 
-#: Window presets: name -> (width HU, level HU). "abdomen" W400/L40 is the usual abdominal
-#: soft-tissue window; "iunet" is the paper's clip range -160..240 HU (Boers et al. 2020),
-#: which happens to be the same window, kept as its own name so the choice is explicit.
+#: Window presets: name -> (width HU, level HU), each a different window. "abdomen" W400/L40
+#: is the usual abdominal soft-tissue window and also the paper's network input range
+#: -160..240 HU (Boers et al. 2020), so it is listed once.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "abdomen": (400.0, 40.0),
-    "iunet": (400.0, 40.0),
     "pancreas": (250.0, 60.0),
     "liver": (150.0, 90.0),
     "bone": (1800.0, 400.0),
@@ -59,6 +61,13 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 MASK_COLOR: tuple[int, int, int] = (255, 64, 32)
 FG_COLOR: tuple[int, int, int] = (40, 220, 60)
 BG_COLOR: tuple[int, int, int] = (40, 140, 255)
+#: Colours of what the last refinement changed, shown for a moment: voxels it added / removed.
+ADDED_COLOR: tuple[int, int, int] = (255, 235, 0)
+REMOVED_COLOR: tuple[int, int, int] = (230, 0, 255)
+#: LPS letters of the +x, +y, +z physical directions and of their opposites.
+_LPS_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))
+#: view -> (row axis, col axis) in (z, y, x) (as iunet_nb.session.VIEWS).
+_ROW_COL: dict[str, tuple[int, int]] = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}
 
 
 def _check_window(width: float, level: float) -> tuple[float, float]:
@@ -121,6 +130,45 @@ def window_to_uint8(image: np.ndarray, width: float, level: float) -> np.ndarray
     return g
 
 
+def _letter(vector: np.ndarray) -> str:
+    axis = int(np.argmax(np.abs(vector)))
+    return _LPS_LETTERS[axis][0 if vector[axis] > 0 else 1]
+
+
+def orientation_letters(geometry: Geometry | None, view: str,
+                        flips: tuple[bool, bool] | None = None) -> dict[str, str]:
+    """The patient directions at a view's four edges, as a radiologist labels them.
+
+    Worked out from the direction matrix and the display flips (not assumed): the letter at
+    the right edge is the LPS direction (``L``/``R``, ``P``/``A``, ``S``/``I``, the largest
+    component for an oblique scan) in which the displayed columns run, the bottom one that of
+    the displayed rows; left and top are their opposites. With :func:`display_flips` an
+    axial view reads R (left edge), L (right), A (top), P (bottom).
+
+    Args:
+        geometry: the CT's geometry (None: identity direction).
+        view: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        flips: ``(flip_rows, flip_cols)``; None: :func:`display_flips`.
+
+    Returns:
+        ``{"left": .., "right": .., "top": .., "bottom": ..}``.
+
+    Raises:
+        InputError: unknown view.
+    """
+    if view not in _ROW_COL:
+        raise InputError(f"unknown view {view!r}; use 'axial', 'coronal' or 'sagittal'")
+    if flips is None:
+        flips = display_flips(geometry, view)
+    d = (np.eye(3) if geometry is None
+         else np.asarray(geometry.direction, dtype=float).reshape(3, 3))
+    row_axis, col_axis = _ROW_COL[view]
+    down = d[:, 2 - row_axis] * (-1.0 if flips[0] else 1.0)
+    right = d[:, 2 - col_axis] * (-1.0 if flips[1] else 1.0)
+    return {"left": _letter(-right), "right": _letter(right), "top": _letter(-down),
+            "bottom": _letter(down)}
+
+
 def mask_contour(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels of a 2D mask: inside pixels with a 4-neighbour outside (or the edge).
 
@@ -149,7 +197,7 @@ def _blend(rgb: np.ndarray, where: np.ndarray, color: Sequence[int], alpha: floa
 
 def compose_slice(image: np.ndarray, width: float, level: float, *,
                   mask: np.ndarray | None = None, scribbles: np.ndarray | None = None,
-                  opacity: float = 0.4, contour_only: bool = False,
+                  changes: np.ndarray | None = None, opacity: float = 0.4, contour_only: bool = False,
                   flip_rows: bool = False, flip_cols: bool = False,
                   mask_color: Sequence[int] = MASK_COLOR, fg_color: Sequence[int] = FG_COLOR,
                   bg_color: Sequence[int] = BG_COLOR, scribble_opacity: float = 0.85,
@@ -159,7 +207,9 @@ def compose_slice(image: np.ndarray, width: float, level: float, *,
     Layers, bottom to top: grey CT (:func:`window_to_uint8`); the mask blended with
     ``mask_color`` at ``opacity`` (``contour_only``: only its boundary pixels, fully opaque,
     so the CT under the mask stays visible); foreground / background scribbles blended at
-    ``scribble_opacity`` in their two colours. Finally the display flips.
+    ``scribble_opacity`` in their two colours; on top, what the last refinement changed
+    (``changes``: 1 added, 2 removed) in :data:`ADDED_COLOR` / :data:`REMOVED_COLOR` at
+    ``scribble_opacity``. Finally the display flips.
     ``out = round(under + (colour - under) * alpha)`` per channel.
 
     Args:
@@ -167,6 +217,7 @@ def compose_slice(image: np.ndarray, width: float, level: float, *,
         width, level: window in HU.
         mask: ``(rows, cols)`` {0, 1} or None.
         scribbles: ``(rows, cols)`` uint8 0 none / 1 foreground / 2 background, or None.
+        changes: ``(rows, cols)`` uint8 0 unchanged / 1 added / 2 removed, or None.
         opacity: mask opacity in [0, 1].
         contour_only: draw only the mask's contour.
         flip_rows, flip_cols: display flips (:func:`display_flips`).
@@ -178,7 +229,7 @@ def compose_slice(image: np.ndarray, width: float, level: float, *,
         InputError: layers of another shape than the image, opacity outside [0, 1].
     """
     grey = window_to_uint8(image, width, level)
-    for name, layer in (("mask", mask), ("scribbles", scribbles)):
+    for name, layer in (("mask", mask), ("scribbles", scribbles), ("changes", changes)):
         if layer is not None and np.shape(layer) != grey.shape:
             raise InputError(f"the {name} slice has shape {np.shape(layer)}, the image slice "
                              f"{grey.shape}; they must be the same slice of the same grid")
@@ -202,6 +253,11 @@ def compose_slice(image: np.ndarray, width: float, level: float, *,
         s = np.asarray(scribbles)
         _blend(rgb, s == 1, fg_color, scribble_opacity)
         _blend(rgb, s == 2, bg_color, scribble_opacity)
+    if changes is not None:
+        ch = np.asarray(changes)
+        if ch.any():
+            _blend(rgb, ch == 1, ADDED_COLOR, scribble_opacity)
+            _blend(rgb, ch == 2, REMOVED_COLOR, scribble_opacity)
     if flip_rows:
         out = out[::-1]
     if flip_cols:
