@@ -350,7 +350,7 @@ def test_view3d_backends(ellipsoid_case):
     auto = View3D(ct, backend="auto")
     if niivue_available():
         assert auto.backend == "niivue" and auto.available
-        auto.update_mask(ref)
+        auto.update_mask(ref, now=True)
         assert len(auto._viewer.volumes) == 2 and auto.mask_updates == 1
     else:
         assert "ipyniivue is not installed" in auto.note
@@ -625,3 +625,196 @@ def test_sigterm_reaches_the_server_process():
     sender.join(5)
     assert rc == -signal.SIGTERM and time.monotonic() - t0 < 10
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+# --------------------------------------------------------------------------- issue 23
+def test_downsample_for_the_3d_view_keeps_geometry_and_thin_structures():
+    from iunet_nb.volume import Geometry
+    from iunet_nb.widgets.view3d import downsample_factors, downsample_volume
+
+    assert downsample_factors((195, 512, 512), (1.0, 0.9, 0.9)) == (4, 4, 4)
+    assert downsample_factors((24, 32, 32), (2.5, 0.8, 0.7)) == (1, 1, 1)
+    with pytest.raises(InputError, match="max_side"):
+        downsample_factors((10, 10, 10), (1, 1, 1), max_side=2)
+    g = Geometry(spacing_mm=(2.0, 1.0, 0.5), origin_mm=(10.0, -5.0, 3.0),
+                 direction=(1, 0, 0, 0, -1, 0, 0, 0, 1))
+    a = np.zeros((9, 12, 13), np.uint8)
+    a[5, 7, 9] = 1                                   # one voxel: a block maximum keeps it
+    small = downsample_volume(Volume(a, g), (2, 3, 4), reduce="max")
+    assert small.shape == (4, 4, 3) and small.array.sum() == 1
+    assert small.array[2, 2, 2] == 1                 # 5 // 2, 7 // 3, 9 // 4
+    assert small.spacing_mm == (4.0, 3.0, 2.0)
+    # a coarse voxel's centre is the centre of its block of fine voxels (by hand: the mean
+    # of the block's fine index positions, mapped through the fine geometry)
+    fine_centre = g.index_to_physical(np.array([2 * 2 + 0.5, 2 * 3 + 1.0, 2 * 4 + 1.5]))
+    np.testing.assert_allclose(small.geometry.index_to_physical(np.array([2, 2, 2])),
+                               fine_centre, atol=1e-9)
+    ct = Volume(np.arange(9 * 12 * 13, dtype=np.int16).reshape(9, 12, 13), g)
+    sampled = downsample_volume(ct, (2, 3, 4))
+    assert sampled.array[1, 1, 1] == ct.array[3, 4, 6]   # the block's middle voxel
+
+
+@pytest.mark.skipif(not niivue_available(), reason="ipyniivue not installed")
+def test_view3d_updates_off_the_critical_path(ellipsoid_case):
+    ct, ref = ellipsoid_case
+    v = View3D(ct, backend="niivue", delay_s=0.3)
+    assert v._viewer.opts.is_radiological_convention     # the slice views' convention
+    for _ in range(3):                                   # three quick edits
+        v.update_mask(ref)
+    assert v.mask_updates == 0 and v.pending             # nothing sent on the spot
+    deadline = time.monotonic() + 10
+    while v.mask_updates == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert v.mask_updates == 1 and not v.pending         # one send for the three edits
+    v.set_window(-100.0, 300.0)
+    v.auto_update = False
+    v.update_mask(ref)
+    time.sleep(0.6)
+    assert v.mask_updates == 1 and v.pending             # off: only on request
+    assert v.flush() and v.mask_updates == 2
+    assert (v._ct_layer.cal_min, v._ct_layer.cal_max) == (-100.0, 300.0)
+    v.close()
+
+
+@pytest.mark.skipif(not niivue_available(), reason="ipyniivue not installed")
+def test_annotator_mask_change_does_not_wait_for_the_3d_view(ellipsoid_case, model, card, cfg,
+                                                             monkeypatch):
+    app = _app(ellipsoid_case, model, card, cfg, view3d="niivue")
+    sent = []
+    monkeypatch.setattr(app.view3d, "_send_mask", lambda m: sent.append(m))
+    app.tool_buttons.value = "paint"
+    _drag(app.views["axial"], [_hand_canvas("axial", 15, 12), _hand_canvas("axial", 15, 18)])
+    assert app.session.mask.array.sum() > 0
+    assert sent == [] and app.view3d.pending             # queued, not sent in the handler
+    app.handle_key("u")                                  # "update the 3D view now"
+    assert len(sent) == 1
+    shown = sent[0]() if callable(sent[0]) else sent[0]   # read when sent, not in the handler
+    assert shown.array.sum() == app.session.mask.array.sum()
+    app.preset.value = "bone"                            # the 3D window follows the views
+    assert app.view3d.window == (-500.0, 1300.0)
+    app.close()
+
+
+def test_segment_shows_busy_and_jumps_to_the_mask(ellipsoid_case, model, card, cfg):
+    _ct, ref = ellipsoid_case
+    app = _app(ellipsoid_case, model, card, cfg, reference=ref, box_from_reference=True)
+    seen = []
+    real = app.session.predict
+
+    def predict(box):
+        seen.append((app.busy, app.progress.layout.visibility, app.progress.description,
+                     app.buttons["segment"].disabled))
+        real(box)
+        old = np.argwhere(app.session.mask.array)       # a known mask, off the box's centre
+        if len(old):
+            app.session.paint(0, points=old)
+        block = np.zeros(app.session.mask.shape, bool)
+        block[3:6, 20:23, 5:8] = True
+        app.session.paint(1, points=np.argwhere(block))
+    app.session.predict = predict
+    for v in app.views.values():
+        v.slice_index = 0
+    app.segment()
+    assert seen == [(True, "visible", "segmenting…", True)]
+    assert not app.busy and app.progress.layout.visibility == "hidden"
+    assert not app.buttons["segment"].disabled
+    assert app.views["axial"].crosshair == (4, 21, 6)   # the mask's centre voxel
+    assert (app.views["axial"].slice_index, app.views["coronal"].slice_index,
+            app.views["sagittal"].slice_index) == (4, 21, 6)
+
+
+def test_refine_shows_what_changed_for_a_moment(ellipsoid_case, model, card, cfg, monkeypatch):
+    from iunet_nb.widgets import annotator as annotator_module
+    from iunet_nb.widgets.render import ADDED_COLOR
+
+    monkeypatch.setattr(annotator_module, "CHANGE_FLASH_S", 0.5)
+    _ct, ref = ellipsoid_case
+    app = _app(ellipsoid_case, model, card, cfg, reference=ref, box_from_reference=True,
+               segment_on_open=True)
+    before = app.session.mask.array.copy()
+    app.tool_buttons.value = "fg"
+    ax = app.views["axial"]
+    _drag(ax, [_hand_canvas("axial", 15, 12), _hand_canvas("axial", 15, 18)])
+    app.refine()
+    assert app.wait_idle(60)
+    after = app.session.mask.array
+    added = int(((after == 1) & (before == 0)).sum())
+    removed = int(((after == 0) & (before == 1)).sum())
+    assert added + removed > 0 and app.last_changes == (added, removed)
+    assert f"+{added} / -{removed} voxels" in app.status.value
+    ch = ax.changes
+    assert ch is not None and int((ch == 1).sum()) == added and int((ch == 2).sum()) == removed
+    z, y, x = (int(v[0]) for v in np.nonzero((ch == 1) if added else (ch == 2)))
+    if added:                       # an added voxel on its slice shows in the added colour
+        ax.slice_index = z
+        row = 31 - y                # axial rows flipped (conftest geometry)
+        assert ax.last_rgba[row, x, :3].tolist() != ax.last_rgba[0, 0, :3].tolist()
+        grey_mask = ax.last_rgba[row, x, :3].astype(int)
+        assert abs(int(grey_mask[0]) - ADDED_COLOR[0]) < 60 and grey_mask[2] < 100
+    deadline = time.monotonic() + 10
+    while ax.changes is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ax.changes is None       # gone after the flash
+    app.close()
+
+
+def test_keys_from_the_page_go_to_the_view_under_the_pointer(ellipsoid_case, model, card, cfg):
+    from iunet_nb.widgets.keys import KEY_CATCHER_ESM
+
+    app = _app(ellipsoid_case, model, card, cfg)
+    assert "iunet-annotator" in app._dom_classes
+    catcher = app.key_catcher
+    assert catcher is not None and catcher in app.children
+    assert catcher.root_class == "iunet-annotator"
+    assert "data-lm-suppress-shortcuts" in KEY_CATCHER_ESM and "stopPropagation" in KEY_CATCHER_ESM
+    co = app.views["coronal"]
+    k0 = co.slice_index
+    catcher._handle_custom_msg({"type": "key", "key": "ArrowUp", "shift": False, "ctrl": False,
+                                "meta": False, "view": "coronal"}, [])
+    assert co.slice_index == k0 + 1 and app.views["axial"].slice_index == 12
+    catcher._handle_custom_msg({"type": "key", "key": "o", "view": "axial"}, [])
+    assert app.tool_buttons.value == "box"
+    catcher._handle_custom_msg({"type": "key", "key": "g", "view": "axial"}, [])
+    assert app.tool_buttons.value == "erase"
+    app.tool_buttons.value = "navigate"
+    for key in ("x", "d", "0"):     # JupyterLab's cut / delete / restart keys do nothing here
+        catcher._handle_custom_msg({"type": "key", "key": key, "view": "axial"}, [])
+    assert app.tool_buttons.value == "navigate"
+    co.zoom = 2.0
+    catcher._handle_custom_msg({"type": "key", "key": "0", "view": "coronal"}, [])
+    assert co.zoom == 2.0
+    catcher._handle_custom_msg({"type": "key", "key": "Home", "view": "coronal"}, [])
+    assert co.zoom == 1.0
+    catcher._handle_custom_msg({"type": "nonsense"}, [])      # ignored, no error
+    assert app.messages == []
+
+
+def test_view_size_slider_width_letters_and_presets(ellipsoid_case, model, card, cfg):
+    ct, _ = ellipsoid_case
+    app = Annotator(ct, model=(model, card), config=cfg, view3d="none")
+    ax = app.views["axial"]
+    assert max(ax.canvas.width, ax.canvas.height) == 400          # the default size
+    for v in app.views.values():                                   # sliders span the views
+        assert v.slider.layout.width == f"{v.canvas.width}px" and v.slider.description == ""
+    assert ax.letters == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
+    assert app.views["sagittal"].letters == {"left": "A", "right": "P", "top": "S",
+                                             "bottom": "I"}
+    labels = [label for label, _ in app.preset.options]
+    assert len(set(labels)) == len(labels) and "abdomen W400 L40" in labels
+    big = Annotator(ct, model=(model, card), config=cfg, view3d="none", view_size_px=640)
+    assert max(big.views["coronal"].canvas.width, big.views["coronal"].canvas.height) == 640
+    with pytest.raises(InputError, match="view_size_px"):
+        Annotator(ct, model=(model, card), config=cfg, view3d="none", view_size_px=50)
+
+
+def test_orientation_letters_are_drawn_on_the_canvas(ellipsoid_case, monkeypatch):
+    ct, _ = ellipsoid_case
+    sv = SliceView(ct, "coronal", size_px=300)
+    texts = []
+    monkeypatch.setattr(sv.canvas, "fill_text", lambda text, x, y, *a: texts.append((text, x, y)))
+    sv.redraw()
+    w_, h_ = sv.canvas.width, sv.canvas.height
+    at = {t: (x, y) for t, x, y in texts}
+    assert at["R"][0] < w_ / 4 and at["L"][0] > 3 * w_ / 4          # left / right edges
+    assert at["S"][1] < h_ / 4 and at["I"][1] > 3 * h_ / 4          # top / bottom edges
+    assert any(t.startswith("coronal ") and t.endswith("/32") for t in at)

@@ -30,11 +30,12 @@ from .render import (
                      display_flips,
                      encode_png,
                      mask_contour,
+                     orientation_letters,
                      window_lut,
                      window_to_uint8,
 )
 from .slice_view import PAINT_TOOLS, TOOLS, SliceView
-from .view3d import View3D, niivue_available
+from .view3d import View3D, downsample_factors, downsample_volume, niivue_available
 
 __all__ = [
     "METHODS",
@@ -53,12 +54,15 @@ __all__ = [
     "app_parameters",
     "compose_slice",
     "display_flips",
+    "downsample_factors",
+    "downsample_volume",
     "encode_png",
     "lab_command",
     "launch_app",
     "launch_lab",
     "mask_contour",
     "niivue_available",
+    "orientation_letters",
     "voila_available",
     "window_lut",
     "window_to_uint8",

@@ -72,19 +72,24 @@ logger = logging.getLogger(__name__)
 
 #: Reader-study arms (``iunet_nb.study.METHODS``).
 METHODS: tuple[str, ...] = ("manual", "interactive")
-#: Keyboard shortcuts (canvas focused: click a view first).
+#: Keyboard shortcuts, active while the pointer is over the annotator (they never reach
+#: JupyterLab then). None of them is one of JupyterLab's destructive command-mode keys
+#: (``x`` cut, ``d d`` delete, ``0 0`` restart the kernel), in case the pointer is elsewhere.
 SHORTCUTS: dict[str, str] = {
     "s": "Segment (predict in the box)", "r": "Refine", "a": "auto-refine on/off",
     "Ctrl+z": "Undo", "Ctrl+y / Ctrl+Shift+z": "Redo", "Ctrl+s": "Save",
     "Ctrl+Enter": "Accept & next case", "v": "navigate tool", "w": "window/level tool",
-    "x": "box tool", "f": "foreground brush", "b": "background brush", "e": "scribble eraser",
-    "p": "manual paint", "d": "manual erase", "[ / ]": "brush smaller / larger",
-    "c": "contour only on/off", "h": "crosshair on/off",
-    "ArrowUp/Down, PageUp/Down, wheel": "next / previous slice (Shift: 5)",
-    "+ / - / 0": "zoom in / out / reset",
+    "o": "box tool", "f": "foreground brush", "b": "background brush", "e": "scribble eraser",
+    "p": "manual paint", "g": "manual erase", "[ / ]": "brush smaller / larger",
+    "c": "contour only on/off", "h": "crosshair on/off", "u": "update the 3D view now",
+    "ArrowUp/Down, PageUp/Down, wheel": "next / previous slice of the view under the pointer "
+                                        "(Shift: 5)",
+    "+ / - / Home": "zoom in / out / reset",
 }
-_KEY_TOOLS = {"v": "navigate", "w": "window", "x": "box", "f": "fg", "b": "bg", "e": "eraser",
-              "p": "paint", "d": "erase"}
+_KEY_TOOLS = {"v": "navigate", "w": "window", "o": "box", "f": "fg", "b": "bg", "e": "eraser",
+              "p": "paint", "g": "erase"}
+#: how long the colours of what a refinement changed stay on the views, in seconds
+CHANGE_FLASH_S = 2.5
 _TOOL_LABELS = {"navigate": "Navigate", "window": "W/L", "box": "Box", "fg": "FG brush",
                 "bg": "BG brush", "eraser": "Eraser", "paint": "Paint", "erase": "Erase"}
 _MANUAL_TOOLS = ("navigate", "window", "paint", "erase")
@@ -222,7 +227,9 @@ class Annotator(w.VBox):
         method: ``"interactive"`` or ``"manual"`` (manual arm: only navigation, window and
             the manual brush/eraser; no network).
         case_ids: ids for the cases (default from file names / Case ids).
-        view_size_px: longer side of each slice canvas.
+        view_size_px: longer side of each slice canvas in pixels (its slider is as wide);
+            400 by default (three views fit a 1280-pixel-wide notebook; 512 shows a 512 x 512
+            slice pixel for pixel on a large screen).
         view3d: ``"auto"`` (ipyniivue when installed), ``"niivue"``, ``"itk"`` or ``"none"``.
         clock: the study clock's time source in seconds (default :func:`time.monotonic`;
             tests inject a fake one).
@@ -242,7 +249,7 @@ class Annotator(w.VBox):
                  config: Any = None, box: Any = None, box_from_reference: bool = False,
                  segment_on_open: bool = False, study: bool = False,
                  method: str = "interactive", case_ids: Sequence[str] | None = None,
-                 view_size_px: int = 320, view3d: str = "auto",
+                 view_size_px: int = 400, view3d: str = "auto",
                  clock: Callable[[], float] | None = None, tick_s: float = 1.0) -> None:
         from ..refine import RefineConfig
 
@@ -255,6 +262,11 @@ class Annotator(w.VBox):
                              f"time.monotonic), got {type(clock).__name__}")
         if method not in METHODS:
             raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
+        if isinstance(view_size_px, bool) or not isinstance(view_size_px, int) \
+                or not 128 <= view_size_px <= 4096:
+            raise InputError(f"view_size_px (each view's longer side in screen pixels) must be "
+                             f"an integer in 128..4096, got {view_size_px!r}; 400 suits a "
+                             f"laptop, 512-640 a large screen")
         if reader is not None and (not isinstance(reader, str) or not reader.strip()
                                    or any(c in reader for c in "/\\")):
             raise InputError(f"reader id must be a non-empty name without slashes, got {reader!r}")
@@ -291,12 +303,19 @@ class Annotator(w.VBox):
         self._last_action = ""
         self._applying_preset = False
         self._superseded = False
+        self._before_refine: np.ndarray | None = None
+        self._changes_timer: threading.Timer | None = None
+        self.last_changes: tuple[int, int] | None = None
         self._view_size = int(view_size_px)
         self._view3d_backend = view3d
         self.views: dict[str, SliceView] = {}
         self.view3d: View3D | None = None
         self._build_controls()
         super().__init__([], layout=w.Layout(width="100%"))
+        self.add_class("iunet-annotator")
+        from .keys import make_key_catcher
+
+        self.key_catcher = make_key_catcher("iunet-annotator", self._on_dom_key)
         errors = []
         first_box = box
         for i in range(len(self.cases)):
@@ -322,8 +341,10 @@ class Annotator(w.VBox):
             style={"button_width": "84px"}, tooltips=[f"{k} tool" for k in tools])
         self.brush = w.FloatSlider(value=3.0, min=0.5, max=20.0, step=0.5,
                                    description="brush mm", continuous_update=False)
-        self.preset = w.Dropdown(options=list(WINDOW_PRESETS) + ["custom"], value="abdomen",
-                                 description="window", layout=w.Layout(width="180px"))
+        self.preset = w.Dropdown(
+            options=[(f"{k} W{wl[0]:.0f} L{wl[1]:.0f}", k) for k, wl in WINDOW_PRESETS.items()]
+            + [("custom", "custom")], value="abdomen", description="window",
+            layout=w.Layout(width="230px"))
         self.opacity = w.FloatSlider(value=0.4, min=0.0, max=1.0, step=0.05,
                                      description="opacity", continuous_update=True)
         self.contour = w.Checkbox(value=False, description="contour only", indent=False)
@@ -362,7 +383,7 @@ class Annotator(w.VBox):
         self.status = w.HTML(layout=w.Layout(width="100%"))
         self.message = w.HTML(layout=w.Layout(width="100%"))
         keys = " · ".join(f"<b>{html.escape(k)}</b> {html.escape(v)}" for k, v in SHORTCUTS.items())
-        self.help = w.HTML(f"<details><summary>keyboard shortcuts (click a view first)"
+        self.help = w.HTML(f"<details><summary>keyboard shortcuts (pointer over the app)"
                            f"</summary><small>{keys}</small></details>")
         self.brush.observe(lambda c: self._set_views("brush_radius_mm", c["new"]), "value")
         self.opacity.observe(lambda c: self._set_views("opacity", c["new"]), "value")
@@ -387,7 +408,7 @@ class Annotator(w.VBox):
             w.HBox(side, layout=w.Layout(flex_flow="row wrap", align_items="flex-start")),
             self.status,
             self.help,
-        ]
+        ] + ([self.key_catcher] if self.key_catcher is not None else [])
 
     def _set_views(self, name: str, value: Any) -> None:
         for v in self.views.values():
@@ -403,6 +424,7 @@ class Annotator(w.VBox):
                     v.set_window(width, level)
             finally:
                 self._applying_preset = False
+            self._window_to_3d()
             self._update_status()
 
     def _on_window_drag(self, change: dict[str, Any]) -> None:
@@ -417,7 +439,18 @@ class Annotator(w.VBox):
             self.preset.unobserve(self._on_preset, "value")
             self.preset.value = "custom"
             self.preset.observe(self._on_preset, "value")
+        self._window_to_3d()
         self._update_status()
+
+    def _current_mask(self) -> Volume:
+        """The session's mask (a copy), read when the 3D view sends it."""
+        return self.session.mask
+
+    def _window_to_3d(self) -> None:
+        v = self.views.get("axial")
+        if self.view3d is not None and v is not None:
+            half = v.window_width / 2.0
+            self.view3d.set_window(v.window_level - half, v.window_level + half)
 
     # ===================================================================================
     # cases
@@ -529,7 +562,8 @@ class Annotator(w.VBox):
         elif self.view3d is not None:
             self.view3d.set_volume(image)
         if self.view3d is not None:
-            self.view3d.update_mask(self.session.mask)
+            self._window_to_3d()
+            self.view3d.update_mask(self._current_mask)
 
     def _on_case_select(self, change: dict[str, Any]) -> None:
         if self._case_select_guard or change["new"] is None:
@@ -590,25 +624,63 @@ class Annotator(w.VBox):
         Session's automatic detector proposes one, which is then shown on the views."""
         t0 = time.perf_counter()
         box = self.box() if self._box_ranges else None
+        self._set_busy(True, "segmenting…")
+        self._last_action = "segment: running…"
+        self._update_status()
         try:
             self.session.predict(box)
         except SessionError:
             if box is None:
                 self.box()  # no detector for this structure: say how to draw the box
             raise
+        finally:
+            self._set_busy(False)
+            if self._refine_future is None or self._refine_future.done():
+                self._idle.set()
         if box is None and self.session.box is not None:
             self.set_box(self.session.box)
         self._predicted = True
+        self.go_to_mask()
         self._after("segment", t0, mask_changed=True)
+
+    def go_to_mask(self) -> tuple[int, int, int] | None:
+        """Move the crosshair (and so the three views' slices) to the mask's centre: the
+        voxel of the mask nearest its centre of mass. Returns it (None: empty mask)."""
+        mask = self.session.mask.array
+        box = self.session.box
+        if box is not None:
+            lo = box.lo_zyx
+            crop = mask[tuple(slice(a, b) for a, b in zip(box.lo_zyx, box.hi_zyx))]
+        else:
+            lo, crop = (0, 0, 0), mask
+        idx = np.nonzero(crop)
+        if not idx[0].size:
+            if crop is mask or not np.any(mask):
+                return None
+            lo, idx = (0, 0, 0), np.nonzero(mask)
+        pts = np.stack(idx, axis=1)
+        centre = pts.mean(axis=0)
+        nearest = pts[int(np.argmin(((pts - centre) ** 2).sum(axis=1)))]
+        target = tuple(int(a + b) for a, b in zip(nearest, lo))
+        for v in self.views.values():
+            v._hold += 1  # one redraw per view, by _after
+        try:
+            self.views["axial"].crosshair = target
+        finally:
+            for v in self.views.values():
+                v._hold -= 1
+        return target  # type: ignore[return-value]
 
     def refine(self) -> Any:
         """Start a refinement without blocking (``Session.refine_async``); returns its Future."""
         t0 = time.perf_counter()
         session = self.session
+        before = session.mask.array  # a copy: to show what the refinement changed
         future = session.refine_async()
         self._refine_future = future
         self._refine_t0 = t0
-        self._set_busy(True)
+        self._before_refine = before
+        self._set_busy(True, "refining…")
         self._last_action = "refine: running…"
         self._update_status()
         future.add_done_callback(lambda f: self._on_refine_done(f, session))
@@ -629,12 +701,55 @@ class Annotator(w.VBox):
             if exc is not None:
                 self._report(exc, "refine")
                 return
+            self._show_changes()
             self._after("refine", self._refine_t0, mask_changed=True)
+            if self.last_changes is not None:
+                added, removed = self.last_changes
+                self._last_action += (f", +{added} / -{removed} voxels"
+                                      + ("" if added or removed else ": the mask is unchanged"))
+                self._update_status()
         except Exception as exc:  # noqa: BLE001 - never lose an error on the worker thread
             self._report(exc, "refine")
         finally:
             if future is self._refine_future or session is not self.session:
                 self._idle.set()
+
+    def _show_changes(self) -> None:
+        """Colour what the finished refinement added and removed on the views for
+        :data:`CHANGE_FLASH_S` seconds; counts in :attr:`last_changes` ``(added, removed)``."""
+        before, self._before_refine = self._before_refine, None
+        if before is None:
+            self.last_changes = None
+            return
+        after = self.session.mask.array
+        if before.shape != after.shape:
+            self.last_changes = None
+            return
+        added = (after != 0) & (before == 0)
+        removed = (after == 0) & (before != 0)
+        n_add, n_rem = int(added.sum()), int(removed.sum())
+        self.last_changes = (n_add, n_rem)
+        if not (n_add or n_rem):
+            return
+        changes = added.view(np.uint8) + 2 * removed.view(np.uint8)
+        for v in self.views.values():
+            v.changes = changes  # drawn by the redraw that follows (_after)
+        if self._changes_timer is not None:
+            self._changes_timer.cancel()
+        timer = threading.Timer(CHANGE_FLASH_S, self._clear_changes, args=(changes,))
+        timer.daemon = True
+        self._changes_timer = timer
+        timer.start()
+
+    def _clear_changes(self, changes: np.ndarray | None = None) -> None:
+        """Take the refinement's colours off the views (only the ones set with ``changes``)."""
+        try:
+            for v in self.views.values():
+                if v.changes is not None and (changes is None or v.changes is changes):
+                    v.changes = None
+                    v.redraw()
+        except Exception:  # noqa: BLE001 - a timer thread: log, never crash
+            logger.exception("could not clear the refinement's change colours")
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait until no refinement runs and its result is drawn (tests, scripts)."""
@@ -758,6 +873,17 @@ class Annotator(w.VBox):
         self._clear_message()
         self._update_status()
 
+    def _on_dom_key(self, content: dict[str, Any]) -> None:
+        """A key from the page (:mod:`~iunet_nb.widgets.keys`): the view under the pointer
+        takes slice / zoom keys, everything else is a shortcut of the app."""
+        view = self.views.get(str(content.get("view"))) or self.views.get("axial")
+        key = str(content["key"])
+        mods = (bool(content.get("shift")), bool(content.get("ctrl")), bool(content.get("meta")))
+        if view is None:
+            self._guard("key", lambda: self.handle_key(key, *mods))
+        else:
+            self._guard("key", lambda: view.handle_key(key, *mods))
+
     def handle_key(self, key: str, shift: bool = False, ctrl: bool = False,
                    meta: bool = False) -> None:
         """Keyboard shortcuts (:data:`SHORTCUTS`)."""
@@ -788,6 +914,8 @@ class Annotator(w.VBox):
             self.crosshair.value = not self.crosshair.value
         elif k == "a":
             self.auto_refine = not self.auto_refine
+        elif k == "u" and self.view3d is not None:
+            self.view3d.update_mask(self._current_mask, now=True)
 
     # ===================================================================================
     # feedback
@@ -820,22 +948,30 @@ class Annotator(w.VBox):
     def _clear_message(self) -> None:
         self.message.value = ""
 
-    def _set_busy(self, busy: bool) -> None:
+    def _set_busy(self, busy: bool, what: str = "working…") -> None:
+        """Show (or hide) the busy bar and disable Segment / Refine meanwhile."""
         self.busy = busy
         if busy:
             self._idle.clear()
         self.progress.layout.visibility = "visible" if busy else "hidden"
-        self.progress.description = "refining…" if busy else ""
+        self.progress.description = what if busy else ""
         self.progress.value = 1.0 if busy else 0.0
         self.progress.bar_style = "info" if busy else ""
+        for k in ("segment", "refine"):
+            if k in self.buttons:
+                self.buttons[k].disabled = busy and what != "refining…"
 
     def _after(self, action: str, t0: float, *, mask_changed: bool) -> None:
-        """Redraw from the Session's state and update the status line."""
+        """Redraw from the Session's state and update the status line. The 3D view only
+        hears that the mask changed (it updates later, off the critical path)."""
+        if mask_changed and action != "refine":  # another edit: the refine colours go
+            for v in self.views.values():
+                v.changes = None
         for v in self.views.values():
             v.redraw()
         if mask_changed and self.view3d is not None:
             try:
-                self.view3d.update_mask(self.session.mask)
+                self.view3d.update_mask(self._current_mask)  # sent later, off this path
             except Exception as exc:  # noqa: BLE001 - the 3D view is a nicety: say so, go on
                 self._show_message(f"the 3D view could not be updated ({exc})", "warning")
         elapsed = time.perf_counter() - t0
@@ -928,6 +1064,8 @@ class Annotator(w.VBox):
         app's widgets. Idempotent."""
         if getattr(self, "_status_lock", None) is not None:  # fully constructed
             self._stop_clock("closed")
+            if self._changes_timer is not None:
+                self._changes_timer.cancel()
             if self.session is not None:
                 self.session.close()
             for v in list(self.views.values()):

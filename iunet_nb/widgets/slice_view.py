@@ -42,6 +42,7 @@ from .render import (
     compose_slice,
     display_flips,
     encode_png,
+    orientation_letters,
 )
 
 __all__ = ["PAINT_TOOLS", "TOOLS", "SliceView"]
@@ -88,7 +89,12 @@ class SliceView(w.VBox):
         session: where the mask and scribbles come from (``Session.slice_of``); None shows
             the CT only. Replace it with :meth:`set_session`.
         size_px: the canvas's longer side in pixels; the other side follows the slice's
-            physical aspect ratio (voxel spacing).
+            physical aspect ratio (voxel spacing). The slice slider is as wide as the canvas.
+
+    The canvas carries the patient directions at its four edges (:attr:`letters`, from the
+    direction matrix: axial R | L, A over P) and the view's name with the slice number in the
+    top-left corner. :attr:`changes` (a ``(z, y, x)`` uint8 volume, 1 added / 2 removed, or
+    None) overlays what the last refinement changed.
 
     Traits (not synced to the browser; link them with ``traitlets.link``): ``slice_index``,
     ``crosshair`` (z, y, x), ``zoom``, ``center`` (display column, row at the canvas
@@ -107,7 +113,7 @@ class SliceView(w.VBox):
     Mouse: in ``navigate`` a click moves the crosshair (all linked views follow) and a drag
     pans; in ``window`` a drag changes width (left-right) and level (up-down); in ``box`` a
     drag draws a rectangle; the paint tools draw a stroke with the brush. The wheel and the
-    keys ArrowUp/ArrowDown/PageUp/PageDown scroll slices; ``+``/``-`` zoom, ``0`` resets
+    keys ArrowUp/ArrowDown/PageUp/PageDown scroll slices; ``+``/``-`` zoom, ``Home`` resets
     zoom and pan.
     """
 
@@ -140,15 +146,19 @@ class SliceView(w.VBox):
         self.n_rows, self.n_cols = shape[self.row_axis], shape[self.col_axis]
         self.spacing_rc = (float(spacing[self.row_axis]), float(spacing[self.col_axis]))
         self.flips = display_flips(volume.geometry, view)
+        self.letters = orientation_letters(volume.geometry, view, self.flips)
+        self.changes: np.ndarray | None = None
         height_mm = self.n_rows * self.spacing_rc[0]
         width_mm = self.n_cols * self.spacing_rc[1]
         scale = size_px / max(height_mm, width_mm)
         cw, ch = max(round(width_mm * scale), 16), max(round(height_mm * scale), 16)
         self.canvas = Canvas(width=cw, height=ch,
                              layout=w.Layout(width=f"{cw}px", height=f"{ch}px"))
+        # no description: the track spans the canvas (the view's name is on the canvas)
         self.slider = w.IntSlider(value=shape[self.axis] // 2, min=0, max=shape[self.axis] - 1,
-                                  description=view, continuous_update=True,
-                                  layout=w.Layout(width=f"{max(cw, 200)}px"))
+                                  description="", continuous_update=True,
+                                  tooltip=f"{view} slice", style={"description_width": "0px"},
+                                  layout=w.Layout(width=f"{cw}px", margin="0px"))
         self.session = session
         self.redraw_count = 0
         self.last_redraw_s = 0.0
@@ -160,6 +170,8 @@ class SliceView(w.VBox):
         self._hold = 0
         center = (shape[0] // 2, shape[1] // 2, shape[2] // 2)
         super().__init__([self.slider, self.canvas], **kwargs)
+        self.add_class("iunet-view")
+        self.add_class(f"iunet-view-{view}")
         with self.hold_redraw():
             self.center = (self.n_cols / 2.0, self.n_rows / 2.0)
             self.crosshair = center
@@ -189,7 +201,9 @@ class SliceView(w.VBox):
                                  "of another shape or spacing")
             self.volume = volume
             self.flips = display_flips(volume.geometry, self.view)
+            self.letters = orientation_letters(volume.geometry, self.view, self.flips)
         self.session = session
+        self.changes = None
         self._png_cache = None
         self.redraw()
 
@@ -248,6 +262,14 @@ class SliceView(w.VBox):
         return _Hold(self)
 
     # -- drawing ---------------------------------------------------------------------------
+    def changes_slice(self) -> np.ndarray | None:
+        """The current slice of :attr:`changes` (None when nothing is highlighted)."""
+        if self.changes is None:
+            return None
+        index: list[Any] = [slice(None)] * 3
+        index[self.axis] = int(self.slice_index)
+        return self.changes[tuple(index)]
+
     def layers(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """The current slice's ``(image, mask, scribbles)`` as ``(row, col)`` arrays."""
         k = int(self.slice_index)
@@ -276,7 +298,8 @@ class SliceView(w.VBox):
             if reencode or cached is None or cached[0] != int(self.slice_index):
                 image, mask, scribbles = self.layers()
                 rgba = compose_slice(image, self.window_width, self.window_level, mask=mask,
-                                     scribbles=scribbles, opacity=float(self.opacity),
+                                     scribbles=scribbles, changes=self.changes_slice(),
+                                     opacity=float(self.opacity),
                                      contour_only=bool(self.contour_only),
                                      flip_rows=self.flips[0], flip_cols=self.flips[1])
                 png = encode_png(rgba)
@@ -309,6 +332,31 @@ class SliceView(w.VBox):
         if self.box_rect is not None:
             r0, c0, r1, c1 = self.box_rect
             self._stroke_index_rect(tr, r0, c0, r1, c1, "rgba(0, 255, 255, 0.9)", dashed=True)
+        self._draw_labels()
+
+    def _draw_labels(self) -> None:
+        """Orientation letters at the edges' midpoints, the view and slice at the top left."""
+        c = self.canvas
+        w_, h_ = c.width, c.height
+        c.font = "bold 14px sans-serif"
+        c.fill_style = "rgba(255, 210, 0, 0.95)"
+        c.text_baseline = "middle"
+        lt = self.letters
+        c.text_align = "left"
+        c.fill_text(lt["left"], 4, h_ / 2)
+        c.text_align = "right"
+        c.fill_text(lt["right"], w_ - 4, h_ / 2)
+        c.text_align = "center"
+        c.text_baseline = "top"
+        c.fill_text(lt["top"], w_ / 2, 3)
+        c.text_baseline = "bottom"
+        c.fill_text(lt["bottom"], w_ / 2, h_ - 2)
+        c.font = "12px sans-serif"
+        c.fill_style = "rgba(255, 255, 255, 0.85)"
+        c.text_align = "left"
+        c.text_baseline = "top"
+        c.fill_text(f"{self.view} {int(self.slice_index) + 1}/{self.volume.shape[self.axis]}",
+                    4, 3)
 
     def _stroke_index_rect(self, tr: SliceTransform, r0: float, c0: float, r1: float,
                            c1: float, style: str, dashed: bool = False) -> None:
@@ -480,7 +528,7 @@ class SliceView(w.VBox):
             self.zoom = self.zoom * 1.25
         elif key == "-" and not ctrl:
             self.zoom = self.zoom / 1.25
-        elif key == "0" and not ctrl:
+        elif key == "Home" and not ctrl:
             self.reset_view()
         else:
             self._emit("key", key, shift, ctrl, meta)
