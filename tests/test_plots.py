@@ -97,7 +97,8 @@ def test_overview_is_the_same_picture_for_an_lps_and_an_otherwise_stored_copy(
     for name, v in (("ct", ct), ("mask", mask)):
         write_image(v, tmp_path / f"{name}_lps.nii.gz")
         sitk.WriteImage(sitk.Flip(v.to_sitk(), flips), str(tmp_path / f"{name}_{storage}.nii.gz"))
-    lps_ct, lps_mask = read_image(tmp_path / "ct_lps.nii.gz"), read_mask(tmp_path / "mask_lps.nii.gz")
+    lps_ct = read_image(tmp_path / "ct_lps.nii.gz")
+    lps_mask = read_mask(tmp_path / "mask_lps.nii.gz")
     ct2 = read_image(tmp_path / f"ct_{storage}.nii.gz")
     mask2 = read_mask(tmp_path / f"mask_{storage}.nii.gz")
     np.testing.assert_allclose(ct2.geometry.direction, direction, atol=1e-6)  # stored otherwise
