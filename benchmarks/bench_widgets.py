@@ -19,6 +19,11 @@ filled ellipse in every slice) and two scribbles, through a real :class:`~iunet_
 * ``stroke preview``: one mouse move while painting (one short line segment);
 * ``scroll``: ``slice_index += 1`` (observer -> redraw of the new slice).
 
+With ``--ct PATH`` (a CT file or DICOM folder, e.g. ``../shared/data/nih_pancreas_ct/
+PANCREAS_0002/dicom``, 195 x 512 x 512) it also times the annotator on that CT: the kernel
+time of a mask change (one paint stroke: Session.paint, three redraws, the 3D view told) with
+the ipyniivue 3D view and without it, the 3D view's deferred send, and a scroll on each view.
+
 Outside a running kernel the widget messages go nowhere, so the time to push the bytes
 through ZeroMQ is not included; ``../shared/ENVIRONMENT.md`` measured 1.4-2.1 ms for that
 (``put_image_data`` of 512 x 512 in a live kernel), and 0.18-0.31 s from kernel to pixels.
@@ -69,6 +74,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default="", help="also write the results to this JSON file")
+    ap.add_argument("--ct", default="", help="also time the annotator on this CT (file or "
+                                             "DICOM folder)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ct = _case()
@@ -112,6 +119,8 @@ def main() -> None:
     steps = iter(range(10**6))
     results["scroll"] = _time(lambda: setattr(view, "slice_index",
                                               5 + next(steps) % 30), args.repeat)
+    if args.ct:
+        results.update(_annotator_on(args.ct, args.repeat))
     png_kb = len(encode_png(rgba)) / 1024
     print(f"machine: {machine_description()}")
     print(f"512 x 512 axial slice with mask + scribbles; PNG {png_kb:.0f} kB; "
@@ -125,6 +134,44 @@ def main() -> None:
             json.dump({"machine": machine_description(), "png_kb": png_kb,
                        "results_ms": {k: {"median": m, "p90": p} for k, (m, p) in
                                       results.items()}}, fh, indent=1)
+
+
+def _annotator_on(path: str, repeat: int) -> dict[str, tuple[float, float]]:
+    """Mask-change and scroll times of the Annotator on a real CT, 3D view on and off."""
+    from iunet_nb.io import read_image
+    from iunet_nb.preprocess import Box
+    from iunet_nb.widgets import Annotator, niivue_available
+
+    ct = read_image(path)
+    z, y, x = ct.shape
+    box = Box((z // 3, y // 3, x // 3), (2 * z // 3, 2 * y // 3, 2 * x // 3))
+    out: dict[str, tuple[float, float]] = {}
+    print(f"annotator on {path}: {ct.shape}")
+    for v3 in (("niivue", "none") if niivue_available() else ("none",)):
+        app = Annotator(ct, view3d=v3, box=box)
+        time.sleep(2.0)                           # let the first 3D send go by
+        ax = app.views["axial"]
+        k = int(ax.slice_index)
+        i = iter(range(10**6))
+
+        def paint() -> None:
+            j = next(i) % 40
+            pts = np.array([[y / 2 + j, x / 2 - 20], [y / 2 + j, x / 2 + 20]])
+            app.handle_stroke(view="axial", slice_index=k, points=pts, tool="paint",
+                              radius_mm=3)
+        out[f"mask change, 3D {v3}"] = _time(paint, max(repeat // 5, 10))
+        if v3 == "niivue":
+            time.sleep(2.0)
+            app.view3d.update_mask(app._current_mask, now=True)
+            out["3D send (deferred)"] = (app.view3d.last_send_s * 1000,) * 2
+        else:
+            for name, view in app.views.items():
+                n = view.volume.shape[view.axis]
+                s = iter(range(10**6))
+                out[f"scroll {name}"] = _time(lambda view=view, s=s, n=n: setattr(
+                    view, "slice_index", 5 + next(s) % (n - 10)), repeat)
+        app.close()
+    return out
 
 
 if __name__ == "__main__":
