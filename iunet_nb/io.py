@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import logging
 import os
@@ -39,6 +40,10 @@ from .memory import check_memory, estimate_read_bytes
 from .volume import Geometry, Volume
 
 __all__ = [
+    "MAX_ZIP_BYTES",
+    "MAX_ZIP_MEMBERS",
+    "MAX_ZIP_RATIO",
+    "ZIP_RATIO_ABOVE_BYTES",
     "READ_EXTENSIONS",
     "WRITE_EXTENSIONS",
     "read_image",
@@ -300,9 +305,8 @@ def _extracted_zip(path: Path, prefix: str = "") -> Iterator[Path]:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise InputError(f"{path} is not a readable .zip file ({exc}); copy it again") from exc
-    with archive, tempfile.TemporaryDirectory(prefix="iunet_nb_zip_") as tmp:
-        root = Path(tmp)
-        n = 0
+    with archive:
+        members = []
         for info in archive.infolist():
             name = info.filename
             if info.is_dir() or not name.startswith(prefix) or "__MACOSX" in name:
@@ -310,18 +314,83 @@ def _extracted_zip(path: Path, prefix: str = "") -> Iterator[Path]:
             parts = PurePosixPath(name).parts
             if PurePosixPath(name).is_absolute() or ".." in parts or ":" in parts[0]:
                 raise InputError(f"{path} has an unsafe member name {name!r}; refusing to extract")
-            target = root.joinpath(*parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with archive.open(info) as src, open(target, "wb") as dst:
-                    while chunk := src.read(1 << 22):
-                        dst.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-                raise InputError(f"{path}: member {name!r} is damaged ({exc}); copy the zip "
-                                 "again") from exc
-            n += 1
-        logger.debug("extracted %d member(s) of %s to %s", n, path, root)
-        yield root
+            members.append((info, parts))
+        _check_zip_size(path, [info for info, _ in members])
+        with tempfile.TemporaryDirectory(prefix="iunet_nb_zip_") as tmp:
+            root = Path(tmp)
+            for info, parts in members:
+                target = root.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _extract_member(archive, info, target, path)
+            logger.debug("extracted %d member(s) of %s to %s", len(members), path, root)
+            yield root
+
+
+#: Most bytes a ``.zip`` may expand to (a 2000-slice 1024 x 1024 CT series is about 4 GiB).
+MAX_ZIP_BYTES = 4 << 30
+#: Most files a ``.zip`` may hold (one per slice, several series).
+MAX_ZIP_MEMBERS = 20_000
+#: Above this many bytes, a ``.zip`` more compressed than :data:`MAX_ZIP_RATIO` is refused:
+#: CT slices compress 2-4x; a small file that expands to gigabytes is an archive bomb.
+ZIP_RATIO_ABOVE_BYTES = 512 << 20
+MAX_ZIP_RATIO = 200
+
+
+def _check_zip_size(path: Path, members: list[zipfile.ZipInfo]) -> None:
+    """InputError before extracting when ``members`` would expand too far (a zip bomb)."""
+    total = sum(info.file_size for info in members)
+    packed = sum(info.compress_size for info in members)
+    unzip = "If it really is one CT series, unzip it yourself and give the folder"
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise InputError(f"{path} holds {len(members)} files, more than the {MAX_ZIP_MEMBERS} "
+                         f"a DICOM series zip may hold; refusing to extract it. {unzip}")
+    if total > MAX_ZIP_BYTES:
+        raise InputError(f"{path} would expand to {total / 2**30:.1f} GiB, more than the "
+                         f"{MAX_ZIP_BYTES / 2**30:.1f} GiB cap on an archive (a zip bomb?); "
+                         f"refusing to extract it. {unzip}")
+    if total > ZIP_RATIO_ABOVE_BYTES and total > MAX_ZIP_RATIO * max(packed, 1):
+        raise InputError(f"{path} would expand {total / max(packed, 1):.0f}-fold, to "
+                         f"{total / 2**20:.0f} MiB (more than {MAX_ZIP_RATIO}-fold above "
+                         f"{ZIP_RATIO_ABOVE_BYTES >> 20} MiB: a zip bomb?); refusing to extract "
+                         f"it. {unzip}")
+    free = _free_bytes(Path(tempfile.gettempdir()))
+    if free is not None and total > free:
+        raise InputError(f"{path} would expand to {total / 2**20:.0f} MiB, but the temporary "
+                         f"folder {tempfile.gettempdir()} has {free / 2**20:.0f} MiB free; free "
+                         "space there (or set TMPDIR to a larger disk), or unzip it yourself "
+                         "and give the folder")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path,
+                    path: Path) -> None:
+    """Copy one member, never more bytes than its header declares (checked by the caller)."""
+    written = 0
+    try:
+        with archive.open(info) as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 22):
+                written += len(chunk)
+                if written > info.file_size:
+                    raise InputError(f"{path}: member {info.filename!r} expands beyond the "
+                                     f"{info.file_size} bytes its header declares (a zip "
+                                     "bomb?); refusing it")
+                dst.write(chunk)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InputError(f"the temporary folder {tempfile.gettempdir()} ran out of space "
+                             f"while extracting {path}; free space there (or set TMPDIR to a "
+                             "larger disk), or unzip it yourself and give the folder") from exc
+        raise InputError(f"{path}: member {info.filename!r} is damaged ({exc}); copy the zip "
+                         "again") from exc
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: member {info.filename!r} is damaged ({exc}); copy the zip "
+                         "again") from exc
 
 
 def _find_series(folder: Path) -> dict[str, list[tuple[Path, list[str]]]]:

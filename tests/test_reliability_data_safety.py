@@ -20,6 +20,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ import iunet_nb.io as io_mod
 from iunet_nb.cli import main
 from iunet_nb.checkpoint import save_model
 from iunet_nb.errors import InputError, IunetError, SessionError
-from iunet_nb.io import read_image, write_image, write_mask
+from iunet_nb.io import read_dicom_mask_series, read_image, write_image, write_mask
 from iunet_nb.preprocess import Box
 from iunet_nb.session import RefineConfig, Session
 from iunet_nb.volume import Volume
@@ -372,6 +374,66 @@ def test_cli_session_export_over_its_own_files_is_refused(tmp_path):
     assert main(["session", "export", str(tmp_path / "s"),
                  str(tmp_path / "s" / "export.nii.gz")]) == 0  # beside them is fine
 
+# ----------------------------------------------------------------------------- 4. archive bombs
+def _zip(t: Path, members: dict[str, bytes], name: str = "series.zip") -> Path:
+    with zipfile.ZipFile(t / name, "w", zipfile.ZIP_DEFLATED) as z:
+        for member, data in members.items():
+            z.writestr(member, data)
+    return t / name
+
+
+def _no_extraction(m: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any) -> None:
+        raise AssertionError("extraction started before the size checks")
+
+    m.setattr(io_mod, "_extract_member", refuse)
+
+
+def _bomb(t: Path, m: pytest.MonkeyPatch, read: Callable[[Path], Any] = read_image, **limits: int
+          ) -> Callable[[], Any]:
+    for key, value in limits.items():
+        m.setattr(io_mod, key, value)
+    _no_extraction(m)
+    zeros = b"\0" * (4 << 20)
+    path = _zip(t, {"MASKS_DICOM/liver/image_0": zeros, "MASKS_DICOM/liver/image_1": zeros})
+    return lambda: read(path)
+
+
+CASES += [
+    ("zip bomb: 8 MiB of zeros from a 16 KiB zip",
+     lambda t, m: _bomb(t, m, ZIP_RATIO_ABOVE_BYTES=1 << 20),
+     InputError, r"would expand \d+-fold, to 8 MiB .*a zip bomb\?\); refusing to extract it\. If it "
+                 r"really is one CT series, unzip it yourself and give the folder"),
+    ("zip expanding past the size cap", lambda t, m: _bomb(t, m, MAX_ZIP_BYTES=1 << 20),
+     InputError, r"would expand to 0\.0 GiB, more than the 0\.0 GiB cap on an archive"),
+    ("zip with more files than a series has",
+     lambda t, m: (m.setattr(io_mod, "MAX_ZIP_MEMBERS", 3), _no_extraction(m),
+                   lambda: read_image(_zip(t, {f"s{i}": b"x" for i in range(4)})))[2],
+     InputError, r"holds 4 files, more than the 3 a DICOM series zip may hold"),
+    ("zip larger than the free temporary space",
+     lambda t, m: (m.setattr(io_mod, "_free_bytes", lambda folder: 1000), _no_extraction(m),
+                   lambda: read_image(_zip(t, {"s1": b"x" * 5000})))[2],
+     InputError, r"has 0 MiB free; free space there \(or set TMPDIR to a larger disk\)"),
+    ("zip bomb as a DICOM mask series",
+     lambda t, m: _bomb(t, m, lambda p: read_dicom_mask_series(p, "liver"),
+                        ZIP_RATIO_ABOVE_BYTES=1 << 20),
+     InputError, r"a zip bomb\?"),
+]
+
+
+def _extract_onto_full_disk(fs: Path, m: pytest.MonkeyPatch) -> Callable[[], Any]:
+    m.setattr(tempfile, "tempdir", str(fs))
+    m.setattr(io_mod, "_free_bytes", lambda folder: None)  # as on a file system that cannot say
+    path = _zip(fs.parent, {f"DICOM/s{i}": os.urandom(64 << 10) for i in range(12)})
+    _fill(fs)
+    return lambda: read_image(path)
+
+
+FULL_DISK_M_CASES: list[Case] = [
+    ("zip extracted into a full temporary folder", _extract_onto_full_disk,
+     InputError, r"ran out of space while extracting .*series\.zip; free space there"),
+]
+
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
 def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
@@ -382,3 +444,9 @@ def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
                          ids=[c[0] for c in FULL_DISK_CASES])
 def test_full_disk(name, build, error, match, small_fs):
     _check(lambda: build(small_fs), small_fs, error, match)
+
+
+@pytest.mark.parametrize("name, build, error, match", FULL_DISK_M_CASES,
+                         ids=[c[0] for c in FULL_DISK_M_CASES])
+def test_full_disk_patched(name, build, error, match, small_fs, monkeypatch):
+    _check(lambda: build(small_fs, monkeypatch), small_fs, error, match)
