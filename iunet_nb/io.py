@@ -37,7 +37,7 @@ import SimpleITK as sitk
 from ._atomic import atomic_path
 from .errors import GeometryError, InputError
 from .memory import check_memory, estimate_read_bytes
-from .volume import Geometry, Volume
+from .volume import Geometry, Volume, check_ct_spacing
 
 __all__ = [
     "MAX_ZIP_BYTES",
@@ -545,6 +545,7 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None) -> Vol
         if series_uid is not None:
             raise InputError(f"series_uid is for DICOM folders, but {path} is a single file")
         volume = _read_file(path)
+    check_ct_spacing(volume.geometry, str(path))
     _check_wrapped_hu(volume.array, path)
     array = _to_ct_dtype(volume.array)
     logger.info("read %s: shape %s, spacing %s mm, %s", path, array.shape,

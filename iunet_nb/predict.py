@@ -31,7 +31,7 @@ from .preprocess import (
     restore_crop_probabilities,
     restore_probabilities,
 )
-from .volume import Volume
+from .volume import Volume, check_ct_spacing
 
 __all__ = ["predict_probabilities", "segment", "make_box"]
 
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 def _working_probabilities(model: torch.nn.Module, image: Volume, box: Box,
                            cfg: PreprocessConfig, device: str | torch.device | None,
                            ) -> tuple[np.ndarray, CropRecord]:
+    check_ct_spacing(image.geometry)
     dev = select_device(device)
     x, record = preprocess_image(image, box, cfg)
     model = model.to(dev).eval()

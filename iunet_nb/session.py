@@ -99,7 +99,7 @@ from .strokes import (
     _points_to_voxels,
     stroke_to_voxels,
 )
-from .volume import Volume
+from .volume import Volume, check_ct_spacing
 
 __all__ = [
     "VIEWS",
@@ -233,6 +233,7 @@ class Session:
             raise ConfigError(f"config must be a RefineConfig, got {type(config).__name__}")
         if box is not None:
             box.validate(volume.shape)
+        check_ct_spacing(volume.geometry)
         check_memory(estimate_session_bytes(volume.shape),
                      f"an interactive session on a CT of {volume.shape} voxels (z, y, x)")
         if reference is not None:

@@ -23,9 +23,13 @@ import numpy as np
 
 from .errors import GeometryError, InputError
 
-__all__ = ["Geometry", "Volume"]
+__all__ = ["CT_SPACING_RANGE_MM", "Geometry", "Volume", "check_ct_spacing"]
 
 _ORTHO_TOL = 1e-3
+#: Voxel spacing (mm) a CT can have, thinnest to thickest; outside it the header is wrong
+#: (micrometres or metres written as mm), and the work grows without bound (a 1e-6 mm
+#: spacing makes a smoothing kernel of millions of voxels).
+CT_SPACING_RANGE_MM: tuple[float, float] = (0.05, 50.0)
 
 
 @dataclass(frozen=True)
@@ -168,3 +172,23 @@ class Volume:
 
         geometry = Geometry.from_sitk(image)
         return cls(sitk.GetArrayFromImage(image), geometry, dict(meta))
+
+
+def check_ct_spacing(geometry: Geometry, what: str = "the CT") -> None:
+    """Raise GeometryError unless every spacing lies in :data:`CT_SPACING_RANGE_MM`.
+
+    Raises:
+        GeometryError: a spacing below 0.05 mm or above 50 mm; the message gives it.
+
+    Example:
+        >>> check_ct_spacing(Geometry(spacing_mm=(2.5, 0.8, 0.8)))
+    """
+    lo, hi = CT_SPACING_RANGE_MM
+    spacing = geometry.spacing_mm
+    if all(lo <= s <= hi for s in spacing):
+        return
+    shown = ", ".join(f"{s:.3g}" for s in spacing)
+    raise GeometryError(
+        f"{what} has voxel spacing ({shown}) mm (z, y, x), outside the {lo:g}..{hi:g} mm a CT "
+        "can have (micrometres or metres in the header?); fix the header (e.g. in 3D Slicer, "
+        "or SimpleITK SetSpacing) and save it again")

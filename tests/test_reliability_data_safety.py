@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,11 +35,12 @@ from test_bad_input import CARD, GEOM, SHAPE, _ct, _model, _session
 import iunet_nb.io as io_mod
 from iunet_nb.cli import main
 from iunet_nb.checkpoint import save_model
-from iunet_nb.errors import InputError, IunetError, SessionError
+from iunet_nb.errors import GeometryError, InputError, IunetError, SessionError
 from iunet_nb.io import read_dicom_mask_series, read_image, write_image, write_mask
+from iunet_nb.predict import segment
 from iunet_nb.preprocess import Box
 from iunet_nb.session import RefineConfig, Session
-from iunet_nb.volume import Volume
+from iunet_nb.volume import Geometry, Volume
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -433,6 +435,40 @@ FULL_DISK_M_CASES: list[Case] = [
     ("zip extracted into a full temporary folder", _extract_onto_full_disk,
      InputError, r"ran out of space while extracting .*series\.zip; free space there"),
 ]
+
+# ----------------------------------------------------------------------------- 5. spacing
+def _spaced(spacing: tuple[float, float, float]) -> Volume:
+    return Volume(_ct().astype(np.float32), Geometry(spacing_mm=spacing))
+
+
+def _ct_file_spaced(t: Path, name: str, spacing: tuple[float, float, float]) -> Path:
+    return write_image(_spaced(spacing), t / name)
+
+
+_SPACING = r"outside the 0\.05\.\.50 mm a CT can have .*fix the header"
+CASES += [
+    ("CT file with 1e-6 mm spacing", lambda t, m: lambda: read_image(
+        _ct_file_spaced(t, "ct.nii.gz", (1e-6, 1e-6, 1e-6))), GeometryError, _SPACING),
+    ("CT file with 1000 mm slices (metres as mm?)", lambda t, m: lambda: read_image(
+        _ct_file_spaced(t, "ct.mha", (1000.0, 0.8, 0.8))), GeometryError,
+     r"spacing \(1e\+03, 0\.8, 0\.8\) mm .*micrometres or metres in the header\?"),
+    ("Session on a CT of 1e-9 mm spacing", lambda t, m: lambda: Session(
+        _spaced((1e-9, 1e-9, 1e-9)), _model(), CARD, Box((1, 2, 2), (5, 8, 10)),
+        config=RefineConfig(device="cpu")), GeometryError, _SPACING),
+    ("segment() on a CT of 1e-9 mm spacing", lambda t, m: lambda: segment(
+        _spaced((1e-9, 0.8, 0.8)), _model(), Box((1, 2, 2), (5, 8, 10)), CARD.preprocess,
+        device="cpu"), GeometryError, _SPACING),
+]
+
+
+def test_cli_predict_on_a_tiny_spacing_stops_at_once(tmp_path):
+    ct = _ct_file_spaced(tmp_path, "ct.nrrd", (1e-6, 1e-6, 1e-6))
+    model = save_model(_model(), CARD, tmp_path / "model.pt")
+    t0 = time.perf_counter()
+    _run_cli(["predict", ct, "--model", model, "--box", 0, 0, 0, 6, 10, 12, "--out",
+              tmp_path / "m.nii.gz"], tmp_path, _SPACING)
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "m.nii.gz").exists()
 
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
