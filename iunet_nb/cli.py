@@ -72,12 +72,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_bundled_model, load_model
     from .errors import InputError
     from .evaluate import evaluate_case
-    from .io import read_image, read_mask, write_mask
+    from .io import check_same_grid, read_image, read_mask, write_mask
+    from .paths import check_output
     from .plots import plot_overview
     from .predict import make_box, segment
     from .preprocess import Box
     from .systems.autobox import automatic_box
-    from .paths import check_output
     from .volume import Volume
 
     inputs = {"CT": args.ct, "model": args.model, "--box-from mask": args.box_from,
@@ -92,6 +92,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return segment(ct, model, box, card.preprocess, device=args.device,
                        edge_weight=args.edge_weight)
 
+    reference = read_mask(args.reference) if args.reference else None
+    if reference is not None:  # before any work, as evaluate does
+        check_same_grid(ct, reference, "reference mask")
     if args.auto_box:
         if card.structure != "pancreas":
             raise InputError(f"--auto-box needs a pancreas model (the only automatic detector "
@@ -106,7 +109,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     mask = segment_in(box)
     out = write_mask(mask, args.out)
     print(f"mask written to {out} ({int(mask.array.sum())} voxels)")
-    reference = read_mask(args.reference) if args.reference else None
     if args.png:
         plot_overview(ct, mask, reference, args.png)
         print(f"overview written to {args.png}")
@@ -130,7 +132,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_lab(args: argparse.Namespace) -> int:
     from .widgets import launch_lab
 
-    return launch_lab(args.directory, port=args.port, open_browser=not args.no_browser)
+    return launch_lab(args.directory, port=args.port, open_browser=not args.no_browser,
+                      token=args.token)
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
@@ -138,7 +141,8 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
     return launch_app(args.ct, model=args.model, reader=args.reader, sessions=args.sessions,
                       study=args.study, method=args.method, view3d=args.view3d,
-                      port=args.port, open_browser=not args.no_browser)
+                      port=args.port, open_browser=not args.no_browser, token=args.token,
+                      announce=lambda url: print(f"the annotator is at {url}", flush=True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("directory", nargs="?", default=".", help="folder to serve (default: .)")
     lab.add_argument("--port", type=int, default=None)
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    lab.add_argument("--token", default=None,
+                     help="the server's token (default: JupyterLab makes one and prints the "
+                          "URL with it); as root --allow-root is added by itself")
     lab.set_defaults(func=_cmd_lab)
 
     app = sub.add_parser("app", help="serve the annotator as a web app with Voila (only the "
@@ -224,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="study mode: the status line shows the running case time")
     app.add_argument("--method", default="interactive", choices=["interactive", "manual"])
     app.add_argument("--view3d", default="auto", choices=["auto", "niivue", "itk", "none"])
-    app.add_argument("--port", type=int, default=None, help="server port (default 8866)")
+    app.add_argument("--port", type=int, default=None,
+                     help="server port (default: the first free one from 8866 on)")
+    app.add_argument("--token", default=None,
+                     help="the page's token (default: a random one, printed with the address; "
+                          "'' serves without a token, only on a machine no one else uses)")
     app.add_argument("--no-browser", action="store_true", help="do not open a browser")
     app.set_defaults(func=_cmd_app)
 

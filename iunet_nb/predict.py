@@ -109,6 +109,8 @@ def make_box(image: Volume, *, voxel: Sequence[int] | None = None,
 
     Raises:
         InputError: none or several sources given, or a box outside the image.
+        GeometryError: ``reference`` is not on the image's grid (shape, spacing, origin or
+            direction differ), as :func:`iunet_nb.io.check_same_grid`.
     """
     given = [v is not None for v in (voxel, physical_mm, reference)]
     if sum(given) != 1:
@@ -124,9 +126,9 @@ def make_box(image: Volume, *, voxel: Sequence[int] | None = None,
                              f"{list(physical_mm)}")
         box = Box.from_physical(physical_mm[:3], physical_mm[3:], image.geometry, image.shape)
     else:
-        assert reference is not None
-        if reference.shape != image.shape:
-            raise InputError(f"reference mask shape {reference.shape} != image shape {image.shape}")
+        from .io import check_same_grid
+
+        check_same_grid(image, reference, "box mask")
         box = Box.from_mask(reference.array)
     box.validate(image.shape)
     return box

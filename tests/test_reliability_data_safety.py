@@ -37,7 +37,7 @@ from iunet_nb.cli import main
 from iunet_nb.checkpoint import save_model
 from iunet_nb.errors import GeometryError, InputError, IunetError, SessionError
 from iunet_nb.io import read_dicom_mask_series, read_image, write_image, write_mask
-from iunet_nb.predict import segment
+from iunet_nb.predict import make_box, segment
 from iunet_nb.preprocess import Box
 from iunet_nb.session import RefineConfig, Session
 from iunet_nb.volume import Geometry, Volume
@@ -469,6 +469,34 @@ def test_cli_predict_on_a_tiny_spacing_stops_at_once(tmp_path):
               tmp_path / "m.nii.gz"], tmp_path, _SPACING)
     assert time.perf_counter() - t0 < 10
     assert not (tmp_path / "m.nii.gz").exists()
+
+# ----------------------------------------------------------------------------- 6. mask geometry
+_SHIFTED = Geometry(spacing_mm=GEOM.spacing_mm, origin_mm=(0.0, 0.0, 0.0))
+_RESPACED = Geometry(spacing_mm=(2.0, 0.8, 0.7), origin_mm=GEOM.origin_mm)
+_GRID = r"not on the image's grid: image has .*Resample the .* onto the image \(nearest neighbour\)"
+
+CLI_OFF_GRID = [
+    ("--box-from mask of another origin", "--box-from", _SHIFTED),
+    ("--box-from mask of another spacing", "--box-from", _RESPACED),
+    ("--reference mask of another origin", "--reference", _SHIFTED),
+    ("--reference mask of another spacing", "--reference", _RESPACED),
+]
+
+
+@pytest.mark.parametrize("name, option, geometry", CLI_OFF_GRID, ids=[c[0] for c in CLI_OFF_GRID])
+def test_cli_predict_refuses_a_mask_off_the_ct_grid(name, option, geometry, cli_files, tmp_path):
+    off = write_mask(Volume(_mask().array, geometry), tmp_path / "off.nii.gz")
+    box = ["--box", 0, 0, 0, 6, 10, 12] if option == "--reference" else []
+    _run_cli(["predict", cli_files["ct"], "--model", cli_files["model"], *box, option, off,
+              "--out", tmp_path / "pred.nii.gz"], tmp_path, _GRID)
+    assert not (tmp_path / "pred.nii.gz").exists()  # refused before any work
+
+
+CASES += [
+    ("make_box from a mask of another origin", lambda t, m: lambda: make_box(
+        Volume(_ct(), GEOM), reference=Volume(_mask().array, _SHIFTED)),
+     GeometryError, r"the box mask is not on the image's grid"),
+]
 
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
