@@ -386,10 +386,22 @@ def test_annotate_notebook_code_runs(ellipsoid_case, model, card, tmp_path, monk
     assert (tmp_path / "s" / "R9" / "ct" / "state.json").is_file()
 
 
-def test_lab_command(tmp_path):
+def test_lab_command(tmp_path, monkeypatch):
     cmd = lab_command(tmp_path, port=8890, open_browser=False)
     assert cmd[-1] == "annotate.ipynb" and "--port=8890" in cmd and "--no-browser" in cmd
     assert f"--ServerApp.root_dir={tmp_path}" in cmd
+    # a relative folder is made absolute once (it used to resolve again in the server's cwd)
+    monkeypatch.chdir(tmp_path)
+    cmd = lab_command("labdir", token="s3cret", allow_root=True)
+    assert f"--ServerApp.root_dir={tmp_path / 'labdir'}" in cmd
+    assert "--IdentityProvider.token=s3cret" in cmd and "--allow-root" in cmd
+    assert "--allow-root" not in lab_command("labdir", allow_root=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)              # root: added by itself
+    assert "--allow-root" in lab_command("labdir")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "--allow-root" not in lab_command("labdir")
+    with pytest.raises(InputError, match="token"):
+        lab_command("labdir", token="a b")
     with pytest.raises(InputError, match="port"):
         lab_command(tmp_path, port=70000)
 
@@ -570,8 +582,14 @@ def test_launch_app_writes_the_notebook_and_the_csp_for_voila(tmp_path, monkeypa
     monkeypatch.setattr(lab, "voila_available", lambda: True)
     monkeypatch.setattr(lab, "_run_forwarding_sigterm", fake_run)
     monkeypatch.chdir(tmp_path)
-    assert lab.launch_app(reader="R3", study=True, port=8901, open_browser=False) == 0
+    urls: list = []
+    assert lab.launch_app(reader="R3", study=True, port=8901, open_browser=False,
+                          announce=urls.append) == 0
     assert seen["cmd"][3] == str(seen["cwd"] / "annotate.ipynb") and "--port=8901" in seen["cmd"]
+    # a token by default: random, passed to Voila, announced in the page's address
+    tokens = [c.split("=", 1)[1] for c in seen["cmd"] if c.startswith("--Voila.token=")]
+    assert len(tokens) == 1 and len(tokens[0]) >= 24
+    assert urls == [f"http://127.0.0.1:8901/?token={tokens[0]}"]
     injected = "".join(seen["nb"]["cells"][2]["source"])
     assert "reader_id = 'R3'" in injected and "study = True" in injected
     assert f"session_folder = {str(tmp_path / 'sessions')!r}" in injected
@@ -581,6 +599,11 @@ def test_launch_app_writes_the_notebook_and_the_csp_for_voila(tmp_path, monkeypa
     monkeypatch.setattr(lab, "voila_available", lambda: False)
     with pytest.raises(InputError, match=r'Voila is not installed.*pip install "iunet-nb\[view\]"'):
         lab.launch_app()
+    monkeypatch.setattr(lab, "voila_available", lambda: True)
+    lab.launch_app(port=8901, open_browser=False, announce=urls.append)
+    assert urls[-1] != urls[0]                                  # a new token per server
+    lab.launch_app(port=8901, open_browser=False, token="", announce=urls.append)
+    assert urls[-1] == "http://127.0.0.1:8901/" and "--Voila.token=" in seen["cmd"]
 
 
 def test_cli_app(tmp_path, monkeypatch, capsys):
@@ -591,9 +614,12 @@ def test_cli_app(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(widgets, "launch_app", lambda ct, **kw: got.update(ct=ct, **kw) or 0)
     assert cli.main(["app", "ct.nii.gz", "--model", "m.pt", "--reader", "R1", "--port", "9000",
                      "--no-browser", "--study", "--method", "manual"]) == 0
+    announce = got.pop("announce")
     assert got == {"ct": "ct.nii.gz", "model": "m.pt", "reader": "R1", "sessions": "sessions",
                    "study": True, "method": "manual", "view3d": "auto", "port": 9000,
-                   "open_browser": False}
+                   "open_browser": False, "token": None}
+    announce("http://127.0.0.1:9000/?token=abc")
+    assert "the annotator is at http://127.0.0.1:9000/?token=abc" in capsys.readouterr().out
     monkeypatch.undo()
     monkeypatch.setattr(lab, "voila_available", lambda: False)
     assert cli.main(["app", "--no-browser"]) == 2
@@ -818,3 +844,111 @@ def test_orientation_letters_are_drawn_on_the_canvas(ellipsoid_case, monkeypatch
     assert at["R"][0] < w_ / 4 and at["L"][0] > 3 * w_ / 4          # left / right edges
     assert at["S"][1] < h_ / 4 and at["I"][1] > 3 * h_ / 4          # top / bottom edges
     assert any(t.startswith("coronal ") and t.endswith("/32") for t in at)
+
+
+def test_cli_lab_token_and_relative_folder(tmp_path, monkeypatch):
+    from iunet_nb import cli, widgets
+    from iunet_nb.widgets import lab
+
+    got: dict = {}
+    monkeypatch.setattr(widgets, "launch_lab", lambda d, **kw: got.update(d=d, **kw) or 0)
+    assert cli.main(["lab", "labdir", "--port", "8899", "--no-browser", "--token", "t0k"]) == 0
+    assert got == {"d": "labdir", "port": 8899, "open_browser": False, "token": "t0k"}
+    monkeypatch.undo()
+    calls: list = []
+    monkeypatch.setattr(lab.subprocess, "call", lambda cmd, cwd: calls.append((cmd, cwd)) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert lab.launch_lab("labdir", open_browser=False) == 0
+    cmd, cwd = calls[0]
+    assert Path(cwd) == tmp_path / "labdir" and (tmp_path / "labdir" / "annotate.ipynb").is_file()
+    assert f"--ServerApp.root_dir={tmp_path / 'labdir'}" in cmd    # not labdir/labdir
+
+
+def test_case_names_from_the_dicom_header_or_the_file_stem(tmp_path, ellipsoid_case):
+    import SimpleITK as sitk
+
+    from iunet_nb.widgets.annotator import _case_id
+
+    ct, _ = ellipsoid_case
+    img = sitk.GetImageFromArray(np.zeros((4, 8, 8), np.int16))
+
+    def series(folder: Path, tags: dict) -> Path:
+        folder.mkdir(parents=True)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        for k in range(img.GetDepth()):
+            sl = img[:, :, k]
+            for tag, value in tags.items():
+                sl.SetMetaData(tag, value)
+            sl.SetMetaData("0008|0060", "CT")
+            writer.SetFileName(str(folder / f"{k:03d}.dcm"))
+            writer.Execute(sl)
+        return folder
+
+    a = series(tmp_path / "1.7" / "PATIENT_DICOM", {"0010|0010": "liver_07^patient"})
+    b = series(tmp_path / "P2" / "dicom", {"0010|0020": "PANCREAS_0002",
+                                           "0008|103e": "Pancreas"})
+    c = series(tmp_path / "case9" / "dicom", {"0010|0020": "anon 9",
+                                              "0008|103e": "portal venous"})
+    assert _case_id(a) == "liver_07_patient"          # PatientName when there is no ID
+    assert _case_id(b) == "PANCREAS_0002"             # the description repeats the ID
+    assert _case_id(c) == "anon_9_portal_venous"
+    empty = tmp_path / "x" / "PATIENT_DICOM"
+    empty.mkdir(parents=True)
+    assert _case_id(empty) == "x"                     # a generic folder name: its parent's
+    assert _case_id(tmp_path / "ct_42.nii.gz") == "ct_42"
+
+
+def test_a_reload_resumes_the_case_once_the_old_kernel_lets_go(ellipsoid_case, model, card, cfg,
+                                                               tmp_path):
+    """Voila: a reloaded page's new kernel finds the case folder still locked by the old
+    kernel, which is shutting down; it waits and resumes the same folder."""
+    import multiprocessing as mp
+
+    from iunet_nb.locking import FolderLock
+
+    first = _app(ellipsoid_case, model, card, cfg, folder=tmp_path)
+    first.tool_buttons.value = "paint"
+    _drag(first.views["axial"], [_hand_canvas("axial", 15, 12), _hand_canvas("axial", 15, 18)])
+    first.save()
+    painted = first.session.mask.array
+    first.close()
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+
+    def hold(folder: str) -> None:      # the old page's kernel: holds the lock a moment
+        lock = FolderLock(Path(folder), what="session")
+        ready.set()
+        release.wait(30)
+        lock.release()
+
+    proc = ctx.Process(target=hold, args=(str(tmp_path / "case"),))
+    proc.start()
+    try:
+        assert ready.wait(30)
+        import threading
+        threading.Timer(1.0, release.set).start()
+        again = _app(ellipsoid_case, model, card, cfg, folder=tmp_path, lock_wait_s=20)
+        assert again.session.folder == tmp_path / "case"               # the page's own
+        np.testing.assert_array_equal(again.session.mask.array, painted)
+        assert "resumed your saved work" in again.message.value
+        again.close()
+    finally:
+        release.set()
+        proc.join(30)
+    # a folder held for good: a separate copy, said in a user's words (no developer API)
+    proc = ctx.Process(target=hold, args=(str(tmp_path / "case"),))
+    ready.clear()
+    release.clear()
+    proc.start()
+    try:
+        assert ready.wait(30)
+        other = _app(ellipsoid_case, model, card, cfg, folder=tmp_path, lock_wait_s=0.5)
+        assert other.session.folder == tmp_path / "case-2"
+        text = other.message.value
+        assert "open in another window or tab" in text and "case-2" in text
+        assert "break_lock" not in text and "iunet_nb." not in text
+        other.close()
+    finally:
+        release.set()
+        proc.join(30)

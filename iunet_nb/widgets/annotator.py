@@ -49,6 +49,7 @@ import dataclasses
 import html
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -114,7 +115,53 @@ def _as_volume(x: Any, what: str) -> Volume:
     raise InputError(f"{what} must be a Volume or a path, got {type(x).__name__}")
 
 
+#: Folder names that say nothing about the case (3D-IRCADb's PATIENT_DICOM, TCIA's dicom).
+_GENERIC_FOLDERS = {"dicom", "patient_dicom", "dcm", "images", "image", "series", "ct", "data",
+                    "scans", "scan"}
+
+
+def _safe_name(text: str) -> str:
+    """A name usable as a folder: letters, digits, ``.``, ``_``, ``-`` (at most 64)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:64]
+
+
+def _dicom_case_name(folder: Path) -> str:
+    """``PatientID`` (or ``PatientName``) and ``SeriesDescription`` of a DICOM folder's first
+    readable file (header only), joined with ``_``; ``""`` when there is none."""
+    try:
+        import pydicom
+    except ImportError:
+        return ""
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return ""
+    for f in files[:10]:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
+                "PatientID", "PatientName", "SeriesDescription"])
+        except Exception:  # noqa: BLE001 - not a DICOM file: try the next one
+            continue
+        patient = str(ds.get("PatientID") or "").strip() or str(ds.get("PatientName") or "")
+        series = str(ds.get("SeriesDescription") or "").strip()
+        patient = _safe_name(patient)
+        series = _safe_name(series)
+        if series and series.lower() in patient.lower():
+            series = ""
+        return "_".join(p for p in (patient, series) if p)
+    return ""
+
+
 def _case_id(path: Path) -> str:
+    """A case's name: a DICOM folder's PatientID / SeriesDescription, else the file's stem;
+    a generic folder name (``PATIENT_DICOM``, ``dicom``) gives way to its parent's name."""
+    if path.is_dir():
+        name = _dicom_case_name(path)
+        if name:
+            return name
+        if path.name.lower() in _GENERIC_FOLDERS and path.resolve().parent.name:
+            return _safe_name(path.resolve().parent.name) or path.name
+        return path.name
     name = path.name
     for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip"):
         if name.lower().endswith(ext):
@@ -234,6 +281,9 @@ class Annotator(w.VBox):
         clock: the study clock's time source in seconds (default :func:`time.monotonic`;
             tests inject a fake one).
         tick_s: how often the study clock updates the status line, in seconds (> 0).
+        lock_wait_s: how long to wait for a case folder that another process holds (a
+            reloaded Voila page: its old kernel is being shut down) before the work goes to
+            a new folder ``<case>-<n>``.
 
     Raises:
         InputError: no case could be loaded (the reasons are listed), a bad argument.
@@ -250,7 +300,8 @@ class Annotator(w.VBox):
                  segment_on_open: bool = False, study: bool = False,
                  method: str = "interactive", case_ids: Sequence[str] | None = None,
                  view_size_px: int = 400, view3d: str = "auto",
-                 clock: Callable[[], float] | None = None, tick_s: float = 1.0) -> None:
+                 clock: Callable[[], float] | None = None, tick_s: float = 1.0,
+                 lock_wait_s: float = 8.0) -> None:
         from ..refine import RefineConfig
 
         if isinstance(tick_s, bool) or not isinstance(tick_s, (int, float)) \
@@ -294,6 +345,7 @@ class Annotator(w.VBox):
         self._idle.set()
         self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
         self._tick_s = float(tick_s)
+        self._lock_wait_s = max(0.0, float(lock_wait_s))
         self._case_t0 = self._clock()
         self._case_stopped_at: float | None = None
         self._case_stop_reason = ""
@@ -463,7 +515,6 @@ class Annotator(w.VBox):
     def _open_case(self, index: int, box: Any = None) -> None:
         """Load case ``index`` and its session (resumed from its folder when one exists)."""
         from ..preprocess import Box
-        from ..session import Session
 
         src = self.cases[index]
         image, ref = src.load()
@@ -472,23 +523,8 @@ class Annotator(w.VBox):
             check_same_grid(image, ref, f"reference mask of case {src.case_id}")
             if not np.any(ref.array):
                 ref = None
-        folder = self._session_folder(src.case_id)
-        session = None
-        note = ""
-        if folder is not None and (folder / "state.json").is_file():
-            try:
-                session = Session.load(folder, image, self.model, self.card, reference=ref)
-                note = f"resumed the saved session in {folder}"
-            except IunetError as exc:
-                n = 2
-                while (folder.parent / f"{folder.name}-{n}" / "state.json").exists():
-                    n += 1
-                note = (f"the saved session in {folder} could not be resumed ({exc}); "
-                        f"started a new one in {folder.name}-{n}")
-                folder = folder.parent / f"{folder.name}-{n}"
-        if session is None:
-            session = Session(image, self.model, self.card, config=self.config, folder=folder,
-                              case_id=src.case_id, reader_id=self.reader, reference=ref)
+        session, note = self._open_session(self._session_folder(src.case_id), image, ref,
+                                           src.case_id)
         # the new case is ready: only now let go of the old one
         old = self.session
         if old is not None:
@@ -519,12 +555,54 @@ class Annotator(w.VBox):
         self._update_box_display()
         self._layout()
         if note:
-            self._show_message(note, "warning" if "could not" in note else "info")
+            self._show_message(note, "info" if note.startswith("resumed") else "warning")
         if self.segment_on_open and self.method == "interactive" and len(self._box_ranges) == 3 \
                 and not self._predicted:
             self.segment()
         self._update_status()
         self._start_clock()
+
+    def _open_session(self, folder: Path | None, image: Volume, ref: Volume | None,
+                      case_id: str) -> tuple[Any, str]:
+        """The case's Session: resumed from its folder when saved work is there, else new.
+
+        A folder open in another process (a second window, or the page a reload just left,
+        whose kernel is still shutting down) is waited for up to ``lock_wait_s``; after that
+        the work goes to a new folder ``<case>-<n>`` and the note says so in plain words.
+        """
+        from ..session import Session
+
+        def new(at: Path | None) -> Any:
+            return Session(image, self.model, self.card, config=self.config, folder=at,
+                           case_id=case_id, reader_id=self.reader, reference=ref)
+
+        if folder is None:
+            return new(None), ""
+        deadline = time.monotonic() + self._lock_wait_s
+        while True:
+            try:
+                if (folder / "state.json").is_file():
+                    return (Session.load(folder, image, self.model, self.card, reference=ref),
+                            f"resumed your saved work on this case ({folder})")
+                return new(folder), ""
+            except IunetError as exc:
+                elsewhere = _locked_elsewhere(folder)
+                if elsewhere and time.monotonic() < deadline:
+                    time.sleep(0.25)  # a reloaded page: its old kernel is letting go
+                    continue
+                n = 2
+                while (folder.parent / f"{folder.name}-{n}").exists():
+                    n += 1
+                copy = folder.parent / f"{folder.name}-{n}"
+                if elsewhere:
+                    note = (f"this case is open in another window or tab, so your work here "
+                            f"is kept separately in {copy.name} (next to {folder.name}). To "
+                            f"continue the earlier work instead, close the other window and "
+                            f"open this case again.")
+                else:
+                    note = (f"your saved work in {folder} could not be opened ({exc}); it is "
+                            f"left untouched, and this session is kept in {copy.name}.")
+                return new(copy), note
 
     def _build_views(self, image: Volume) -> None:
         old = self.views
@@ -1078,6 +1156,19 @@ class Annotator(w.VBox):
     @property
     def case_id(self) -> str:
         return self.cases[self.case_index].case_id
+
+
+def _locked_elsewhere(folder: Path) -> bool:
+    """Whether ``folder``'s lock file names another process (it may be closing)."""
+    import socket
+
+    from ..locking import read_lock
+
+    try:
+        info = read_lock(folder)
+    except Exception:  # noqa: BLE001 - an unreadable lock file: treat as not ours
+        return False
+    return info is not None and (info.pid != os.getpid() or info.host != socket.gethostname())
 
 
 def _tick_loop(ref: weakref.ReferenceType, stop: threading.Event, interval_s: float) -> None:

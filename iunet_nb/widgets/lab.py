@@ -39,7 +39,7 @@ from .._atomic import atomic_write_text
 from ..errors import InputError
 
 __all__ = ["APP_CSP", "NOTEBOOK_NAME", "PARAMETER_NAMES", "annotate_notebook", "app_command",
-           "app_parameters",
+           "app_parameters", "app_url",
            "lab_command", "launch_app", "launch_lab", "voila_available", "voila_config",
            "write_annotate_notebook"]
 
@@ -162,30 +162,61 @@ def write_annotate_notebook(path: str | os.PathLike, *, overwrite: bool = True,
     return path
 
 
+def _running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def lab_command(directory: str | os.PathLike, *, port: int | None = None,
-                open_browser: bool = True, extra_args: tuple[str, ...] = ()) -> list[str]:
-    """The ``jupyter lab`` command line that opens the annotate notebook in ``directory``."""
+                open_browser: bool = True, token: str | None = None,
+                allow_root: bool | None = None,
+                extra_args: tuple[str, ...] = ()) -> list[str]:
+    """The ``jupyter lab`` command line that opens the annotate notebook in ``directory``.
+
+    Args:
+        directory: JupyterLab's root folder, made absolute here (once).
+        port: server port (default: JupyterLab's choice).
+        open_browser: open a browser tab.
+        token: the server's token (``--IdentityProvider.token``); None: JupyterLab makes one
+            and prints the URL with it; ``""`` turns the token off (only on a trusted machine).
+        allow_root: pass ``--allow-root``; None: when this process runs as root (JupyterLab
+            refuses to start as root without it).
+        extra_args: more ``jupyter lab`` options.
+
+    Raises:
+        InputError: a bad port or token.
+    """
     _check_port(port)
-    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={Path(directory)}"]
+    if token is not None and (not isinstance(token, str) or any(c.isspace() for c in token)):
+        raise InputError(f"token must be a string without spaces, got {token!r}")
+    root = Path(directory).expanduser().resolve()
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}"]
     if port is not None:
         cmd.append(f"--port={port}")
     if not open_browser:
         cmd.append("--no-browser")
+    if token is not None:
+        cmd.append(f"--IdentityProvider.token={token}")
+    if _running_as_root() if allow_root is None else allow_root:
+        cmd.append("--allow-root")
     cmd += list(extra_args)
     cmd.append(NOTEBOOK_NAME)
     return cmd
 
 
 def launch_lab(directory: str | os.PathLike = ".", *, port: int | None = None,
-               open_browser: bool = True, extra_args: tuple[str, ...] = ()) -> int:
+               open_browser: bool = True, token: str | None = None,
+               extra_args: tuple[str, ...] = ()) -> int:
     """Open JupyterLab on ``directory/annotate.ipynb`` (written there when missing).
 
-    This is what ``iunet-nb lab`` runs. It blocks until JupyterLab exits.
+    This is what ``iunet-nb lab`` runs. It blocks until JupyterLab exits. ``directory`` is
+    made absolute once, so a relative path means the same folder for the notebook, the
+    server's root and the server's working folder; as root, ``--allow-root`` is added.
 
     Args:
         directory: JupyterLab's root folder (sessions are written under it).
         port: server port (default: JupyterLab's choice).
         open_browser: open a browser tab.
+        token: the server's token (see :func:`lab_command`).
         extra_args: more ``jupyter lab`` options.
 
     Returns:
@@ -200,11 +231,14 @@ def launch_lab(directory: str | os.PathLike = ".", *, port: int | None = None,
         except ImportError as exc:
             raise InputError("JupyterLab is not installed: pip install 'jupyterlab>=4.2' "
                              "(it is a dependency of iunet-nb: reinstall it)") from exc
-    directory = Path(directory)
+    directory = Path(directory).expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
     nb = write_annotate_notebook(directory / NOTEBOOK_NAME, overwrite=False)
-    cmd = lab_command(directory, port=port, open_browser=open_browser, extra_args=extra_args)
-    logger.info("opening %s: %s", nb, " ".join(cmd))
+    cmd = lab_command(directory, port=port, open_browser=open_browser, token=token,
+                      extra_args=extra_args)
+    shown = [c if not c.startswith("--IdentityProvider.token=") or c.endswith("=")
+             else "--IdentityProvider.token=***" for c in cmd]
+    logger.info("opening %s: %s", nb, " ".join(shown))
     return subprocess.call(cmd, cwd=directory)
 
 
@@ -229,8 +263,28 @@ def _check_port(port: int | None) -> None:
         raise InputError(f"port must be an integer in 1..65535, got {port!r}")
 
 
+def app_url(port: int, token: str | None) -> str:
+    """The app page's address, with the token when there is one."""
+    return f"http://127.0.0.1:{port}/" + (f"?token={token}" if token else "")
+
+
+def _free_port(start: int = 8866, tries: int = 50) -> int:
+    """The first port from ``start`` on that 127.0.0.1 can listen on."""
+    import socket
+
+    for port in range(start, start + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise InputError(f"no free port in {start}..{start + tries - 1}; give one with --port")
+
+
 def app_command(notebook: str | os.PathLike, *, port: int | None = None,
-                open_browser: bool = True, extra_args: tuple[str, ...] = ()) -> list[str]:
+                open_browser: bool = True, token: str | None = None,
+                extra_args: tuple[str, ...] = ()) -> list[str]:
     """The ``voila`` command line that serves ``notebook`` as an app page.
 
     ``--strip_sources=True`` keeps every code cell's source out of the page (it is Voila's
@@ -242,7 +296,10 @@ def app_command(notebook: str | os.PathLike, *, port: int | None = None,
     Args:
         notebook: the ``.ipynb`` to serve.
         port: server port (default: Voila's, 8866, or the next free one).
-        open_browser: open a browser tab on the page.
+        open_browser: open a browser tab on the page (Voila's own; :func:`launch_app` opens
+            the page itself, with the token).
+        token: the page's token (``--Voila.token``); ``""`` serves without one; None leaves
+            Voila's default (no token).
         extra_args: more ``voila`` options.
 
     Raises:
@@ -255,6 +312,10 @@ def app_command(notebook: str | os.PathLike, *, port: int | None = None,
         cmd.append(f"--port={port}")
     if not open_browser:
         cmd.append("--no-browser")
+    if token is not None:
+        if any(c.isspace() for c in token):
+            raise InputError("the token must not contain spaces")
+        cmd.append(f"--Voila.token={token}")
     return cmd + list(extra_args)
 
 
@@ -307,14 +368,19 @@ def app_parameters(ct: str | os.PathLike | None = None, *, model: str | os.PathL
 def launch_app(ct: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
                reader: str | None = None, sessions: str | os.PathLike = "sessions",
                study: bool = False, method: str = "interactive", view3d: str = "auto",
-               port: int | None = None, open_browser: bool = True,
-               extra_args: tuple[str, ...] = ()) -> int:
+               port: int | None = None, open_browser: bool = True, token: str | None = None,
+               announce: Any = None, extra_args: tuple[str, ...] = ()) -> int:
     """Serve the annotator as a web app page with Voila (only the app, no code).
 
     This is what ``iunet-nb app`` runs. It writes the annotate notebook with these parameters
     into a temporary folder, runs ``voila`` on it (:func:`app_command`) and blocks until Voila
     exits (Ctrl+C; a SIGTERM to this process is passed on to Voila, which shuts its kernels
     down). The temporary notebook is removed afterwards; the sessions stay in ``sessions``.
+
+    The page needs a token by default (a random one, made here), so another user of the same
+    machine cannot open the app and its patients' images; the address with the token is
+    announced before the server starts. A reload of the page resumes the page's own session
+    (the annotator waits for the old page's kernel to let go of the case folder).
 
     Args:
         ct: CT file, DICOM folder or data-set folder; None: the bundled sample.
@@ -324,8 +390,12 @@ def launch_app(ct: str | os.PathLike | None = None, *, model: str | os.PathLike 
         study: study mode (the status line shows the running case time).
         method: ``"interactive"`` or ``"manual"``.
         view3d: ``"auto"``, ``"niivue"``, ``"itk"`` or ``"none"``.
-        port: server port (default: Voila's, 8866).
-        open_browser: open a browser tab on the page.
+        port: server port (default: the first free one from 8866 on).
+        open_browser: open a browser tab on the page (with the token).
+        token: the page's token; None: a random one; ``""``: no token (only on a machine
+            no one else uses).
+        announce: called with the page's address (default: logged at INFO; the CLI prints
+            it).
         extra_args: more ``voila`` options.
 
     Returns:
@@ -340,14 +410,44 @@ def launch_app(ct: str | os.PathLike | None = None, *, model: str | os.PathLike 
     _check_port(port)
     params = app_parameters(ct, model=model, reader=reader, sessions=sessions, study=study,
                             method=method, view3d=view3d)
+    if token is None:
+        import secrets
+
+        token = secrets.token_urlsafe(24)
+    port = port if port is not None else _free_port()
+    url = app_url(port, token)
     with tempfile.TemporaryDirectory(prefix="iunet-nb-app-") as tmp:
         nb = write_annotate_notebook(Path(tmp) / NOTEBOOK_NAME, parameters=params)
         # Voila reads voila.json from the folder it starts in (its config_file_paths)
         atomic_write_text(Path(tmp) / "voila.json", json.dumps(voila_config(), indent=1))
-        cmd = app_command(nb, port=port, open_browser=open_browser, extra_args=extra_args)
+        cmd = app_command(nb, port=port, open_browser=False, token=token,
+                          extra_args=extra_args)
         logger.info("serving the annotator with Voila (sessions in %s): %s",
-                    params["session_folder"], " ".join(cmd))
+                    params["session_folder"],
+                    " ".join(c if not c.startswith("--Voila.token=") else "--Voila.token=***"
+                             for c in cmd))
+        (announce or (lambda u: logger.info("the annotator is at %s", u)))(url)
+        if open_browser:
+            _open_when_up(url, port)
         return _run_forwarding_sigterm(cmd, cwd=tmp)
+
+
+def _open_when_up(url: str, port: int, timeout_s: float = 60.0) -> None:
+    """Open ``url`` in a browser once the server listens (on a daemon thread)."""
+    import socket
+    import time
+    import webbrowser
+
+    def wait_and_open() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    webbrowser.open(url)
+                    return
+            time.sleep(0.3)
+
+    threading.Thread(target=wait_and_open, name="iunet-nb open browser", daemon=True).start()
 
 
 def _run_forwarding_sigterm(cmd: list[str], cwd: str) -> int:
