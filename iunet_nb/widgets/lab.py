@@ -79,8 +79,9 @@ Draw a **box** on two views (Box tool: axial + coronal), press **Segment**, then
 mask with **foreground** / **background** scribbles and press **Refine** (or switch on
 *auto-refine*): each refinement fine-tunes the network on this image. **Undo**, **Redo**,
 **Reset**, **Save** (session folder + mask in the CT's geometry) and **Accept & next** (case
-lists). Click a view, then use the keys listed under *keyboard shortcuts*. Every action is
-timed and written to the session's `events.jsonl`.'''
+lists). With the pointer over the app, the keys listed under *keyboard shortcuts* act on it
+(and never on the notebook). Every action is timed and written to the session's
+`events.jsonl`.'''
 
 
 def _cell(kind: str, source: str, **metadata: Any) -> dict[str, Any]:
