@@ -72,7 +72,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_bundled_model, load_model
     from .errors import InputError
     from .evaluate import evaluate_case
-    from .io import check_same_grid, read_image, read_mask, write_mask
+    from .io import check_same_grid, hu_problem, read_image, read_mask, write_mask
     from .paths import check_output
     from .plots import plot_overview
     from .predict import make_box, segment
@@ -86,6 +86,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.png:
         check_output(args.png, {**inputs, "mask of --out": args.out}, what="--png")
     ct = read_image(args.ct)
+    problem = hu_problem(ct.array, args.ct)
+    if problem is not None:  # the mask would come out empty or wrong: stop before the work
+        raise InputError(problem)
     model, card = load_model(args.model) if args.model else load_bundled_model()
 
     def segment_in(box: Box) -> Volume:

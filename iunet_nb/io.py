@@ -54,6 +54,7 @@ __all__ = [
     "write_image",
     "write_mask",
     "check_same_grid",
+    "hu_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,6 +241,48 @@ def _check_wrapped_hu(array: np.ndarray, source: Path) -> None:
             "image: signed HU stored as unsigned (an integer overflow: -1000 HU became 64536). "
             "Fix the file's pixel type (e.g. SimpleITK Cast to sitkInt16, or PixelRepresentation "
             "1 in DICOM) or its rescale intercept, then read it again")
+
+
+def hu_problem(array: np.ndarray, source: str | os.PathLike = "the CT") -> str | None:
+    """Why ``array`` cannot be a body CT in Hounsfield units, or None when it can.
+
+    A body CT always holds air (-1000 HU) or fat (about -100 HU), and nothing beyond
+    -32768..65535 (int16 padding to extended-scale metal). Caught: a constant image; values
+    of another scale (1e30 floats); no negative value at all (an 8-bit 0..255 picture, or
+    scanner values stored without the rescale intercept, i.e. HU + 1024).
+
+    Example:
+        >>> hu_problem(np.array([0, 128, 255], np.uint8), "shot.png")[:37]
+        'shot.png: voxel values 0..255 hold no'
+    """
+    if not array.size:
+        return None
+    lo, hi = float(np.min(array)), float(np.max(array))
+    what = f"{source}: voxel values {lo:g}..{hi:g}"
+    if lo == hi:
+        return (f"{source}: every voxel is {lo:g}: a blank image, nothing to segment; check "
+                "that it is the CT (not an empty export)")
+    if lo < _INT16.min or hi > 65535:
+        return (f"{what} are not Hounsfield units (a CT lies within -32768..65535); convert "
+                "the image to HU before using it")
+    if lo >= 0:
+        guess = ("an 8-bit picture (a screenshot or display export)" if hi <= 255 else
+                 "scanner values without the rescale intercept (HU + 1024?)")
+        return (f"{what} hold no negative value, but air (-1000) and fat (-100) are negative "
+                f"in Hounsfield units: {guess}, not HU. Export the CT in HU (e.g. apply "
+                "RescaleSlope/RescaleIntercept) and read it again")
+    return None
+
+
+def _check_hu_range(array: np.ndarray, source: Path) -> None:
+    """InputError for values of no CT scale (1e30); a warning for the other HU problems
+    (a segmentation of such an image comes out empty or wrong)."""
+    problem = hu_problem(array, source)
+    if problem is None:
+        return
+    if "are not Hounsfield units" in problem:
+        raise InputError(problem)
+    logger.warning("%s", problem)
 
 
 def _to_ct_dtype(array: np.ndarray) -> np.ndarray:
@@ -526,7 +569,9 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None) -> Vol
     Raises:
         InputError: missing path, unreadable/truncated/non-image file, 2D or 4D image,
             NaN/inf voxels, empty folder, no DICOM, several series and no ``series_uid``;
-            signed HU wrapped around in an unsigned 16-bit file; an image too big for the
+            signed HU wrapped around in an unsigned 16-bit file; values beyond
+            -32768..65535 (not HU; a constant image or one without negative values is
+            logged as a warning, see :func:`hu_problem`); an image too big for the
             memory available (the message gives the estimate; see :mod:`iunet_nb.memory`).
         GeometryError: zero spacing, non-orthonormal direction, uneven DICOM slices.
 
@@ -547,6 +592,7 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None) -> Vol
         volume = _read_file(path)
     check_ct_spacing(volume.geometry, str(path))
     _check_wrapped_hu(volume.array, path)
+    _check_hu_range(volume.array, path)
     array = _to_ct_dtype(volume.array)
     logger.info("read %s: shape %s, spacing %s mm, %s", path, array.shape,
                 tuple(round(s, 4) for s in volume.spacing_mm), array.dtype)

@@ -498,6 +498,54 @@ CASES += [
      GeometryError, r"the box mask is not on the image's grid"),
 ]
 
+# ----------------------------------------------------------------------------- 7. not HU
+def _not_hu(kind: str) -> np.ndarray:
+    hu = _ct().astype(np.int32)
+    return {"uint8 0..255": ((hu + 1000) // 6).clip(0, 255).astype(np.uint8),
+            "uint16 HU + 1024": (hu + 1024).astype(np.uint16),
+            "constant": np.full(SHAPE, -1024, np.int16),
+            "1e30 floats": (hu * 1e27).astype(np.float32)}[kind]
+
+
+NOT_HU = [
+    ("uint8 0..255", r"values 0\.\.23\d hold no negative value.*an 8-bit picture .*Export the "
+                     r"CT in HU"),
+    ("uint16 HU + 1024", r"without the rescale intercept \(HU \+ 1024\?\), not HU"),
+    ("constant", r"every voxel is -1024: a blank image, nothing to segment"),
+    ("1e30 floats", r"are not Hounsfield units \(a CT lies within -32768\.\.65535\)"),
+]
+
+
+@pytest.mark.parametrize("kind, match", NOT_HU, ids=[c[0] for c in NOT_HU])
+def test_cli_predict_refuses_a_ct_not_in_hu(kind, match, cli_files, tmp_path):
+    ct = write_image(Volume(_not_hu(kind), GEOM), tmp_path / "ct_not_hu.nrrd")
+    _run_cli(["predict", ct, "--model", cli_files["model"], "--box", 0, 0, 0, 6, 10, 12,
+              "--out", tmp_path / "pred.nii.gz"], tmp_path, match)
+    assert not (tmp_path / "pred.nii.gz").exists()
+
+
+@pytest.mark.parametrize("kind, match", NOT_HU[:3], ids=[c[0] for c in NOT_HU[:3]])
+def test_read_image_warns_of_a_ct_not_in_hu(kind, match, tmp_path, caplog):
+    path = write_image(Volume(_not_hu(kind), GEOM), tmp_path / "ct.nii.gz")
+    with caplog.at_level("WARNING", logger="iunet_nb.io"):
+        read_image(path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert __import__("re").search(match, warnings[0]), warnings[0]
+
+
+def test_read_image_of_real_hu_says_nothing(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="iunet_nb.io"):
+        read_image(write_image(Volume(_ct(), GEOM), tmp_path / "ct.nii.gz"))
+    assert not caplog.records
+
+
+CASES += [
+    ("CT of 1e30 floats", lambda t, m: lambda: read_image(write_image(
+        Volume(_not_hu("1e30 floats"), GEOM), t / "ct.nii.gz")),
+     InputError, r"are not Hounsfield units .*convert the image to HU"),
+]
+
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
 def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
