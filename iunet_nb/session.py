@@ -1526,13 +1526,17 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     events = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            logger.warning("%s line %d is not valid JSON (interrupted write?); skipped", path, n)
+        try:  # a damaged line (not UTF-8, not JSON, not an event) costs that line only
+            event = json.loads(line.decode("utf-8"))
+            if not isinstance(event, dict):
+                raise ValueError(f"a JSON {type(event).__name__}, not an event")
+            events.append(event)
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError too
+            logger.warning("%s line %d is not a valid event (damaged or interrupted write?); "
+                           "skipped, the file is kept as it is", path, n)
     return events
 
 

@@ -123,15 +123,12 @@ def session_info(folder: str | Path, *, reference=None, use_previous: bool = Fal
     ids = _scribble_ids(folder, manifest)
     info["n_scribbles"] = len(ids)
     info["pending_scribbles"] = sum(1 for i in ids if i >= int(state.get("refined_below", 0)))
+    from .session import _read_events
+
     counts: dict[str, int] = {}
-    events = folder / "events.jsonl"
-    if events.is_file():
-        for line in events.read_text(encoding="utf-8").splitlines():
-            try:
-                kind = json.loads(line).get("event", "?")
-            except ValueError:
-                continue  # a line cut by a crash; Session.load repairs it
-            counts[kind] = counts.get(kind, 0) + 1
+    for event in _read_events(folder / "events.jsonl"):  # damaged lines skipped, with a warning
+        kind = str(event.get("event", "?"))
+        counts[kind] = counts.get(kind, 0) + 1
     info["n_events"], info["event_counts"] = sum(counts.values()), counts
     if "mask" in manifest["files"]:
         mask = _read_saved_mask(folder, manifest)

@@ -546,6 +546,38 @@ CASES += [
      InputError, r"are not Hounsfield units .*convert the image to HU"),
 ]
 
+# ----------------------------------------------------------------------------- 8. damaged log
+DAMAGED_LINES = [
+    ("Latin-1 bytes", b'{"event": "caf\xe9"}\n'),
+    ("random bytes", bytes(range(256)).replace(b"\n", b"") + b"\n"),
+    ("a JSON list", b"[1, 2]\n"),
+    ("a JSON number", b"5\n"),
+    ("a NUL-filled block (a crash on some file systems)", b"\0" * 512 + b"\n"),
+]
+
+
+@pytest.mark.parametrize("name, garbage", DAMAGED_LINES, ids=[c[0] for c in DAMAGED_LINES])
+def test_a_damaged_event_line_costs_that_line_only(name, garbage, tmp_path, caplog):
+    s = _session(folder=tmp_path / "s")
+    s.predict()
+    s.paint(1, [(4, 4)], view="axial", slice_index=3, radius_vox=1)
+    s.close()
+    log = tmp_path / "s" / "events.jsonl"
+    log.write_bytes(log.read_bytes() + garbage)
+    before = log.read_bytes()
+    with caplog.at_level("WARNING", logger="iunet_nb.session"):
+        again = Session.load(tmp_path / "s", s.volume, _model(), CARD)
+    assert "is not a valid event (damaged or interrupted write?); skipped" in caplog.text
+    assert again.history == ["predict", "paint"]
+    np.testing.assert_array_equal(again.mask.array, s.mask.array)
+    assert [e["event"] for e in again.events] == ["open", "predict", "paint", "load"]
+    again.close()
+    assert log.read_bytes().startswith(before)  # the damaged line is kept, for a person to see
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["session", "info", str(tmp_path / "s")]) == 0
+    assert "load 1, open 1, paint 1, predict 1" in out.getvalue()
+
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
 def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
