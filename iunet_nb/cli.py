@@ -113,7 +113,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = write_mask(mask, args.out)
     print(f"mask written to {out} ({int(mask.array.sum())} voxels)")
     if args.png:
-        plot_overview(ct, mask, reference, args.png)
+        try:
+            plot_overview(ct, mask, reference, args.png)
+        except OSError as exc:
+            raise InputError(f"cannot write the overview {args.png} ({exc.strerror or exc}); "
+                             f"choose a folder you can write to (the mask {out} was written)"
+                             ) from exc
         print(f"overview written to {args.png}")
     if reference is not None:
         metrics = evaluate_case(mask.array, reference.array, ct.spacing_mm)
@@ -256,6 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except IunetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file problem not turned into an IunetError where it happened
+        logger.debug("%s failed", args.command, exc_info=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; check the path, its permissions and the "
+              "free disk space", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -321,6 +321,11 @@ class FolderLock:
             except FileNotFoundError:
                 os.close(fd)  # removed between open and stat: start over
                 continue
+            except OSError as exc:  # e.g. a full disk while writing who holds it
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise SessionError(f"cannot write the lock file {path} ({exc.strerror or exc}); "
+                                   "free disk space or check that the folder is writable") from exc
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.close(fd)

@@ -196,7 +196,12 @@ class Session:
                     session_id or uuid.uuid4().hex, reference)
         if folder is not None:
             folder = Path(folder)
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file of that name, a read-only or full file system
+                raise SessionError(f"cannot use {folder} as the session folder "
+                                   f"({exc.strerror or exc}); give a folder you can write to"
+                                   ) from exc
             self._folder_lock = FolderLock(folder)  # SessionError when open elsewhere
             if (folder / "state.json").exists():
                 self._folder_lock.release()

@@ -578,6 +578,69 @@ def test_a_damaged_event_line_costs_that_line_only(name, garbage, tmp_path, capl
         assert main(["session", "info", str(tmp_path / "s")]) == 0
     assert "load 1, open 1, paint 1, predict 1" in out.getvalue()
 
+# ----------------------------------------------------------------------------- 9. read-only
+@pytest.fixture
+def read_only_fs(tmp_path) -> Iterator[Path]:
+    """A tmpfs holding ``old.nii.gz`` (a good mask) and ``s/`` (a session folder), then made
+    read-only (skipped unless root)."""
+    with _mounted(tmp_path / "ro", "size=2m") as where:
+        write_mask(_mask(), where / "old.nii.gz")
+        s = _session(folder=where / "s")
+        s.predict()
+        s.close()
+        done = subprocess.run(["mount", "-o", "remount,ro", str(where)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot remount the tmpfs read-only ({done.stderr.decode().strip()})")
+        yield where
+
+
+_RO = r"\(Read-only file system\)"
+READ_ONLY_CASES: list[Case] = [
+    ("new mask on a read-only file system", lambda fs: lambda: write_mask(_mask(), fs / "m.nrrd"),
+     InputError, _RO + r"; choose a folder you can write to"),
+    ("mask over one on a read-only file system",
+     lambda fs: lambda: write_mask(_mask(2), fs / "old.nii.gz"),
+     InputError, r"cannot write .*old\.nii\.gz " + _RO),
+    ("Session.export to a read-only file system",
+     lambda fs: (lambda s: lambda: s.export(fs / "export.nii.gz"))(_keep(_session())),
+     InputError, _RO),
+    ("new Session folder on a read-only file system",
+     lambda fs: lambda: _session(folder=fs / "new"),
+     SessionError, r"cannot use .*new as the session folder " + _RO + "; give a folder you can"),
+    ("Session.load of a folder on a read-only file system",
+     lambda fs: lambda: Session.load(fs / "s", _session().volume, _model(), CARD),
+     SessionError, r"cannot create the lock file .*check that the folder is writable"),
+]
+
+CASES += [
+    ("Session folder that is an existing file",
+     lambda t, m: (t.joinpath("notes.txt").write_text("mine"),
+                   lambda: _session(folder=t / "notes.txt"))[1],
+     SessionError, r"cannot use .*notes\.txt as the session folder \(File exists\); give a "
+                   r"folder you can write to"),
+]
+
+FULL_DISK_CASES += [
+    ("new Session folder on a full disk",
+     lambda fs: (_fill(fs), lambda: _session(folder=fs / "new"))[1],
+     SessionError, r"(cannot write the lock file|autosave to) .*(free disk space|Free disk space)"),
+]
+
+
+@pytest.mark.parametrize("name, build, error, match", READ_ONLY_CASES,
+                         ids=[c[0] for c in READ_ONLY_CASES])
+def test_read_only(name, build, error, match, read_only_fs):
+    _check(lambda: build(read_only_fs), read_only_fs, error, match)
+
+
+def test_cli_writes_to_a_read_only_file_system_fail_in_one_line(cli_files, read_only_fs, tmp_path):
+    base = ["predict", cli_files["ct"], "--model", cli_files["model"], "--box", 0, 0, 0, 6, 10, 12]
+    _run_cli([*base, "--out", read_only_fs / "old.nii.gz"], read_only_fs, _RO)
+    _run_cli([*base, "--out", tmp_path / "m.nii.gz", "--png", read_only_fs / "o.png"],
+             read_only_fs, r"cannot write the overview .*o\.png " + _RO + r".*was written\)")
+    _run_cli(["session", "export", read_only_fs / "s", read_only_fs / "x.nii.gz"],
+             read_only_fs, _RO)
+
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
 def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
