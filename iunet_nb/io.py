@@ -120,6 +120,13 @@ def _check_nifti(path: Path) -> None:
     layout = _nifti_layout(header)
     if layout is None:
         return  # not a NIfTI header we understand: let SimpleITK decide and explain
+    pixdim = _nifti_pixdim(header)
+    if pixdim is not None and (not all(np.isfinite(pixdim)) or min(map(abs, pixdim)) == 0):
+        shown = ", ".join(f"{v:g}" for v in pixdim)
+        raise GeometryError(
+            f"{path} has voxel spacing pixdim = ({shown}) (x, y, z) in its header: zero or not a "
+            "number, which readers silently turn into 1 mm. Fix the header (e.g. in 3D Slicer, "
+            "or SimpleITK SetSpacing) and save it again")
     offset, n_bytes, float_dtype = layout
     expected = offset + n_bytes
     if float_dtype is None and not compressed:
@@ -160,6 +167,24 @@ def _scan_nifti_voxels(path: Path, opener: Any, offset: int, n_bytes: int,
             f"{path} is truncated or damaged ({exc}); an interrupted copy or download? "
             "Copy the file again from its source.") from exc
     return size, n_bad
+
+
+def _nifti_pixdim(header: bytes) -> tuple[float, ...] | None:
+    """The spatial voxel sizes ``pixdim[1..3]`` (x, y, z) of a NIfTI-1/2 header, or None."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            ndim = struct.unpack(endian + "h", header[40:42])[0]
+            values = struct.unpack(endian + "8f", header[76:108])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            ndim = struct.unpack(endian + "q", header[16:24])[0]
+            values = struct.unpack(endian + "8d", header[104:168])
+            break
+    else:
+        return None
+    if ndim < 3:
+        return None
+    return tuple(float(v) for v in values[1:4])
 
 
 def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
@@ -329,15 +354,37 @@ def _read_file(path: Path) -> Volume:
         image = reader.Execute()
     except RuntimeError as exc:
         reason = _sitk_reason(exc)
-        if "spacing" in reason.lower():
+        if "bad direction" in str(exc).lower():
             raise GeometryError(
-                f"{path} has zero voxel spacing in its header ({reason}); fix the header "
-                "(e.g. in 3D Slicer, or SimpleITK SetSpacing) and save it again") from exc
+                f"{path} has a singular direction matrix in its header (determinant 0: two image "
+                "axes point the same way); fix the header's orientation (e.g. in 3D Slicer) "
+                "and save it again") from exc
+        if "spacing" in reason.lower():
+            said = _header_spacing_line(path)
+            raise GeometryError(
+                f"{path} has a voxel spacing of zero or not a number in its header"
+                f"{f' ({said})' if said else ''}; fix the header (e.g. in 3D Slicer, or "
+                "SimpleITK SetSpacing) and save it again") from exc
         raise InputError(
             f"cannot read the voxels of {path} ({reason}); the file is truncated or damaged "
             "(an interrupted copy or download?): copy it again from its source") from exc
     fmt = _FORMATS.get(ext, io_name.replace("ImageIO", "").lower())
     return _sitk_to_volume(image, path, {"source": str(path), "format": fmt})
+
+
+def _header_spacing_line(path: Path) -> str:
+    """The spacing line of a text header (MetaImage ``ElementSpacing``, NRRD ``spacings`` or
+    ``space directions``), as written, or ``''``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8192).decode("latin-1")
+    except OSError:
+        return ""
+    for line in head.splitlines():
+        key = line.split("=")[0].split(":")[0].strip().lower()
+        if key in ("elementspacing", "spacings", "space directions"):
+            return line.strip()[:120]
+    return ""
 
 
 # ----------------------------------------------------------------------------- DICOM

@@ -641,6 +641,43 @@ def test_cli_writes_to_a_read_only_file_system_fail_in_one_line(cli_files, read_
     _run_cli(["session", "export", read_only_fs / "s", read_only_fs / "x.nii.gz"],
              read_only_fs, _RO)
 
+# ----------------------------------------------------------------------------- 10, 16. headers
+def _nifti_pixdim(t: Path, name: str, value: float) -> Path:
+    """A NIfTI CT whose pixdim[1] (x spacing) is ``value``."""
+    import gzip as _gzip
+    import struct
+
+    path = write_image(Volume(_ct(), GEOM), t / name)
+    gz = name.endswith(".gz")
+    data = bytearray(_gzip.decompress(path.read_bytes()) if gz else path.read_bytes())
+    data[80:84] = struct.pack("<f", value)
+    path.write_bytes(_gzip.compress(bytes(data)) if gz else bytes(data))
+    return path
+
+
+def _mha_header(t: Path, old: bytes, new: bytes) -> Path:
+    sitk.WriteImage(sitk.GetImageFromArray(_ct()), str(t / "ok.mha"), False)
+    data = (t / "ok.mha").read_bytes()
+    assert old in data
+    (t / "bad.mha").write_bytes(data.replace(old, new))
+    return t / "bad.mha"
+
+
+CASES += [
+    ("NIfTI with pixdim 0", lambda t, m: lambda: read_image(_nifti_pixdim(t, "ct.nii", 0.0)),
+     GeometryError, r"pixdim = \(0, 0\.8, 2\.5\) .*zero or not a number, which readers silently "
+                    r"turn into 1 mm\. Fix the header"),
+    ("NIfTI (.nii.gz) with pixdim NaN",
+     lambda t, m: lambda: read_image(_nifti_pixdim(t, "ct.nii.gz", float("nan"))),
+     GeometryError, r"pixdim = \(nan, 0\.8, 2\.5\)"),
+    ("MetaImage with NaN spacing", lambda t, m: lambda: read_image(_mha_header(
+        t, b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 nan 1")),
+     GeometryError, r"spacing of zero or not a number in its header \(ElementSpacing = 1 nan 1\)"),
+    ("MetaImage with a singular direction", lambda t, m: lambda: read_image(_mha_header(
+        t, b"TransformMatrix = 1 0 0 0 1 0 0 0 1", b"TransformMatrix = 1 0 0 1 0 0 0 0 1")),
+     GeometryError, r"singular direction matrix .*fix the header's orientation"),
+]
+
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
 def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
