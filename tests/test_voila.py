@@ -8,6 +8,8 @@ on the bundled sample with a temporary session folder (and temporary Jupyter con
 folders), waits for the three slice canvases, checks that no code cell source is on the page
 and that the study clock ticks on its own, paints a foreground stroke with the mouse on the
 axial canvas, presses Refine and checks in the saved session folder that the mask changed.
+The page needs the token the command printed (without it: the login form), and a reload
+resumes the page's own session folder instead of starting ``sample-2``.
 Stopping the command (SIGTERM) must leave no Voila server behind. A screenshot is saved in
 the test's tmp folder (``voila_app.png``) as an artifact.
 """
@@ -76,6 +78,15 @@ def test_annotator_app_in_voila(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_port(port, server, log_path, timeout=90)
+        # a token by default: the command printed the page's address with it, and the page
+        # without it goes to the login form
+        printed = re.search(r"the annotator is at (http://\S+)", log_path.read_text())
+        assert printed, log_path.read_text()[-2000:]
+        url = printed.group(1)
+        assert url.startswith(f"{base}/?token=") and len(url) > len(base) + 30
+        import urllib.request
+        with urllib.request.urlopen(base + "/", timeout=30) as resp:
+            no_token_url = resp.geturl()
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -85,7 +96,7 @@ def test_annotator_app_in_voila(tmp_path):
             blocked: dict[str, str] = {}      # url -> failure ("csp": blocked by the policy)
             page.on("requestfailed", lambda r: blocked.__setitem__(r.url, r.failure or ""))
             try:
-                page.goto(base + "/", timeout=120_000)
+                page.goto(url, timeout=120_000)
                 canvas = page.locator(".jp-OutputArea-output canvas").first
                 canvas.wait_for(timeout=90_000)
                 page.wait_for_function(
@@ -112,11 +123,21 @@ def test_annotator_app_in_voila(tmp_path):
                 refined = page.get_by_text("last: refine:").first.inner_text(timeout=20_000)
                 page.screenshot(path=str(tmp_path / "voila_app.png"), full_page=True)
                 n_canvases = page.locator(".jp-OutputArea-output canvas").count()
+                # a reload resumes the page's own session (the old kernel lets go of it)
+                page.reload(timeout=120_000)
+                page.wait_for_function(
+                    "() => document.querySelectorAll('.jp-OutputArea-output canvas').length >= 3",
+                    timeout=120_000)
+                resumed = page.get_by_text("resumed your saved work").first.inner_text(
+                    timeout=60_000)
             except Exception:
                 page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
                 raise
             finally:
                 browser.close()
+        assert "login" in no_token_url, no_token_url
+        assert "resumed your saved work" in resumed
+        assert sorted(p.name for p in sessions.iterdir()) == ["sample"], "a reload forked"
         # only the app: no code cell source, no editor, the app's own controls
         for snippet in CODE_SNIPPETS:
             assert snippet not in body, f"code is visible on the Voila page: {snippet!r}"

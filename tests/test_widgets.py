@@ -595,6 +595,8 @@ def test_launch_app_writes_the_notebook_and_the_csp_for_voila(tmp_path, monkeypa
     assert f"session_folder = {str(tmp_path / 'sessions')!r}" in injected
     csp = seen["config"]["Voila"]["tornado_settings"]["headers"]["Content-Security-Policy"]
     assert csp.startswith("default-src 'self'") and "http" not in csp
+    # Voila's page-unload kernel shutdown sends no _xsrf (voila #1458): checked off
+    assert seen["config"]["Voila"]["tornado_settings"]["disable_check_xsrf"] is True
     assert not seen["cwd"].exists()              # the temporary notebook is gone afterwards
     monkeypatch.setattr(lab, "voila_available", lambda: False)
     with pytest.raises(InputError, match=r'Voila is not installed.*pip install "iunet-nb\[view\]"'):

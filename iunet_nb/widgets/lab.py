@@ -322,8 +322,19 @@ def app_command(notebook: str | os.PathLike, *, port: int | None = None,
 
 def voila_config() -> dict[str, Any]:
     """Voila's configuration for the app (``voila.json`` in the folder Voila starts in):
-    the page's Content-Security-Policy :data:`APP_CSP`."""
-    return {"Voila": {"tornado_settings": {"headers": {"Content-Security-Policy": APP_CSP}}}}
+    the page's Content-Security-Policy :data:`APP_CSP`, and no XSRF check.
+
+    Voila shuts a page's kernel down when the page goes away (``beforeunload`` ->
+    ``sendBeacon`` POST ``/voila/api/shutdown/<kernel id>``), but the beacon carries no
+    ``_xsrf`` argument, so the server refused it with 403 (voila issue #1458, open): after a
+    reload the old kernel lived on and kept the case folder locked, and the new page started
+    ``sample-2``. Without the check the shutdown works. The page needs its token (or the login
+    cookie it sets) all the same, a cross-site form can only name a kernel by its random id,
+    and Voila serves no other state-changing POST.
+    """
+    return {"Voila": {"tornado_settings": {
+        "headers": {"Content-Security-Policy": APP_CSP},
+        "disable_check_xsrf": True}}}
 
 
 def _existing(path: str | os.PathLike, what: str) -> str:
