@@ -144,9 +144,9 @@ def saved_mask(folder: Path, state: dict) -> np.ndarray:
 
 
 def paint_axial_stroke(page: Any, canvas: Any) -> tuple[int, int, int]:
-    """Drag a short horizontal stroke through the middle of the sample's reference box on the
-    axial canvas (the app centres the views on the box) with the mouse; returns that middle
-    voxel ``(z, y, x)``. The canvas positions come from the views' own mapping
+    """Drag a short horizontal stroke through the middle (y, x) of the sample's reference box
+    on the axial slice the page shows, with the mouse; returns the stroke's middle voxel
+    ``(z, y, x)``. The canvas positions come from the views' own mapping
     (:class:`~iunet_nb.widgets.render.SliceTransform`), scaled to the canvas's on-page size."""
     from iunet_nb.preprocess import Box
     from iunet_nb.synth import load_sample
@@ -155,6 +155,10 @@ def paint_axial_stroke(page: Any, canvas: Any) -> tuple[int, int, int]:
     ct, ref = load_sample()
     box = Box.from_mask(ref.array)
     mid = tuple((lo + hi - 1) // 2 for lo, hi in zip(box.lo_zyx, box.hi_zyx))
+    # after Segment the views show the mask's centre: paint on the axial slice shown
+    readout = page.locator(".iunet-view-axial .widget-readout")
+    if readout.count():
+        mid = (int(readout.first.inner_text()), mid[1], mid[2])
     rows, cols = ct.shape[1], ct.shape[2]
     canvas.scroll_into_view_if_needed()
     page.wait_for_timeout(300)

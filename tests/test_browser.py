@@ -9,6 +9,9 @@ Jupyter config/runtime/workspace folders, so no state leaks between runs), opens
 notebook on the bundled sample, runs all cells, paints a foreground stroke with the mouse on
 the axial canvas, presses Refine and checks in the saved session folder that the mask changed.
 It runs in study mode and checks that the case time on the status line ticks on its own.
+Then, with a notebook cell selected (JupyterLab's command mode), it moves the pointer over the
+coronal view without a click and presses keys: the view scrolls, ``b`` and ``o`` pick tools,
+and no cell is inserted (the keys never reach JupyterLab).
 A screenshot is saved in the test's tmp folder (``annotator.png``) as an artifact.
 """
 
@@ -56,6 +59,33 @@ def _accept_kernel_dialog(page) -> None:
             page.wait_for_timeout(500)
             return
         page.wait_for_timeout(200)
+
+
+def _keys_while_hovering(page) -> dict:
+    """Select a notebook cell (JupyterLab's command mode, focus outside the app), move the
+    pointer over the coronal view without clicking, press ArrowUp twice, b and o."""
+    out: dict = {"cells_before": page.locator(".jp-Notebook .jp-Cell").count()}
+    page.locator(".jp-Notebook .jp-MarkdownCell").first.click()
+    page.keyboard.press("Escape")                       # command mode on the notebook
+    readout = page.locator(".iunet-view-coronal .widget-readout").first
+    out["slice_before"] = int(readout.inner_text())
+    canvas = page.locator(".iunet-view-coronal canvas").first
+    canvas.scroll_into_view_if_needed()
+    bb = canvas.bounding_box()
+    page.mouse.move(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2, steps=4)
+    page.wait_for_timeout(300)
+    for key in ("ArrowUp", "ArrowUp", "b", "o"):
+        page.keyboard.press(key)
+        page.wait_for_timeout(150)
+    for _ in range(50):                                 # the kernel answers within seconds
+        if int(readout.inner_text()) == out["slice_before"] + 2:
+            break
+        page.wait_for_timeout(200)
+    out["slice_after"] = int(readout.inner_text())
+    page.wait_for_timeout(500)
+    out["cells_after"] = page.locator(".jp-Notebook .jp-Cell").count()
+    out["tool"] = page.locator(".widget-toggle-button.mod-active").first.inner_text().strip()
+    return out
 
 
 def test_annotate_notebook_in_jupyterlab(tmp_path):
@@ -126,6 +156,7 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
                                                       for u in s["undo"]), 120)
                 after = saved_mask(folder, st)
                 page.wait_for_timeout(1000)
+                keys = _keys_while_hovering(page)
                 page.screenshot(path=str(tmp_path / "annotator.png"), full_page=True)
                 status = page.locator("text=last: refine").first.inner_text(timeout=20_000)
                 n_canvases = page.locator(".jp-OutputArea-output canvas").count()
@@ -145,6 +176,11 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
         assert after[mid[0], mid[1], mid[2]] == 1
         assert "refine" in status
         assert 2 <= t1 - t0 <= 4, (t0, t1)
+        # keys with the pointer over the app and no click on it: the view under the pointer
+        # scrolls, b / o pick tools, and none of them reaches JupyterLab (b inserts a cell)
+        assert keys["slice_after"] == keys["slice_before"] + 2, keys
+        assert keys["cells_after"] == keys["cells_before"], keys
+        assert keys["tool"] == "Box", keys
         assert (tmp_path / "annotator.png").stat().st_size > 10_000
         events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
         assert [e["event"] for e in events if e["event"] in ("predict", "scribble", "refine")] \

@@ -396,7 +396,7 @@ class Annotator(w.VBox):
         self.preset = w.Dropdown(
             options=[(f"{k} W{wl[0]:.0f} L{wl[1]:.0f}", k) for k, wl in WINDOW_PRESETS.items()]
             + [("custom", "custom")], value="abdomen", description="window",
-            layout=w.Layout(width="230px"))
+            layout=w.Layout(width="270px"))
         self.opacity = w.FloatSlider(value=0.4, min=0.0, max=1.0, step=0.05,
                                      description="opacity", continuous_update=True)
         self.contour = w.Checkbox(value=False, description="contour only", indent=False)
