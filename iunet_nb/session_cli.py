@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +48,45 @@ def read_manifest(folder: str | Path, *, use_previous: bool = False) -> dict[str
     if not path.is_file():
         raise SessionError(f"{path} does not exist: {folder} holds no saved session "
                            "(a folder the annotator or Session(folder=...) autosaved to)")
+    hint = ("; try --previous (the state one action earlier)"
+            if not use_previous and (folder / "state.prev.json").is_file() else "")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        manifest["files"], manifest["state"], manifest["ct"]  # noqa: B018 (shape check)
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        _check_manifest(manifest, folder)
     except (ValueError, KeyError, TypeError) as exc:
-        hint = ("; try --previous (the state one action earlier)"
-                if not use_previous and (folder / "state.prev.json").is_file() else "")
         raise SessionError(f"{path} is corrupt or truncated ({exc}){hint}") from exc
     return manifest
+
+
+def _check_manifest(manifest: Any, folder: Path) -> None:
+    """ValueError unless ``manifest`` has the fields (and types) info and export use, and every
+    file it names lies inside ``folder`` (a manifest naming ``/etc/x`` or ``../x`` is refused)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(what)
+
+    need(isinstance(manifest, dict), "not a JSON object")
+    for key, kind in (("files", dict), ("state", dict), ("ct", dict)):
+        need(isinstance(manifest.get(key), kind), f"{key!r} is not a {kind.__name__}")
+    need(isinstance(manifest["ct"].get("shape"), list)
+         and all(isinstance(n, int) for n in manifest["ct"]["shape"]), "ct.shape is not a list "
+         "of integers")
+    for key in ("undo", "redo"):
+        need(isinstance(manifest.get(key, []), list), f"{key!r} is not a list")
+    for key in ("refine_round", "refined_below"):
+        value = manifest["state"].get(key, 0)
+        need(isinstance(value, int) and not isinstance(value, bool),
+             f"state.{key} is {value!r:.40}, not an integer")
+    entries = list(manifest["files"].values()) + manifest.get("undo", []) + manifest.get("redo", [])
+    home = os.path.realpath(folder)
+    for entry in entries:
+        need(isinstance(entry, dict) and isinstance(entry.get("name"), str)
+             and isinstance(entry.get("sha256"), str), f"a file entry is malformed: {entry!r:.80}")
+        name = entry["name"]
+        real = os.path.realpath(os.path.join(home, name))
+        need(not os.path.isabs(name) and ".." not in Path(name).parts
+             and real.startswith(home + os.sep), f"file name {name!r} points outside the "
+             "session folder")
 
 
 def saved_mask(folder: str | Path, *, use_previous: bool = False):

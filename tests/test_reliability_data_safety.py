@@ -678,6 +678,52 @@ CASES += [
      GeometryError, r"singular direction matrix .*fix the header's orientation"),
 ]
 
+# ----------------------------------------------------------------------------- 11, 12. manifests
+def _manifest_edit(t: Path, edit: Callable[[dict], Any]) -> Path:
+    s = _session(folder=t / "s")
+    s.predict()
+    s.close()
+    (t / "secret.nii.gz").write_bytes(write_mask(_mask(), t / "x.nii.gz").read_bytes())
+    state = t / "s" / "state.json"
+    manifest = json.loads(state.read_text())
+    edit(manifest)
+    state.write_text(json.dumps(manifest))
+    return t / "s"
+
+
+def _set(path: str, value: Any) -> Callable[[dict], None]:
+    def edit(d: dict) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            d = d[key]
+        d[last] = value
+    return edit
+
+
+BAD_MANIFESTS = [
+    ("state a list", _set("state", [1, 2]), r"'state' is not a dict"),
+    ("files a string", _set("files", "mask.nii.gz"), r"'files' is not a dict"),
+    ("ct.shape a string", _set("ct.shape", "24x32x32"), r"ct\.shape is not a list of integers"),
+    ("refine_round a string", _set("state.refine_round", "two"),
+     r"state\.refine_round is 'two', not an integer"),
+    ("undo an object", _set("undo", {"a": 1}), r"'undo' is not a list"),
+    ("mask entry without a name", _set("files.mask", {"sha256": "0"}), r"a file entry is malformed"),
+    ("mask named by an absolute path",
+     lambda m: m["files"]["mask"].update(name="/etc/hostname"),
+     r"file name '/etc/hostname' points outside the session folder"),
+    ("mask named ../secret.nii.gz", lambda m: m["files"]["mask"].update(name="../secret.nii.gz"),
+     r"file name '\.\./secret\.nii\.gz' points outside the session folder"),
+]
+
+
+@pytest.mark.parametrize("name, edit, match", BAD_MANIFESTS, ids=[c[0] for c in BAD_MANIFESTS])
+def test_cli_session_info_and_export_refuse_a_bad_manifest(name, edit, match, tmp_path):
+    folder = _manifest_edit(tmp_path, edit)
+    _run_cli(["session", "info", folder], tmp_path, r"state\.json is corrupt or truncated \("
+             + match)
+    _run_cli(["session", "export", folder, tmp_path / "out.nii.gz"], tmp_path, match)
+    assert not (tmp_path / "out.nii.gz").exists()
+
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
 def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
