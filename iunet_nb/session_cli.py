@@ -236,6 +236,12 @@ def _cmd_session(args: argparse.Namespace) -> int:
         out = write_mask(saved_mask(args.folder, use_previous=args.previous), args.out)
         print(f"wrote {out}")
         return 0
+    if args.action == "refine":  # before reading the CT and the model
+        pending = session_info(args.folder, use_previous=args.previous)["pending_scribbles"]
+        if not pending:
+            raise SessionError(f"nothing to refine in {args.folder}: no scribble was added "
+                               "since the last refine; add one first (in the annotator, or "
+                               "Session.add_scribble)")
     session = _open(args)
     try:
         if args.action == "export":

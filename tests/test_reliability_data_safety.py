@@ -724,6 +724,21 @@ def test_cli_session_info_and_export_refuse_a_bad_manifest(name, edit, match, tm
     _run_cli(["session", "export", folder, tmp_path / "out.nii.gz"], tmp_path, match)
     assert not (tmp_path / "out.nii.gz").exists()
 
+# ----------------------------------------------------------------------------- 14. empty refine
+@pytest.mark.parametrize("scribbled", [False, True], ids=["no scribble", "all refined"])
+def test_cli_session_refine_without_a_pending_scribble_is_refused(scribbled, cli_files, tmp_path):
+    s = _session(folder=tmp_path / "s")
+    s.predict()
+    if scribbled:
+        s.add_scribble("fg", [(4, 4)], view="axial", slice_index=3)
+        s.refine()
+    s.close()
+    t0 = time.perf_counter()
+    _run_cli(["session", "refine", tmp_path / "s", "--ct", cli_files["ct"], "--model",
+              cli_files["model"]], tmp_path, r"nothing to refine in .*no scribble was added "
+                                                r"since the last refine; add one first")
+    assert time.perf_counter() - t0 < 5
+
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])
 def test_bad_condition(name, build, error, match, tmp_path, monkeypatch):
