@@ -47,7 +47,8 @@ from .nets import EncodedFeatures, SegmentationNet
 from .preprocess import Box, _is_int, _is_real
 from .strokes import _BG, _FG
 
-__all__ = ["RefineConfig", "fine_tune"]
+__all__ = ["RefineConfig", "background_side", "confidently_contradicted", "fine_tune",
+           "stroke_fill"]
 
 _BOX_FALLBACKS = ("detector", "error", "whole")
 
@@ -155,6 +156,24 @@ class RefineConfig(JsonConfig):
             real spleens 0.888 / 0.897 / 0.861 -> 0.899 / 0.904 / 0.877 and livers up by
             0.002, but the left kidney's curve drops by 0.020 once, phantoms end 0.001 lower
             and a round takes 4 s instead of 1.5-2 s on the real cases.
+        fill_below: the stroke fill (:func:`stroke_fill`): when the new strokes are all
+            foreground and the network the refinement starts from holds their voxels
+            confidently as background (median foreground probability below ``fill_below``),
+            the region the strokes claim by geodesic distance on the working image is added
+            to the mask in that round, beside what the fine-tuned network adds. A network that is
+            confidently wrong over a whole region (a structure it was never trained on, a
+            gland it misses) cannot be moved by a few Adam steps of its last layers: measured
+            with the pancreas model on real 3D-IRCADb 1.7 (robot, 10 rounds), right kidney
+            0.001 -> 0.045 and spleen 0.223 -> 0.793 without the fill
+            (``benchmarks/RESULTS.md``, real CT). 0: off (the paper's refinement alone).
+        geodesic_sides: when the new strokes are all background and foreground strokes exist,
+            a refinement may remove only voxels geodesically nearer to the background strokes
+            than to the foreground ones (:func:`background_side`): a background stroke on a
+            leak takes the leak, not the organ across the edge, even where the fine-tuned
+            network holds both as background (as it does for a region the stroke fill
+            added: measured with the pancreas model on the real right kidney, robot, a
+            background stroke on the fill's leak took the DSC from 0.912 to 0.811 without
+            it).
         force_scribbles: after predict/refine, scribble voxels are set to their label in the
             output mask (foreground 1, background 0), on the CT grid, so what the user drew is
             always honoured even where the network disagrees.
@@ -213,6 +232,8 @@ class RefineConfig(JsonConfig):
     confidence_gate: bool = True
     new_changes_only: bool = False
     extra_iterations: int = 0
+    fill_below: float = 0.1
+    geodesic_sides: bool = True
     force_scribbles: bool = True
     mask_threshold: float = 0.5
     edge_weight: float = EDGE_WEIGHT
@@ -236,6 +257,7 @@ class RefineConfig(JsonConfig):
                                           ("scribble_weight", 0.0, math.inf, False),
                                           ("scribble_ce", 0.0, math.inf, False),
                                           ("mask_threshold", 0.0, 1.0, True),
+                                          ("fill_below", 0.0, 0.5, False),
                                           ("edge_weight", 0.0, math.inf, False),
                                           ("max_history_mb", 0.0, math.inf, False)):
             v = getattr(self, name)
@@ -260,6 +282,7 @@ class RefineConfig(JsonConfig):
                                   f"or None to keep changes anywhere in the crop, got {v!r}")
             object.__setattr__(self, "local_mm", float(v))
         for name in ("keep_weights_between_rounds", "cached_encoder", "force_scribbles",
+                     "geodesic_sides",
                      "one_way", "confidence_gate", "new_changes_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"RefineConfig.{name} must be true or false, "
@@ -510,3 +533,91 @@ def _stroke_direction(labels: set[int]) -> int:
         background (only 1 -> 0), 0 otherwise (both ways).
     """
     return 1 if labels == {_FG} else -1 if labels == {_BG} else 0
+
+
+def confidently_contradicted(start_prob: np.ndarray, new_strokes: np.ndarray, direction: int,
+                             below: float) -> bool:
+    """Whether the network holds the new strokes' voxels confidently the other way.
+
+    Args:
+        start_prob: float ``(D, H, W)`` foreground probability of the network the refinement
+            starts from, on the working grid.
+        new_strokes: bool ``(D, H, W)``: the working voxels of the strokes added since the
+            previous refine.
+        direction: +1 (all new strokes foreground), -1 (all background); 0 (mixed) is never
+            a contradiction.
+        below: the confidence: the median probability at the strokes must be below it (+1)
+            or above ``1 - below`` (-1). 0: never.
+    """
+    if below <= 0 or direction == 0 or not np.any(new_strokes):
+        return False
+    median = float(np.median(start_prob[new_strokes]))
+    return median < below if direction > 0 else median > 1.0 - below
+
+
+def stroke_fill(image: np.ndarray, scribbles: np.ndarray, new_strokes: np.ndarray,
+                spacing_mm: Sequence[float], *, lam: float = 1.0,
+                iterations: int = 4) -> np.ndarray:
+    """The region new foreground strokes claim by geodesic distance (GeoS, Criminisi et al. 2008).
+
+    Every voxel goes to the nearer of two seed sets by geodesic distance on the image
+    (``lam`` 1: a path costs the intensity differences it crosses, so it flows through a
+    homogeneous organ and stops at its edges): the foreground strokes, and the background
+    strokes together with the working grid's outer layer, which lies in the crop margin
+    outside the user's box and so is background by the box's definition. The result is the
+    foreground region connected to the new strokes. Measured on the working grid of real
+    3D-IRCADb 1.7 organs (the box from the expert mask, one stroke along the organ's core on
+    its largest slice, no network): spleen 0.864, right kidney 0.887, left kidney 0.898,
+    liver 0.866 DSC; NIH PANCREAS_0002 0.443 (the gland borders bowel and vessels of its
+    own density). Background strokes get no such fill: measured with the robot, removing
+    the region a background stroke claimed against the foreground strokes took true organ
+    with it (real spleen 0.876 -> 0.697 in one round).
+
+    Args:
+        image: preprocessed image, float32 ``(D, H, W)`` on the working grid.
+        scribbles: uint8 ``(D, H, W)``: 0 none, 1 foreground, 2 background (all strokes).
+        new_strokes: bool ``(D, H, W)``: the working voxels of the foreground strokes added
+            since the previous refine.
+        spacing_mm: the working grid's voxel size ``(z, y, x)``.
+        lam, iterations: of :func:`iunet_nb.geodesic.geodesic_distance`.
+
+    Returns:
+        bool ``(D, H, W)``: the voxels to add.
+    """
+    from .geodesic import geodesic_distance
+
+    fg = scribbles == _FG
+    other = scribbles == _BG
+    other[[0, -1]] = True
+    other[:, [0, -1]] = True
+    other[:, :, [0, -1]] = True
+    other &= ~fg
+    if not fg.any():
+        return np.zeros(image.shape, dtype=bool)
+    region = (geodesic_distance(image, fg, spacing_mm, lam=lam, iterations=iterations)
+              < geodesic_distance(image, other, spacing_mm, lam=lam, iterations=iterations))
+    labels, _ = ndimage.label(region)
+    keep = np.unique(labels[new_strokes & region])
+    return np.isin(labels, keep[keep > 0])
+
+
+def background_side(image: np.ndarray, scribbles: np.ndarray, spacing_mm: Sequence[float], *,
+                    lam: float = 1.0, iterations: int = 4) -> np.ndarray | None:
+    """Voxels geodesically nearer to the background strokes than to the foreground strokes.
+
+    Args:
+        image: preprocessed image, float32 ``(D, H, W)`` on the working grid.
+        scribbles: uint8 ``(D, H, W)``: 0 none, 1 foreground, 2 background.
+        spacing_mm: the working grid's voxel size ``(z, y, x)``.
+        lam, iterations: of :func:`iunet_nb.geodesic.geodesic_distance`.
+
+    Returns:
+        bool ``(D, H, W)``, or None when either kind of stroke is missing (no restriction).
+    """
+    from .geodesic import geodesic_distance
+
+    fg, bg = scribbles == _FG, scribbles == _BG
+    if not fg.any() or not bg.any():
+        return None
+    return (geodesic_distance(image, bg, spacing_mm, lam=lam, iterations=iterations)
+            < geodesic_distance(image, fg, spacing_mm, lam=lam, iterations=iterations))

@@ -87,7 +87,10 @@ from .refine import (
     _refine_weights,
     _restrict_changes,
     _stroke_direction,
+    background_side,
+    confidently_contradicted,
     fine_tune,
+    stroke_fill,
 )
 from .strokes import (
     _BG,
@@ -1028,11 +1031,9 @@ class Session:
                        or sorted(self._registry))
             direction = _stroke_direction({self._registry[sid].label for sid in new_ids})
             new_idx = np.unique(np.concatenate([self._registry[sid].indices for sid in new_ids]))
-            new_w = None                          # only extra_iterations look at them
-            if self._config.extra_iterations:
-                new_w = np.zeros(record.size_zyx, dtype=bool)
-                w, inside = self._to_working_grid(record, new_idx)
-                new_w[tuple(w[inside].T)] = True
+            new_w = np.zeros(record.size_zyx, dtype=bool)    # extra_iterations, fill_below
+            w, inside = self._to_working_grid(record, new_idx)
+            new_w[tuple(w[inside].T)] = True
             return {"generation": self._generation, "box": box, "x": x, "record": record,
                     "target": target, "scribbles": scrib_w, "model": model,
                     "params_before": self._get_params(), "encoded": encoded,
@@ -1090,6 +1091,19 @@ class Session:
                 raise _Superseded()
             prob, losses, encoded, start_prob = out
             crop_mask_new = self._restore_crop(prob, job["box"])
+            fill = None   # the stroke fill of a confidently contradicted round (fill_below)
+            side = (background_side(job["x"], job["scribbles"], spacing)
+                    if cfg.geodesic_sides and job["direction"] < 0 else None)
+            # geodesic_sides: a background stroke removes only what lies on its side
+            allowed_side = (None if side is None else
+                            restore_crop_probabilities(side.astype(np.float32), record) >= 0.5)
+            stroke_prior = (float(np.median(start_prob[job["new_working"]]))
+                            if job["new_working"].any() else None)
+            if job["direction"] > 0 and confidently_contradicted(
+                    start_prob, job["new_working"], job["direction"], cfg.fill_below):
+                region = stroke_fill(job["x"], job["scribbles"], job["new_working"], spacing)
+                if region.any():
+                    fill = restore_crop_probabilities(region.astype(np.float32), record) >= 0.5
             allowed = (None if cfg.local_mm is None else
                        _near_scribbles(self._volume.shape, self._volume.spacing_mm,
                                        job["new_idx"], record.crop, cfg.local_mm))
@@ -1121,8 +1135,15 @@ class Session:
                                                    self._volume.shape, crop, job["direction"],
                                                    cfg.mask_threshold)
                 allowed = ~beyond if allowed is None else allowed & ~beyond
+            if allowed_side is not None:
+                allowed = allowed_side if allowed is None else allowed & allowed_side
             new_mask[crop.slices], n_reverted = _restrict_changes(
                 before, crop_mask_new, allowed, direction)
+            n_filled = 0
+            if fill is not None:
+                view = new_mask[crop.slices]
+                n_filled = int(np.count_nonzero(view[fill] == 0))
+                view[fill] = 1
             self._force(new_mask)
             if encoded is not None:
                 self._encoded = (job["box"], encoded)
@@ -1141,6 +1162,9 @@ class Session:
                 "losses": [round(v, 6) for v in losses], "compute_s": round(compute_s, 4),
                 "n_changed": entry.mask.n if entry.mask else 0,
                 "new_scribbles": job["new_ids"], "n_reverted": n_reverted,
+                "fill_below": cfg.fill_below, "n_filled": n_filled,
+                "geodesic_sides": allowed_side is not None,
+                "stroke_prior_median": stroke_prior,
                 "local_mm": cfg.local_mm, "one_way": cfg.one_way,
                 "confidence_gate": cfg.confidence_gate, "new_changes_only": cfg.new_changes_only,
                 "n_scribble_working": int(np.count_nonzero(job["scribbles"])),
@@ -1466,7 +1490,8 @@ def _config_from_saved(text: str) -> RefineConfig:
     keeps the behaviour it was saved with (changes anywhere in the crop, both ways), one
     written before ``scribble_ce`` existed refines without the scribble term, one written
     before ``confidence_gate``/``new_changes_only`` existed without those, and one written
-    before ``edge_weight`` existed thresholds the probability alone."""
+    before ``edge_weight`` existed thresholds the probability alone, one written before
+    ``fill_below``/``geodesic_sides`` existed refines without them."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -1474,7 +1499,7 @@ def _config_from_saved(text: str) -> RefineConfig:
     if isinstance(data, dict):
         data = {"local_mm": None, "one_way": False, "scribble_ce": 0.0,
                 "confidence_gate": False, "new_changes_only": False, "edge_weight": 0.0,
-                **data}
+                "fill_below": 0.0, "geodesic_sides": False, **data}
     return RefineConfig.from_dict(data)
 
 

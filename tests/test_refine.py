@@ -17,7 +17,10 @@ from iunet_nb.refine import (
     _refine_target,
     _refine_weights,
     _stroke_direction,
+    background_side,
+    confidently_contradicted,
     fine_tune,
+    stroke_fill,
 )
 
 
@@ -161,3 +164,58 @@ def test_beyond_stroke_confidence_compares_with_the_surest_and_least_sure_stroke
     outside = np.ravel_multi_index((0, 0, 0), shape)  # row 0 is not in the region
     assert not _beyond_stroke_confidence(prior, mask, np.array([outside]), shape, region,
                                          -1).any()
+
+
+def _two_blobs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A working image: two bright boxes apart in dark background; masks of both."""
+    image = np.full((10, 24, 24), -0.8, np.float32)
+    a = np.zeros(image.shape, bool)
+    b = np.zeros(image.shape, bool)
+    a[2:8, 3:10, 3:10] = True
+    b[2:8, 14:21, 14:21] = True
+    image[a | b] = 0.6
+    image += np.random.default_rng(0).normal(0, 0.02, image.shape).astype(np.float32)
+    return image, a, b
+
+
+def test_stroke_fill_takes_the_stroked_region_up_to_its_edges():
+    image, a, b = _two_blobs()
+    scribbles = np.zeros(image.shape, np.uint8)
+    scribbles[5, 6, 5:8] = 1
+    new = scribbles == 1
+    region = stroke_fill(image, scribbles, new, (2.0, 1.0, 1.0))
+    # the whole stroked box, not the other one, nothing of the background
+    assert region[a].mean() > 0.95 and not region[b].any() and not region[~(a | b)].any()
+    # a background stroke inside the box stops the fill short of it
+    scribbles[5, 6, 3] = 2
+    cut = stroke_fill(image, scribbles, new, (2.0, 1.0, 1.0))
+    assert cut.sum() < region.sum() and not cut[5, 6, 3]
+    # an older foreground stroke in the other box: its region is not this round's fill
+    scribbles[5, 17, 16:19] = 1
+    assert not stroke_fill(image, scribbles, new, (2.0, 1.0, 1.0))[b].any()
+    assert not stroke_fill(image, np.zeros_like(scribbles), new, (2.0, 1.0, 1.0)).any()
+
+
+def test_confidently_contradicted_needs_a_confident_network_the_other_way():
+    prob = np.full((4, 4, 4), 0.02, np.float32)
+    strokes = np.zeros(prob.shape, bool)
+    strokes[1, 1, :] = True
+    assert confidently_contradicted(prob, strokes, +1, 0.1)      # missed: fill
+    assert not confidently_contradicted(prob, strokes, -1, 0.1)  # agrees: no fill
+    assert not confidently_contradicted(prob, strokes, +1, 0.0)  # off
+    assert not confidently_contradicted(prob, strokes, 0, 0.1)   # mixed strokes
+    prob[strokes] = 0.3                                          # unsure: no fill
+    assert not confidently_contradicted(prob, strokes, +1, 0.1)
+    assert confidently_contradicted(1 - prob * 0.1, strokes, -1, 0.1)
+    with pytest.raises(ConfigError, match="fill_below"):
+        RefineConfig(fill_below=0.7)
+
+
+def test_background_side_splits_the_image_between_the_stroke_kinds():
+    image, a, b = _two_blobs()
+    scribbles = np.zeros(image.shape, np.uint8)
+    scribbles[5, 6, 5:8] = 1
+    assert background_side(image, scribbles, (2.0, 1.0, 1.0)) is None   # no background stroke
+    scribbles[5, 17, 16:19] = 2
+    side = background_side(image, scribbles, (2.0, 1.0, 1.0))
+    assert side[b].mean() > 0.95 and not side[a].any()

@@ -200,6 +200,28 @@ def test_fg_scribble_in_a_missed_region_grows_the_mask(case, model, card):
     assert grown[region].sum() > 2 * scribbled.sum()
 
 
+def test_a_confidently_contradicted_stroke_fills_its_region(case, model, card):
+    with torch.no_grad():  # a network sure of background everywhere (an unseen structure)
+        model.head.bias.copy_(torch.tensor([6.0, -6.0]))
+    region = case[1].array.astype(bool)
+    masks = {}
+    for fill_below in (0.1, 0.0):
+        cfg = RefineConfig(device="cpu", iterations=3, box_fallback="error",
+                           fill_below=fill_below)
+        s = _session(case, model, card, cfg)
+        s.predict()
+        assert not s.mask.array[region].any()
+        s.add_scribble("fg", [(16, 14), (16, 18)], view="axial", slice_index=12, radius_mm=1)
+        masks[fill_below] = s.refine().array.astype(bool)
+        event = [e for e in s.events if e["event"] == "refine"][-1]
+        assert (event["details"]["n_filled"] > 0) == (fill_below > 0)
+        if fill_below:
+            s.undo()   # the fill is part of the round: one undo takes it back
+            assert not s.mask.array[region].any()
+    dsc = {k: 2 * (m & region).sum() / (m.sum() + region.sum()) for k, m in masks.items()}
+    assert dsc[0.1] > 0.8 and dsc[0.0] < 0.3, dsc
+
+
 def test_scribbles_are_forced_into_the_output(case, model, card, cfg):
     s = _session(case, model, card, cfg)
     s.predict()
