@@ -61,6 +61,7 @@ from typing import Any, Self
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ._atomic import atomic_write_bytes, atomic_write_text
 from ._history import _Diff, _Entry, _registry_from_bytes, _registry_to_bytes, _Scribble
@@ -90,6 +91,7 @@ from .refine import (
     background_side,
     confidently_contradicted,
     fine_tune,
+    stroke_distance_mm,
     stroke_fill,
 )
 from .strokes import (
@@ -1092,15 +1094,22 @@ class Session:
             prob, losses, encoded, start_prob = out
             crop_mask_new = self._restore_crop(prob, job["box"])
             fill = None   # the stroke fill of a confidently contradicted round (fill_below)
-            side = (background_side(job["x"], job["scribbles"], spacing)
-                    if cfg.geodesic_sides and job["direction"] < 0 else None)
+            side = None
+            if cfg.geodesic_sides and job["direction"] < 0:
+                keep = None   # the mask away from the new strokes stands
+                if cfg.local_mm is not None and job["new_working"].any():
+                    keep = job["target"].astype(bool) & (ndimage.distance_transform_edt(
+                        ~job["new_working"], sampling=spacing) > cfg.local_mm)
+                side = background_side(job["x"], job["scribbles"], spacing, keep=keep)
             # geodesic_sides: a background stroke removes only what lies on its side
             allowed_side = (None if side is None else
                             restore_crop_probabilities(side.astype(np.float32), record) >= 0.5)
             stroke_prior = (float(np.median(start_prob[job["new_working"]]))
                             if job["new_working"].any() else None)
+            reach = (stroke_distance_mm(job["target"], job["new_working"], spacing)
+                     if job["new_working"].any() else math.inf)
             if job["direction"] > 0 and confidently_contradicted(
-                    start_prob, job["new_working"], job["direction"], cfg.fill_below):
+                    start_prob, job["new_working"], 1, cfg.fill_below):
                 region = stroke_fill(job["x"], job["scribbles"], job["new_working"], spacing)
                 if region.any():
                     fill = restore_crop_probabilities(region.astype(np.float32), record) >= 0.5
@@ -1165,6 +1174,7 @@ class Session:
                 "fill_below": cfg.fill_below, "n_filled": n_filled,
                 "geodesic_sides": allowed_side is not None,
                 "stroke_prior_median": stroke_prior,
+                "stroke_mask_mm": None if math.isinf(reach) else round(reach, 2),
                 "local_mm": cfg.local_mm, "one_way": cfg.one_way,
                 "confidence_gate": cfg.confidence_gate, "new_changes_only": cfg.new_changes_only,
                 "n_scribble_working": int(np.count_nonzero(job["scribbles"])),

@@ -219,3 +219,12 @@ def test_background_side_splits_the_image_between_the_stroke_kinds():
     scribbles[5, 17, 16:19] = 2
     side = background_side(image, scribbles, (2.0, 1.0, 1.0))
     assert side[b].mean() > 0.95 and not side[a].any()
+
+
+def test_background_side_keeps_what_the_mask_holds_away_from_the_stroke():
+    image, a, b = _two_blobs()
+    scribbles = np.zeros(image.shape, np.uint8)
+    scribbles[5, 17, 16:19] = 2
+    assert background_side(image, scribbles, (2.0, 1.0, 1.0)) is None   # nothing to keep
+    side = background_side(image, scribbles, (2.0, 1.0, 1.0), keep=a)
+    assert side[b].mean() > 0.95 and not side[a].any()
