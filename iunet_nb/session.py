@@ -87,6 +87,7 @@ from .refine import (
     _refine_target,
     _refine_weights,
     _restrict_changes,
+    FILL_REACH_MM,
     _stroke_direction,
     background_side,
     confidently_contradicted,
@@ -1108,8 +1109,9 @@ class Session:
                             if job["new_working"].any() else None)
             reach = (stroke_distance_mm(job["target"], job["new_working"], spacing)
                      if job["new_working"].any() else math.inf)
-            if job["direction"] > 0 and confidently_contradicted(
-                    start_prob, job["new_working"], 1, cfg.fill_below):
+            if (job["direction"] > 0 and reach > FILL_REACH_MM
+                    and confidently_contradicted(start_prob, job["new_working"], 1,
+                                                 cfg.fill_below)):
                 region = stroke_fill(job["x"], job["scribbles"], job["new_working"], spacing)
                 if region.any():
                     fill = restore_crop_probabilities(region.astype(np.float32), record) >= 0.5
