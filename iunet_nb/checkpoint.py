@@ -34,7 +34,7 @@ BUNDLED_DETECTOR = "zhou_pancreas_detector.pt"
 BUNDLED_DETECTOR_SHA256 = "67e6bcef9eceffa8807be3f49ac539e5071423ce4b185b1d4868f184baaeff3d"
 # SHA-256 of the shipped weights: a damaged or swapped file is refused before it is loaded.
 # Update it (and the card) whenever scripts/train_bundled_model.py retrains them.
-BUNDLED_SHA256 = "c3fc2f02b0870590766b7d0bf990737a8a176aa8a53ea8361ffca76574fd96ee"
+BUNDLED_SHA256 = "402d1d108cd74d162f530e838af2871954e9e0480b45986080660e7dbe73fd16"
 
 
 @dataclass(frozen=True)

@@ -152,8 +152,8 @@ class RefineConfig(JsonConfig):
             half of the voxels of the strokes added since the previous refine are predicted
             with their own label (the network has not yet taken them in: a region it holds
             confidently wrong). 0: exactly ``iterations`` steps. Default 0, measured (robot,
-            5 rounds, ``benchmarks/interactive_results.md``, sixth-session section): with 10,
-            real spleens 0.888 / 0.897 / 0.861 -> 0.899 / 0.904 / 0.877 and livers up by
+            5 rounds, ``benchmarks/interactive_results.md``, section on ``extra_iterations``
+            of 2026-11-28): with 10, real spleens 0.888 / 0.897 / 0.861 -> 0.899 / 0.904 / 0.877 and livers up by
             0.002, but the left kidney's curve drops by 0.020 once, phantoms end 0.001 lower
             and a round takes 4 s instead of 1.5-2 s on the real cases.
         fill_below: the stroke fill (:func:`stroke_fill`): when the new strokes are all
@@ -197,7 +197,7 @@ class RefineConfig(JsonConfig):
             the HU histograms inside and around the mask the evidence), for the predicted
             mask and every refinement's. 0: the probability thresholded alone (the paper's).
             Default 0.5, measured (``docs/realism.md``, section 9;
-            ``benchmarks/interactive_results.md``, eighth session): real spleen start DSC
+            ``benchmarks/interactive_results.md``, 2026-11-28): real spleen start DSC
             0.883 / 0.874 / 0.863 -> 0.910 / 0.897 / 0.883 and after 5 robot rounds 0.900 /
             0.894 / 0.884 -> 0.932 / 0.922 / 0.896, never dropping; livers 0.915 / 0.898 ->
             0.927 / 0.925 (5 rounds: 0.928 / 0.926); held-out BTCV-synthetic pancreas 0.822
