@@ -74,6 +74,11 @@ class AugmentConfig(JsonConfig):
             range, in HU.
         hu_per_unit: HU per image unit after preprocessing (400 HU window over [-1, 1]).
         p: probability that a sample is augmented at all.
+        scale: each axis is zoomed by a factor uniform in ``1 - scale .. 1 + scale``,
+            independently (0, the paper's: none): organs of other sizes and proportions.
+        elastic_vox: a smooth random displacement of up to about this many voxels (a
+            Gaussian field on a 4 x 4 x 4 control grid, upsampled; 0: none): pancreas shapes
+            beyond the training label maps' (30 BTCV maps hold 30 glands).
 
     Raises:
         ConfigError: negative or non-finite ranges, ``low > high``, ``p`` outside [0, 1].
@@ -86,13 +91,16 @@ class AugmentConfig(JsonConfig):
     noise_sigma_hu: tuple[float, float] = (0.0, 3.0)
     hu_per_unit: float = 200.0
     p: float = 1.0
+    scale: float = 0.0
+    elastic_vox: float = 0.0
 
     def __post_init__(self) -> None:
         if self.version != 1:
             raise ConfigError(f"AugmentConfig.version {self.version!r} is not supported; "
                               "this iunet_nb reads version 1")
         for name, upper in (("translate_vox", math.inf), ("rotate_deg", 180.0),
-                            ("tilt_deg", 90.0), ("hu_per_unit", math.inf), ("p", 1.0)):
+                            ("tilt_deg", 90.0), ("hu_per_unit", math.inf), ("p", 1.0),
+                            ("scale", 0.5), ("elastic_vox", 16.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"AugmentConfig.{name} must be a number, got {value!r}")
@@ -124,17 +132,33 @@ class AugmentParams:
         angles_deg: ``(N, 3)``: rotation about z (in-plane), about y, about x, in degrees.
         translation_vox: ``(N, 3)``: shift of the content along (z, y, x), in voxels.
         noise_sigma: ``(N,)``: noise sigma in image units (HU / hu_per_unit).
+        zoom: ``(N, 3)`` zoom factors along (z, y, x) (None: 1).
+        displacement_vox: ``(N, 3, 4, 4, 4)``: the elastic field's control points, voxels
+            along (z, y, x) (None: no field).
     """
 
     applied: Tensor
     angles_deg: Tensor
     translation_vox: Tensor
     noise_sigma: Tensor
+    zoom: Tensor | None = None
+    displacement_vox: Tensor | None = None
 
     def is_identity(self) -> Tensor:
         """bool ``(N,)``: samples whose geometric transform does nothing."""
         still = (self.angles_deg == 0).all(dim=1) & (self.translation_vox == 0).all(dim=1)
+        if self.zoom is not None:
+            still &= (self.zoom == 1).all(dim=1)
+        if self.displacement_vox is not None:
+            still &= (self.displacement_vox == 0).flatten(1).all(dim=1)
         return ~self.applied | still
+
+    def select(self, idx: Tensor) -> "AugmentParams":
+        """The parameters of the samples ``idx``."""
+        return AugmentParams(self.applied[idx], self.angles_deg[idx], self.translation_vox[idx],
+                             self.noise_sigma[idx],
+                             None if self.zoom is None else self.zoom[idx],
+                             None if self.displacement_vox is None else self.displacement_vox[idx])
 
 
 def draw_augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> AugmentParams:
@@ -159,10 +183,21 @@ def draw_augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator) 
     lo, hi = cfg.noise_sigma_hu
     sigma = (lo + (hi - lo) * u[:, 7]) / cfg.hu_per_unit
     zero = torch.zeros((), dtype=torch.float64)
+    zoom = displacement = None
+    # drawn only when asked for, after the 8 uniforms: older configs keep their stream
+    if cfg.scale > 0:
+        z = 1.0 + cfg.scale * (2.0 * torch.rand((n, 3), generator=generator, dtype=torch.float64,
+                                                device=generator.device).cpu() - 1.0)
+        zoom = torch.where(applied[:, None], z, torch.ones((), dtype=torch.float64))
+    if cfg.elastic_vox > 0:
+        d = torch.randn((n, 3, 4, 4, 4), generator=generator, dtype=torch.float64,
+                        device=generator.device).cpu() * (cfg.elastic_vox / 2.0)
+        displacement = torch.where(applied[:, None, None, None, None], d, zero)
     return AugmentParams(applied=applied,
                          angles_deg=torch.where(applied[:, None], angles, zero),
                          translation_vox=torch.where(applied[:, None], shift, zero),
-                         noise_sigma=torch.where(applied, sigma, zero))
+                         noise_sigma=torch.where(applied, sigma, zero),
+                         zoom=zoom, displacement_vox=displacement)
 
 
 def _rotation_zyx(angles_deg: Tensor) -> Tensor:
@@ -190,6 +225,8 @@ def _theta(params: AugmentParams, spatial: tuple[int, int, int]) -> Tensor:
     """``(N, 3, 4)`` float64 matrices for ``F.affine_grid`` (align_corners=True, x-y-z order)."""
     half = torch.tensor([(s - 1) / 2.0 for s in spatial], dtype=torch.float64)
     r_inv = _rotation_zyx(params.angles_deg).transpose(1, 2)
+    if params.zoom is not None:   # input = Z^-1 R^-1 (p - c - t) + c
+        r_inv = torch.diag_embed(1.0 / params.zoom) @ r_inv
     # Normalised coords n = p / half - 1 (voxel p). Input n_in = S^-1 R^-1 S n - S^-1 R^-1 t.
     s_mat = torch.diag(half)
     s_inv = torch.diag(1.0 / half)
@@ -251,11 +288,17 @@ def warp_batch(image: Tensor, mask: Tensor, params: AugmentParams) -> tuple[Tens
     moving = torch.nonzero(~params.is_identity()).flatten()
     if moving.numel() == 0:
         return out_image, out_mask
-    sub = AugmentParams(params.applied[moving], params.angles_deg[moving],
-                        params.translation_vox[moving], params.noise_sigma[moving])
+    sub = params.select(moving)
     theta = _theta(sub, spatial).to(device=image.device, dtype=image.dtype)
     idx = moving.to(image.device)
     grid = F.affine_grid(theta, [len(moving), 1, *spatial], align_corners=True)
+    if sub.displacement_vox is not None:
+        # control-point field -> full grid (trilinear), voxels -> normalised (x, y, z) units
+        field = F.interpolate(sub.displacement_vox.to(image.dtype), size=spatial,
+                              mode="trilinear", align_corners=True)
+        half = torch.tensor([(s - 1) / 2.0 for s in spatial], dtype=image.dtype)
+        field = field / half.view(1, 3, 1, 1, 1)
+        grid = grid + field.flip(1).permute(0, 2, 3, 4, 1).to(image.device)
     out_image[idx] = F.grid_sample(image[idx], grid, mode="bilinear", padding_mode="border",
                                    align_corners=True)
     m = mask[idx].reshape(len(moving), 1, *spatial).to(image.dtype)

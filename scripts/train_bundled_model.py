@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import subprocess
@@ -39,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from iunet_nb import datasets, synth
+from iunet_nb.augment import AugmentConfig
 from iunet_nb.checkpoint import bundled_model_path, save_model
 from iunet_nb.evaluate import dice
 from iunet_nb.nets import NetConfig
@@ -102,6 +104,10 @@ def main() -> None:
                     help="wide noise / blur / slice-thickness ranges (synth.phase_config)")
     ap.add_argument("--antialias", type=float, default=0.5,
                     help="PreprocessConfig.antialias of the model (0: the paper's smoothing)")
+    ap.add_argument("--scale", type=float, default=0.0,
+                    help="AugmentConfig.scale: zoom each axis by 1 +- this (0: off)")
+    ap.add_argument("--elastic", type=float, default=0.0,
+                    help="AugmentConfig.elastic_vox: smooth random displacement (voxels, 0: off)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--phantoms", type=int, default=20)
@@ -123,12 +129,25 @@ def main() -> None:
     previous = None
     for n, (iterations, size) in enumerate(stages):
         pre = PreprocessConfig(size_zyx=size, antialias=args.antialias)
-        cfg = TrainConfig(net=NetConfig(base_channels=16), preprocess=pre, iterations=iterations,
-                          batch_size=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=50)
-        counts.clear()
-        images, masks = prepare_cases(
-            _training_cases(train_maps, args.syntheses, args.phantoms, args.seed, phases,
-                            args.wide_quality, counts), cfg.preprocess)
+        augment = AugmentConfig(scale=args.scale, elastic_vox=args.elastic)
+        cfg = TrainConfig(net=NetConfig(base_channels=16), preprocess=pre, augment=augment,
+                          iterations=iterations, batch_size=args.batch, lr=args.lr,
+                          seed=args.seed, checkpoint_every=50)
+        # the prepared cases depend only on the data arguments: kept beside the run, so a
+        # resumed or repeated run skips the synthesis (10 min on 2 cores)
+        key = json.dumps([args.btcv, args.limit, args.val, args.syntheses, args.phantoms,
+                          args.seed, args.phases, args.wide_quality, pre.to_dict()])
+        cache = Path(args.work) / f"prepared-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+        if cache.is_file():
+            saved = torch.load(cache, weights_only=True)
+            images, masks, counts = saved["images"], saved["masks"], dict(saved["counts"])
+        else:
+            counts.clear()
+            images, masks = prepare_cases(
+                _training_cases(train_maps, args.syntheses, args.phantoms, args.seed, phases,
+                                args.wide_quality, counts), cfg.preprocess)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"images": images, "masks": masks, "counts": counts}, cache)
         description = (
             f"synthetic CT (generator {synth.GENERATOR_VERSION}) from {len(train_maps)} BTCV "
             f"label maps ({train_maps[0].case_id}..{train_maps[-1].case_id}, the last "
@@ -136,6 +155,8 @@ def main() -> None:
             f"procedural phantoms: {len(images)} cases; contrast phases drawn "
             f"{ {k: round(float(v), 2) for k, v in zip(*phases)} } (counts {counts})"
             + (", wide noise/blur/slice ranges" if args.wide_quality else "")
+            + (f"; augmentation: zoom 1 +- {args.scale:g}, elastic {args.elastic:g} voxels"
+               if args.scale or args.elastic else "")
             + f"; iterations up to {iterations} at working size {'x'.join(map(str, size))}"
             + (f", started from {Path(args.init_from).name}" if args.init_from and n == 0 else "")
             + f"; code {_git_version()}")

@@ -211,3 +211,45 @@ def test_input_errors():
         augment_batch(image[0], mask, AugmentConfig(), _gen(0))
     with pytest.raises(ConfigError, match="expected an AugmentConfig"):
         augment_batch(image, mask, {"p": 1.0}, _gen(0))  # type: ignore[arg-type]
+
+
+def test_scale_zooms_each_axis_and_elastic_moves_the_shape_smoothly():
+    mask = torch.zeros(1, 16, 32, 32)
+    mask[0, 6:10, 12:20, 12:20] = 1
+    image = mask[:, None].clone()
+    g = lambda: torch.Generator().manual_seed(5)   # noqa: E731
+    plain = draw_augment_params(1, AugmentConfig(), g())
+    zoomed = draw_augment_params(1, AugmentConfig(scale=0.3, elastic_vox=3.0), g())
+    # the new draws come after the old ones: older configs keep their random stream
+    assert torch.equal(plain.angles_deg, zoomed.angles_deg)
+    assert torch.equal(plain.translation_vox, zoomed.translation_vox)
+    assert zoomed.zoom.shape == (1, 3) and ((zoomed.zoom >= 0.7) & (zoomed.zoom <= 1.3)).all()
+    # a pure zoom of 1.5 along x (no rotation, shift or field) widens the box 8 -> 12 voxels
+    only = AugmentParams(applied=torch.ones(1, dtype=torch.bool),
+                         angles_deg=torch.zeros(1, 3, dtype=torch.float64),
+                         translation_vox=torch.zeros(1, 3, dtype=torch.float64),
+                         noise_sigma=torch.zeros(1, dtype=torch.float64),
+                         zoom=torch.tensor([[1.0, 1.0, 1.5]], dtype=torch.float64))
+    _, out = warp_batch(image, mask, only)
+    cols = torch.nonzero(out[0].sum(dim=(0, 1))).flatten()
+    rows = torch.nonzero(out[0].sum(dim=(0, 2))).flatten()
+    assert len(cols) == 12 and len(rows) == 8
+    # an elastic field alone: the shape moves and deforms, and stays where it was
+    field = AugmentParams(applied=torch.ones(1, dtype=torch.bool),
+                          angles_deg=torch.zeros(1, 3, dtype=torch.float64),
+                          translation_vox=torch.zeros(1, 3, dtype=torch.float64),
+                          noise_sigma=torch.zeros(1, dtype=torch.float64),
+                          displacement_vox=torch.randn(1, 3, 4, 4, 4, generator=g(),
+                                                       dtype=torch.float64) * 2)
+    assert not bool(field.is_identity()[0])
+    _, moved = warp_batch(image, mask, field)
+    assert not torch.equal(moved, mask)
+    assert 0.5 < float(moved.sum() / mask.sum()) < 2.0
+    com = lambda m: torch.nonzero(m[0]).double().mean(dim=0)   # noqa: E731
+    assert float((com(moved) - com(mask)).norm()) < 4.0
+    # the same generator gives the same batch
+    a = augment_batch(image, mask, AugmentConfig(scale=0.2, elastic_vox=2.0), g())
+    b = augment_batch(image, mask, AugmentConfig(scale=0.2, elastic_vox=2.0), g())
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ConfigError, match="scale"):
+        AugmentConfig(scale=0.9)
