@@ -191,3 +191,91 @@ def test_detected_box_is_the_same_physical_box_for_a_copy_stored_otherwise():
     c2 = copy.geometry.index_to_physical(np.array([b2.lo_zyx, np.array(b2.hi_zyx) - 1]))
     np.testing.assert_allclose(np.sort(c1, axis=0), np.sort(c2, axis=0), atol=1e-6)
     assert b1.size != b2.size   # stored otherwise: the voxel box really differs
+
+
+# --------------------------------------------------------------------------- confidence check
+def _check(prob, detected, box, mask, spacing=(2.0, 2.0, 2.0), **kw):
+    from iunet_nb.systems.autobox import check_box
+
+    kept = prob >= 0.3
+    return check_box(detected, box, prob, kept, mask, spacing, **kw)
+
+
+def _pancreas_like(p=0.99):
+    """A 60 x 100 x 100 image at 2 mm; a 'gland' box of 40 x 30 x 70 voxels (80 x 60 x 140 mm)."""
+    shape = (60, 100, 100)
+    organ = (slice(10, 50), slice(30, 60), slice(15, 85))
+    prob = np.zeros(shape, np.float32)
+    prob[organ] = p
+    mask = np.zeros(shape, np.uint8)
+    mask[12:48, 32:58, 20:80] = 1          # 36 * 26 * 60 voxels * 8 uL = 449 mL: too much
+    thin = np.zeros(shape, np.uint8)
+    thin[organ][::2, ::2, ::2] = 1           # 20 * 15 * 35 voxels = 84 mL
+    return prob, Box((10, 30, 15), (50, 60, 85)), mask, thin
+
+
+def test_a_confident_pancreas_sized_box_is_trusted():
+    prob, box, _mask, thin = _pancreas_like()
+    check = _check(prob, box, box, thin)
+    assert not check.unsure and check.reasons == () and check.summary() == ""
+    assert check.peak_probability == pytest.approx(0.99)
+    assert check.mean_probability == pytest.approx(0.99)
+    assert check.detected_mm == (80.0, 60.0, 140.0) and check.box_mm == (80.0, 60.0, 140.0)
+    assert check.mask_ml == pytest.approx(20 * 15 * 35 * 8 / 1000)
+    assert not check.z_border and check.moved_mm == 0.0
+    d = check.to_dict()
+    assert d["unsure"] is False and d["reasons"] == [] and d["box"] == box.to_dict()
+
+
+def test_each_implausible_sign_gives_its_reason():
+    prob, box, mask, thin = _pancreas_like(p=0.7)                      # peak 0.7 < 0.9
+    check = _check(prob, box, box, thin)
+    assert check.unsure and len(check.reasons) == 1 and "highest probability is 0.70" in \
+        check.summary()
+    prob, box, mask, thin = _pancreas_like()
+    assert "mask holds 449 mL" in _check(prob, box, box, mask).summary()
+    moved = Box((10, 30, 15), (50, 60, 65))                           # hi x moved 20 vox = 40 mm
+    reasons = _check(prob, box, moved, thin).reasons
+    assert any("disagrees with the detector's box by 40 mm" in r for r in reasons)
+    tall = Box((0, 30, 15), (50, 60, 85))                             # reaches slice 0
+    assert "reaches the first or last slice" in _check(prob, tall, box, thin).summary()
+    vague = np.where(prob > 0, np.float32(0.35), np.float32(0))        # kept, but barely
+    vague[30, 45, 50] = 0.99                                          # one confident voxel
+    check = _check(vague, box, box, thin)
+    assert check.reasons == ("the detector's mean probability in its box is 0.35 (< 0.4)",)
+    small = Box((20, 40, 40), (25, 45, 50))                           # 10 x 10 x 20 mm
+    assert "not a pancreas's size (z 10 mm, y 10 mm, x 20 mm" in \
+        _check(prob, box, small, thin).summary()
+
+
+def test_the_limits_are_the_measured_ones_and_can_be_changed():
+    from iunet_nb.systems.autobox import BoxLimits
+
+    lim = BoxLimits()
+    # measured (RESULTS.md): synthetic peaks 0.986-1.000, real 0.646 / 0.651 / 0.833
+    assert 0.833 < lim.min_peak_probability <= 0.986
+    # the 30 BTCV pancreas boxes (z 48-144, y 56-110, x 98-170 mm) and volumes (35-150 mL) pass
+    assert all(lo <= 48 and 144 <= hi for lo, hi in [(lim.min_box_mm[0], lim.max_box_mm[0])])
+    assert lim.min_box_mm[1] <= 56 and lim.max_box_mm[1] >= 110
+    assert lim.min_box_mm[2] <= 98 and lim.max_box_mm[2] >= 170
+    assert lim.min_mask_ml <= 35 and lim.max_mask_ml >= 150
+    prob, box, _mask, thin = _pancreas_like(p=0.7)
+    assert not _check(prob, box, box, thin, limits=BoxLimits(min_peak_probability=0.5)).unsure
+
+
+def test_find_box_detects_settles_and_checks():
+    from iunet_nb.systems.autobox import find_box
+
+    ct = Volume(np.zeros((60, 100, 100), np.float32), Geometry(spacing_mm=(2.0, 2.0, 2.0)))
+    prob, box, _mask, thin = _pancreas_like()
+    seen = []
+
+    def segment(b):
+        seen.append(b)
+        return thin
+
+    check = find_box(ct, segment, detector=lambda v: prob)
+    assert seen == [box] and check.detected == box and check.box == Box.from_mask(thin)
+    assert not check.unsure
+    check = find_box(ct, segment, detector=lambda v: prob * 0.7)
+    assert check.unsure and "highest probability" in check.summary()

@@ -5,7 +5,8 @@
 * :mod:`.roth` — Roth et al. (seed 002): multi-organ 3D FCN (seven organs);
 * :mod:`.kloenne` — Kloenne et al. (seed 003): CT-specific preprocessing and augmentation,
   2D/3D nnU-Net-style U-Net and MS-D Net, stacked top-k ensemble, slice-count folds;
-* :mod:`.autobox` — an automatic bounding box for iUnet from a detector (:func:`detect_box`);
+* :mod:`.autobox` — an automatic bounding box for iUnet from a detector (:func:`detect_box`),
+  with the signs that it is wrong (:func:`find_box`, :func:`check_box`);
 * :mod:`.commands` — ``add_cli(subparsers)``: ``train-system``, ``predict-system``,
   ``detect-box``.
 
@@ -16,7 +17,8 @@ in the CT's geometry, and ``load_<system>`` (state dict + JSON card, ``weights_o
 
 from __future__ import annotations
 
-from .autobox import BoxDetector, box_contains, box_recall, detect_box
+from .autobox import (BoxCheck, BoxDetector, BoxLimits, box_contains, box_recall, check_box,
+                      detect_box, find_box)
 from .commands import SYSTEMS, add_cli, load_label_map_cases
 from .kloenne import (
                       KloenneConfig,
@@ -60,7 +62,8 @@ from .zhou import (
 
 __all__ = [
     # automatic box
-    "BoxDetector", "detect_box", "box_recall", "box_contains",
+    "BoxDetector", "detect_box", "box_recall", "box_contains", "BoxCheck", "BoxLimits",
+    "check_box", "find_box",
     # Zhou
     "VIEWS", "ZhouConfig", "FCN2D", "ZhouModel", "ZhouTrainResult", "ZhouPrediction",
     "train_zhou", "predict_zhou", "load_zhou",

@@ -34,6 +34,13 @@ shipped since 0.842 / 0.946 / 0.931 -> 0.851 / 0.948 / 0.956 (reference box 0.85
 0.955). More passes do not converge: the box wanders by a voxel or two and the BTCV mean drops
 again (0.836 -> 0.831 -> 0.822 after passes 2 and 3, the 1200-iteration iUnet).
 
+:func:`find_box` (what ``Session.predict()``, ``iunet-nb predict --auto-box`` and the
+annotator use) then measures, in :func:`check_box`, the signs that the box is wrong: the
+detector's peak and mean probability, the boxes' sizes in mm, the mask's volume, the box
+reaching the first or last slice, how far settling moved it. On every real CT tried the
+bundled detector (trained on synthetic CT only) misses and these signs say so
+(:class:`BoxLimits`); callers then warn and ask for a drawn box.
+
 Example:
     >>> model = load_zhou("zhou/model.pt")                      # doctest: +SKIP
     >>> box = detect_box(ct, model)                             # doctest: +SKIP
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -55,13 +63,51 @@ from ..preprocess import Box
 from ..volume import Volume
 from ._common import _check_volume
 
-__all__ = ["BoxDetector", "automatic_box", "box_contains", "box_recall", "detect_box",
-           "settle_box"]
+__all__ = ["BoxCheck", "BoxDetector", "BoxLimits", "automatic_box", "box_contains",
+           "box_recall", "check_box", "detect_box", "find_box", "settle_box"]
 
 logger = logging.getLogger(__name__)
 
 #: A box larger than this fraction of the image is reported as unreliable (logged).
 _LARGE_BOX = 0.5
+
+
+@dataclass(frozen=True)
+class BoxLimits:
+    """Plausible ranges for an automatic pancreas box; :func:`check_box` flags what is outside.
+
+    Measured 2026-12-08 (``benchmarks/bench_autobox_check.py``, bundled detector and iUnet;
+    RESULTS.md). Where the box works -- the bundled sample and 5 held-out BTCV-synthetic cases
+    (box recall 0.947-0.997, DSC 0.81-0.96) -- versus the three real CTs where it misses
+    (NIH PANCREAS_0002 DSC 0.12; 3D-IRCADb 1.7 and 1.17, masks on other organs):
+
+    ==========================  ====================  ==========================
+    sign                        synthetic (6 cases)   real (0002 / 1.7 / 1.17)
+    ==========================  ====================  ==========================
+    detector peak probability   0.986-1.000           0.646 / 0.651 / 0.833
+    detector mean (kept voxels) 0.484-0.699           0.349 / 0.384 / 0.446
+    detector box reaches z end  never                 yes / yes / no
+    detector box z, y mm        <= 112, <= 66         187, 232 / 171, 75 / 114, 116
+    settled box z, y, x mm      60-118, 47-74, 114-166  159, 171, 235 / 144, 94, 174 / 106, 91, 140
+    mask in detector's box mL   38-105                951 / 115 / 61
+    largest face move mm        6-26                  41 / 40 / 17
+    ==========================  ====================  ==========================
+
+    The peak probability alone separates every case (gap 0.833 -> 0.986): 0.9. The other
+    limits are set loosely, so that a real pancreas passes them: box sizes within the 30 BTCV
+    pancreas label maps' range (z 48-144, y 56-110, x 98-170 mm) widened by 25 % (the lower
+    ends to take the sample's small phantom pancreas, y 47 mm); mask volume around the BTCV
+    range 35-150 mL (20-250 mL: partial or enlarged glands); mean probability 0.4 and a face
+    move of 35 mm sit between the groups but near them, so they only add reasons.
+    """
+
+    min_peak_probability: float = 0.9
+    min_mean_probability: float = 0.4
+    min_box_mm: tuple[float, float, float] = (30.0, 35.0, 60.0)
+    max_box_mm: tuple[float, float, float] = (180.0, 138.0, 213.0)
+    min_mask_ml: float = 20.0
+    max_mask_ml: float = 250.0
+    max_moved_mm: float = 35.0
 
 
 @runtime_checkable
@@ -120,14 +166,27 @@ def detect_box(volume: Volume, detector: BoxDetector | Callable[[Volume], np.nda
         ConfigError: a threshold or fraction out of range.
     """
     _check_volume(volume, "volume")
+    _check_detect_args(threshold, min_component_frac, margin_mm)
+    prob = _probability(volume, detector, device)
+    return _box_from_probability(volume, prob, threshold=threshold,
+                                 min_component_frac=min_component_frac, margin_mm=margin_mm,
+                                 min_probability=min_probability)[0]
+
+
+def _check_detect_args(threshold: float, min_component_frac: float, margin_mm: float) -> None:
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be in (0, 1), got {threshold!r}")
     if not 0 <= min_component_frac <= 1:
         raise ConfigError(f"min_component_frac must be in [0, 1], got {min_component_frac!r}")
     if not isinstance(margin_mm, (int, float)) or not 0 <= margin_mm < float("inf"):
         raise ConfigError(f"margin_mm must be a finite number >= 0 (mm), got {margin_mm!r}")
+
+
+def _box_from_probability(volume: Volume, prob: np.ndarray, *, threshold: float = 0.3,
+                          min_component_frac: float = 0.1, margin_mm: float = 0.0,
+                          min_probability: float = 0.05) -> tuple[Box, np.ndarray]:
+    """:func:`detect_box` once the detector's probability is known: (box, the kept voxels)."""
     margin = tuple(int(np.ceil(margin_mm / s - 1e-9)) for s in volume.spacing_mm)
-    prob = _probability(volume, detector, device)
     peak = float(prob.max())
     mask = prob >= threshold
     if not mask.any():
@@ -149,7 +208,7 @@ def detect_box(volume: Volume, detector: BoxDetector | Callable[[Volume], np.nda
         logger.warning("the detected box covers %.0f %% of the image (peak probability %.3f): "
                        "the detector is unsure where the organ is; check or redraw the box",
                        100 * fraction, peak)
-    return box
+    return box, mask
 
 
 def settle_box(box: Box, segment: Callable[[Box], np.ndarray], *, passes: int = 1) -> Box:
@@ -167,8 +226,15 @@ def settle_box(box: Box, segment: Callable[[Box], np.ndarray], *, passes: int = 
     Raises:
         ConfigError: ``passes`` < 0.
     """
+    return _settle(box, segment, passes)[0]
+
+
+def _settle(box: Box, segment: Callable[[Box], np.ndarray], passes: int
+            ) -> tuple[Box, np.ndarray | None]:
+    """:func:`settle_box`, also returning the last mask ``segment`` gave (None: no pass)."""
     if not isinstance(passes, int) or passes < 0:
         raise ConfigError(f"passes must be an integer >= 0, got {passes!r}")
+    mask = None
     for _ in range(passes):
         mask = np.asarray(segment(box))
         if not mask.any():
@@ -180,27 +246,157 @@ def settle_box(box: Box, segment: Callable[[Box], np.ndarray], *, passes: int = 
             break
         logger.debug("settle_box: %s -> %s", box.to_dict(), new.to_dict())
         box = new
-    return box
+    return box, mask
+
+
+@dataclass(frozen=True)
+class BoxCheck:
+    """The automatic box and the signs that it may be wrong (:func:`check_box`).
+
+    Attributes:
+        detected: the detector's box.
+        box: the settled box (the network's own mask's box in ``detected``).
+        peak_probability: the detector's maximum probability.
+        mean_probability: the detector's mean probability over the voxels it kept (those
+            that made its box).
+        detected_mm: the detector's box size ``(z, y, x)`` in mm.
+        box_mm: the settled box's size ``(z, y, x)`` in mm.
+        mask_ml: volume of the network's mask in the detector's box (the one settled on), mL.
+        z_border: the detector's box reaches the first or last slice.
+        moved_mm: the largest distance any face moved from the detector's box to the settled
+            box, mm.
+        reasons: what looked wrong, one short phrase each; empty when nothing did.
+    """
+
+    detected: Box
+    box: Box
+    peak_probability: float
+    mean_probability: float
+    detected_mm: tuple[float, float, float]
+    box_mm: tuple[float, float, float]
+    mask_ml: float
+    z_border: bool
+    moved_mm: float
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def unsure(self) -> bool:
+        """True when any sign is outside its plausible range: ask the user for a box."""
+        return bool(self.reasons)
+
+    def summary(self) -> str:
+        """One line: what looked wrong (empty string when nothing did)."""
+        return "; ".join(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-native fields (for the event log)."""
+        return {"detected": self.detected.to_dict(), "box": self.box.to_dict(),
+                "peak_probability": round(self.peak_probability, 4),
+                "mean_probability": round(self.mean_probability, 4),
+                "detected_mm": [round(v, 1) for v in self.detected_mm],
+                "box_mm": [round(v, 1) for v in self.box_mm],
+                "mask_ml": round(self.mask_ml, 1), "z_border": self.z_border,
+                "moved_mm": round(self.moved_mm, 1), "unsure": self.unsure,
+                "reasons": list(self.reasons)}
+
+
+def check_box(detected: Box, box: Box, prob: np.ndarray, kept: np.ndarray,
+              mask: np.ndarray | None, spacing_mm: tuple[float, float, float], *,
+              limits: BoxLimits | None = None) -> BoxCheck:
+    """Measure the signs that an automatic pancreas box is unsure or implausible.
+
+    Args:
+        detected: the detector's box (voxels, ``hi`` exclusive).
+        box: the settled box.
+        prob: float32 ``(z, y, x)`` detector probability on the image's grid.
+        kept: bool ``(z, y, x)``: the voxels the detector's box was made from.
+        mask: the network's mask in ``detected`` (non-zero = organ), or None (not settled).
+        spacing_mm: ``(z, y, x)`` voxel size.
+        limits: the plausible ranges (default :class:`BoxLimits`, measured: RESULTS.md).
+
+    Returns:
+        a :class:`BoxCheck`; ``reasons`` lists each sign outside ``limits``.
+    """
+    lim = limits or BoxLimits()
+    sp = np.asarray(spacing_mm, dtype=float)
+    peak = float(prob.max()) if prob.size else 0.0
+    mean = float(prob[kept].mean()) if np.any(kept) else 0.0
+    det_mm = tuple(float(v) for v in np.asarray(detected.size) * sp)
+    box_mm = tuple(float(v) for v in np.asarray(box.size) * sp)
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    mask_ml = float(np.count_nonzero(mask)) * voxel_ml if mask is not None else 0.0
+    z_border = detected.lo_zyx[0] == 0 or detected.hi_zyx[0] == prob.shape[0]
+    moved = np.abs(np.concatenate([(np.subtract(box.lo_zyx, detected.lo_zyx)) * sp,
+                                   (np.subtract(box.hi_zyx, detected.hi_zyx)) * sp]))
+    moved_mm = float(moved.max())
+    reasons = []
+    if peak < lim.min_peak_probability:
+        reasons.append(f"the detector's highest probability is {peak:.2f} "
+                       f"(< {lim.min_peak_probability})")
+    if mean < lim.min_mean_probability:
+        reasons.append(f"the detector's mean probability in its box is {mean:.2f} "
+                       f"(< {lim.min_mean_probability})")
+    if z_border:
+        reasons.append("the detector's box reaches the first or last slice")
+    big = [f"{'zyx'[a]} {det_mm[a]:.0f} mm" for a in range(3) if det_mm[a] > lim.max_box_mm[a]]
+    if big:
+        reasons.append(f"the detector's box is too large for a pancreas ({', '.join(big)})")
+    bad = [f"{'zyx'[a]} {box_mm[a]:.0f} mm" for a in range(3)
+           if not lim.min_box_mm[a] <= box_mm[a] <= lim.max_box_mm[a]]
+    if bad:
+        reasons.append(f"the box is not a pancreas's size ({', '.join(bad)}; expected "
+                       + ", ".join(f"{'zyx'[a]} {lim.min_box_mm[a]:.0f}-{lim.max_box_mm[a]:.0f}"
+                                   for a in range(3)) + " mm)")
+    if mask is not None and not lim.min_mask_ml <= mask_ml <= lim.max_mask_ml:
+        reasons.append(f"the mask holds {mask_ml:.0f} mL (a pancreas: "
+                       f"{lim.min_mask_ml:.0f}-{lim.max_mask_ml:.0f} mL)")
+    if moved_mm > lim.max_moved_mm:
+        reasons.append(f"the network's mask disagrees with the detector's box by "
+                       f"{moved_mm:.0f} mm (> {lim.max_moved_mm:.0f})")
+    return BoxCheck(detected, box, peak, mean, det_mm, box_mm, mask_ml, z_border, moved_mm,
+                    tuple(reasons))
+
+
+def find_box(volume: Volume, segment: Callable[[Box], np.ndarray], *,
+             detector: BoxDetector | Callable[[Volume], np.ndarray] | None = None,
+             limits: BoxLimits | None = None,
+             device: str | torch.device | None = None) -> BoxCheck:
+    """The pancreas box without user input, with the signs that it may be wrong.
+
+    :func:`detect_box` (default: the shipped Zhou coarse-stage detector, its defaults), then
+    :func:`settle_box` once around ``segment``'s mask, then :func:`check_box`. The caller
+    says what to do when ``unsure`` (warn, ask for a drawn box).
+
+    Args:
+        volume: CT in HU.
+        segment: box -> mask of the whole image from the pancreas model that will segment.
+        detector: default the bundled one.
+        limits: plausible ranges (default :class:`BoxLimits`).
+        device: passed to the detector.
+    """
+    _check_volume(volume, "volume")
+    if detector is None:
+        from ..checkpoint import load_bundled_detector
+
+        detector = load_bundled_detector()
+    prob = _probability(volume, detector, device)
+    detected, kept = _box_from_probability(volume, prob)
+    box, mask = _settle(detected, segment, 1)
+    check = check_box(detected, box, prob, kept, mask, volume.spacing_mm, limits=limits)
+    logger.info("automatic box: the detector proposes %s, the network's own mask in it %s%s",
+                detected.to_dict(), box.to_dict(),
+                f"; uncertain: {check.summary()}" if check.unsure else "")
+    return check
 
 
 def automatic_box(volume: Volume, segment: Callable[[Box], np.ndarray]) -> Box:
-    """The pancreas box without user input: the bundled detector's, settled once.
-
-    What ``Session.predict()`` and ``iunet-nb predict --auto-box`` use: :func:`detect_box`
-    with the shipped Zhou coarse-stage detector and its defaults, then :func:`settle_box`
-    around ``segment``'s mask in it.
+    """The pancreas box without user input: :func:`find_box`'s settled box.
 
     Args:
         volume: CT in HU.
         segment: box -> mask of the whole image from the pancreas model that will segment.
     """
-    from ..checkpoint import load_bundled_detector
-
-    detected = detect_box(volume, load_bundled_detector())
-    box = settle_box(detected, segment)
-    logger.info("automatic box: the detector proposes %s, the network's own mask in it %s",
-                detected.to_dict(), box.to_dict())
-    return box
+    return find_box(volume, segment).box
 
 
 def box_recall(box: Box, mask: np.ndarray) -> float:
