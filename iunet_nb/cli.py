@@ -77,7 +77,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .plots import plot_overview
     from .predict import make_box, segment
     from .preprocess import Box
-    from .systems.autobox import automatic_box
+    from .systems.autobox import find_box
     from .volume import Volume
 
     inputs = {"CT": args.ct, "model": args.model, "--box-from mask": args.box_from,
@@ -103,9 +103,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise InputError(f"--auto-box needs a pancreas model (the only automatic detector "
                              f"shipped is for the pancreas); this model is for "
                              f"'{card.structure}': give --box, --box-mm or --box-from")
-        box = automatic_box(ct, lambda b: segment_in(b).array)
+        check = find_box(ct, lambda b: segment_in(b).array)
+        box = check.box
         print(f"automatic box (z0 y0 x0 z1 y1 x1): "
               f"{' '.join(str(v) for v in (*box.lo_zyx, *box.hi_zyx))}")
+        if check.unsure:  # still segment (exit 0), but never a silent wrong answer
+            print(f"warning: the automatic box is probably wrong ({check.summary()}); check "
+                  f"the mask, or draw the box and pass --box Z0 Y0 X0 Z1 Y1 X1 (or --box-mm)",
+                  file=sys.stderr)
     else:
         box_ref = read_mask(args.box_from) if args.box_from else None
         box = make_box(ct, voxel=args.box, physical_mm=args.box_mm, reference=box_ref)

@@ -268,6 +268,7 @@ class Session:
         self._reference_idx = (None if reference is None
                                else np.flatnonzero(reference.array))
         self._box = box
+        self._box_check: Any = None  # the automatic box's BoxCheck (systems.autobox), if used
         self._predicted = False
         self._refine_round = 0
         # scribbles with id >= this were added since the last refine (local_mm, one_way)
@@ -328,6 +329,13 @@ class Session:
     def box(self) -> Box | None:
         """The current box (None until one is given)."""
         return self._box
+
+    @property
+    def box_check(self) -> Any:
+        """The :class:`~iunet_nb.systems.autobox.BoxCheck` of the automatic box the last
+        :meth:`predict` used (its ``unsure`` and ``reasons`` say whether to trust it); None when
+        that predict was given a box or used none from the detector."""
+        return self._box_check
 
     @property
     def config(self) -> RefineConfig:
@@ -407,9 +415,14 @@ class Session:
         if fallback == "whole":
             return Box((0, 0, 0), self._volume.shape)
         if fallback == "detector" and self._card.structure == "pancreas":
-            from .systems.autobox import automatic_box
+            from .systems.autobox import find_box
 
-            return automatic_box(self._volume, self._mask_in)
+            self._box_check = find_box(self._volume, self._mask_in)
+            if self._box_check.unsure:
+                logger.warning("the automatic box is probably wrong (%s): check the mask, or "
+                               "draw a box and pass it to predict(box)",
+                               self._box_check.summary())
+            return self._box_check.box
         why = ("there is no automatic detector for "
                f"'{self._card.structure}'" if fallback == "detector" else "no box was given")
         raise SessionError(
@@ -436,6 +449,7 @@ class Session:
         with self._lock:
             t0 = time.perf_counter()
             self._begin_change()
+            self._box_check = None
             if box is not None:
                 box.validate(self._volume.shape)
             elif self._box is None:
@@ -456,8 +470,9 @@ class Session:
                                         "predicted": True, "refine_round": 0,
                                         "refined_below": 0})
             self._apply(entry, forward=True)
+            auto = {} if self._box_check is None else {"auto_box": self._box_check.to_dict()}
             self._commit(entry, t0, {"box": new_box.to_dict(),
-                                     "n_mask_voxels": int(np.count_nonzero(self._mask))})
+                                     "n_mask_voxels": int(np.count_nonzero(self._mask)), **auto})
             return self.mask
 
     def reset(self, *, keep_scribbles: bool = False) -> Volume:

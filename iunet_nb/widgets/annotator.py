@@ -339,6 +339,8 @@ class Annotator(w.VBox):
         self.case_index = -1
         self._box_ranges: dict[int, tuple[int, int]] = {}
         self._predicted = False
+        # what looked wrong with the automatic box of the last Segment (None: trusted / drawn)
+        self._box_doubt: str | None = None
         self._refine_future: Any = None
         self._refine_t0 = 0.0
         self._idle = threading.Event()
@@ -533,6 +535,7 @@ class Annotator(w.VBox):
         self.case_index = index
         self._case_t0 = self._clock()
         self._case_stopped_at = None
+        self._box_doubt = None
         self._refine_future = None
         self._set_busy(False)
         self._idle.set()
@@ -695,6 +698,7 @@ class Annotator(w.VBox):
         """Set the box from a :class:`~iunet_nb.preprocess.Box` (e.g. from a detector)."""
         box.validate(self.volume.shape)  # type: ignore[union-attr]
         self._box_ranges = {a: (box.lo_zyx[a], box.hi_zyx[a]) for a in range(3)}
+        self._box_doubt = None
         self._update_box_display()
 
     def segment(self) -> None:
@@ -717,9 +721,16 @@ class Annotator(w.VBox):
                 self._idle.set()
         if box is None and self.session.box is not None:
             self.set_box(self.session.box)
+        if box is None:  # a drawn or set box clears the doubt (handle_box, set_box)
+            check = self.session.box_check
+            self._box_doubt = check.summary() if check is not None and check.unsure else None
         self._predicted = True
         self.go_to_mask()
         self._after("segment", t0, mask_changed=True)
+        if self._box_doubt:  # never a silent wrong answer: say why, ask for a drawn box
+            self._show_message(f"the automatic box is probably wrong ({self._box_doubt}): "
+                               "choose the Box tool, draw a box around the pancreas on two "
+                               "views and press Segment again", "warning")
 
     def go_to_mask(self) -> tuple[int, int, int] | None:
         """Move the crosshair (and so the three views' slices) to the mask's centre: the
@@ -943,6 +954,7 @@ class Annotator(w.VBox):
         _, (ra, ca) = _VIEW_AXES[view]
         self._box_ranges[ra] = (int(rows[0]), int(rows[1]))
         self._box_ranges[ca] = (int(cols[0]), int(cols[1]))
+        self._box_doubt = None
         self._update_box_display()
         missing = [n for a, n in enumerate("zyx") if a not in self._box_ranges]
         self._last_action = (f"box on {view}" + (f": draw it on another view for "
@@ -1090,6 +1102,9 @@ class Annotator(w.VBox):
             parts.append(f"reader {html.escape(self.reader)}")
         if self._last_action:
             parts.append(f"last: {html.escape(self._last_action)}")
+        if self._box_doubt:
+            parts.append("<b style='color:#8a5a00'>box uncertain: draw a box (Box tool) and "
+                         "Segment again</b>")
         v = next(iter(self.views.values()), None)
         if v is not None:
             parts.append(f"W {v.window_width:.0f} / L {v.window_level:.0f}")
