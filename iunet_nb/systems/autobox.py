@@ -76,22 +76,23 @@ _LARGE_BOX = 0.5
 class BoxLimits:
     """Plausible ranges for an automatic pancreas box; :func:`check_box` flags what is outside.
 
-    Measured 2026-12-08 (``benchmarks/bench_autobox_check.py``, bundled detector and iUnet;
+    Measured 2026-12-07 (``benchmarks/bench_autobox_check.py``, bundled detector and iUnet;
     RESULTS.md). Where the box works -- the bundled sample and 5 held-out BTCV-synthetic cases
     (box recall 0.947-0.997, DSC 0.81-0.96) -- versus the three real CTs where it misses
     (NIH PANCREAS_0002 DSC 0.12; 3D-IRCADb 1.7 and 1.17, masks on other organs):
 
-    ==========================  ====================  ==========================
-    sign                        synthetic (6 cases)   real (0002 / 1.7 / 1.17)
-    ==========================  ====================  ==========================
-    detector peak probability   0.986-1.000           0.646 / 0.651 / 0.833
-    detector mean (kept voxels) 0.484-0.699           0.349 / 0.384 / 0.446
-    detector box reaches z end  never                 yes / yes / no
-    detector box z, y mm        <= 112, <= 66         187, 232 / 171, 75 / 114, 116
-    settled box z, y, x mm      60-118, 47-74, 114-166  159, 171, 235 / 144, 94, 174 / 106, 91, 140
-    mask in detector's box mL   38-105                951 / 115 / 61
-    largest face move mm        6-26                  41 / 40 / 17
-    ==========================  ====================  ==========================
+    ===========================  ===================  ==================================
+    sign                         synthetic (6 cases)  real: PANCREAS_0002 / 1.7 / 1.17
+    ===========================  ===================  ==================================
+    detector peak probability    0.986-1.000          0.646 / 0.651 / 0.833
+    detector mean, kept voxels   0.484-0.699          0.349 / 0.384 / 0.446
+    detector box reaches z end   never                yes / yes / no
+    detector box z, y mm         <= 112, <= 66        187, 232 / 171, 75 / 114, 116
+    settled box z, y, x mm       60-118, 47-74,       159, 171, 235 / 144, 94, 174 /
+                                 114-166              106, 91, 140
+    mask in detector's box mL    38-105               951 / 115 / 61
+    largest face move mm         6-26                 41 / 40 / 17
+    ===========================  ===================  ==================================
 
     The peak probability alone separates every case (gap 0.833 -> 0.986): 0.9. The other
     limits are set loosely, so that a real pancreas passes them: box sizes within the 30 BTCV
