@@ -11,7 +11,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import pickle
 import platform
+import re
+import sys
+import warnings
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,7 +32,8 @@ from .preprocess import PreprocessConfig
 
 __all__ = ["ModelCard", "save_model", "load_model", "load_bundled_model", "bundled_model_path",
            "select_device", "machine_description", "file_sha256", "BUNDLED_SHA256",
-           "load_bundled_detector", "bundled_detector_path"]
+           "load_bundled_detector", "bundled_detector_path", "read_weights_file",
+           "load_state_checked"]
 
 BUNDLED_MODEL = "iunet_pancreas.pt"
 BUNDLED_DETECTOR = "zhou_pancreas_detector.pt"
@@ -110,19 +116,127 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
     except Exception as exc:
         raise CheckpointError(f"model card {card_path} is not valid: {exc}") from exc
     model = build_network(card.net)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read weights {path}: {exc}") from exc
+    state = read_weights_file(path, "weights")
     if isinstance(state, dict) and "model" in state and "optimizer" in state:
         state = state["model"]  # a training checkpoint
+    load_state_checked(
+        model, state,
+        f"weights {path} do not match the architecture in {card_path} "
+        f"({card.net.arch}, base_channels={card.net.base_channels})",
+        "load them with the card they were saved with, or retrain for this architecture")
+    return model.to(select_device(device)).eval(), card
+
+
+def read_weights_file(path: str | os.PathLike, what: str = "weights") -> Any:
+    """``torch.load(path, weights_only=True)`` with a one-line :class:`CheckpointError`.
+
+    torch's own messages run to several lines and advise loading with pickled code enabled;
+    this says which file, what is wrong with it (empty, truncated, not a PyTorch file, holds
+    Python objects other than tensors) and what to do, never that advice.
+
+    Args:
+        path: a file written by ``torch.save``.
+        what: how the message names the file ("weights", "zhou weights", "checkpoint").
+
+    Raises:
+        CheckpointError: the file cannot be read as plain tensors.
+    """
+    path = Path(path)
+    again = "save or copy it again from its source"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise CheckpointError(f"cannot read {what} {path}: the file is empty (0 bytes); {again}")
+    if head == b"PK\x03\x04":   # torch.save's zip format
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"cannot read {what} {path}: the file is truncated or damaged "
+                                  f"({size} bytes, its zip index is missing); {again}")
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            names = []
+        if not any(n.endswith("/data.pkl") for n in names):
+            raise CheckpointError(f"cannot read {what} {path}: it is a zip archive but not a "
+                                  "PyTorch file (no data.pkl in it); give the .pt file of a "
+                                  "saved model")
+    try:
+        with warnings.catch_warnings():   # e.g. "Detected pickle protocol 4": ours is the word
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found and not _names_nothing(found.group(1)):
+            raise CheckpointError(
+                f"cannot read {what} {path}: it holds Python objects other than tensors "
+                f"({found.group(1)}), which could run code when loaded, so it is refused; "
+                "save only the state dict (torch.save(model.state_dict(), path))") from None
+        if found:
+            raise CheckpointError(f"cannot read {what} {path}: the file is truncated or damaged "
+                                  f"({size} bytes); {again}") from None
+        raise CheckpointError(f"cannot read {what} {path}: it is not a PyTorch file (torch.save "
+                              "did not write it); give the .pt file of a saved model") from None
+    except (EOFError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"cannot read {what} {path}: the file is truncated or damaged "
+                              f"({size} bytes); {again}") from exc
+    except RuntimeError as exc:
+        if "unexpected EOF" in str(exc) or head == b"PK\x03\x04":   # cut short
+            raise CheckpointError(f"cannot read {what} {path}: the file is truncated or damaged "
+                                  f"({size} bytes); {again}") from None
+        raise CheckpointError(f"cannot read {what} {path}: it is not a PyTorch file (torch.save "
+                              "did not write it); give the .pt file of a saved model") from None
+    except Exception:   # a text file, random bytes: torch fails in arbitrary ways
+        raise CheckpointError(f"cannot read {what} {path}: it is not a PyTorch file (torch.save "
+                              "did not write it); give the .pt file of a saved model") from None
+
+
+def load_state_checked(model: torch.nn.Module, state: Any, mismatch: str, todo: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line :class:`CheckpointError`.
+
+    Args:
+        model: the network the weights should fit.
+        state: what :func:`read_weights_file` returned.
+        mismatch: the start of the message ("weights X do not match ...").
+        todo: what the user should do, appended after the counts.
+    """
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{mismatch}: the file holds {type(state).__name__} rather than a "
+                              f"state dict of tensors; {todo}")
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in state]
+    unexpected = [k for k in state if k not in mine]
+    shaped = [k for k in mine if isinstance(state.get(k), torch.Tensor)
+              and tuple(state[k].shape) != tuple(mine[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of {len(mine)} tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shaped:
+        k = shaped[0]
+        parts.append(f"{len(shaped)} of another shape (e.g. {k}: "
+                     f"{'x'.join(map(str, state[k].shape))} in the file, "
+                     f"{'x'.join(map(str, mine[k].shape))} here)")
+    if parts:
+        raise CheckpointError(f"{mismatch}: {', '.join(parts)}; {todo}")
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError) as exc:
-        raise CheckpointError(
-            f"weights {path} do not match the architecture in {card_path} "
-            f"({card.net.arch}, base_channels={card.net.base_channels}): {str(exc)[:300]}") from exc
-    return model.to(select_device(device)).eval(), card
+    except (RuntimeError, TypeError) as exc:  # dtypes or anything the counts above miss
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{mismatch}: {reason}; {todo}") from exc
+
+
+def _names_nothing(name: str) -> bool:
+    """Whether ``module.attr`` names nothing in a module already imported (as a pickle cut
+    short inside a name does, e.g. ``torch._utils._rebuild_tens``). Nothing is imported: a
+    name in a hostile file must not run a module's code."""
+    module, _, attr = name.rpartition(".")
+    loaded = sys.modules.get(module)
+    return loaded is not None and not hasattr(loaded, attr)
 
 
 def bundled_model_path() -> Path:

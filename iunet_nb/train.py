@@ -41,7 +41,7 @@ import torch
 from ._atomic import atomic_path, atomic_write_text
 from ._config import JsonConfig
 from .augment import AugmentConfig, augment_batch
-from .checkpoint import ModelCard, load_model, machine_description, save_model
+from .checkpoint import ModelCard, load_model, machine_description, read_weights_file, save_model
 from .datasets import BTCV_DIRECTION
 from .distributed import (DistContext, check_divisible, convert_sync_batchnorm, distributed,
                           get_world_size, is_main)
@@ -392,10 +392,7 @@ def _load_checkpoint(path: Path, config: TrainConfig, *, resize: bool = False) -
             raise CheckpointError(
                 f"cannot resume from {path}: it was trained with different settings ({differ}); "
                 "use the same config, or a new output folder to start afresh")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    return read_weights_file(path, "checkpoint")
 
 
 def _read_losses(path: Path, upto: int, *, rewrite: bool = True) -> list[float]:

@@ -24,23 +24,29 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_bad_input import CARD, GEOM, SHAPE, _ct, _model, _session
+import torch
+from test_bad_input import CARD, GEOM, SHAPE, _ct, _foreign_checkpoint, _model, _session
 
 import iunet_nb.io as io_mod
 from iunet_nb.cli import main
-from iunet_nb.checkpoint import save_model
-from iunet_nb.errors import GeometryError, InputError, IunetError, SessionError
+from iunet_nb.checkpoint import load_model, save_model
+from iunet_nb.errors import CheckpointError, GeometryError, InputError, IunetError, SessionError
 from iunet_nb.io import read_dicom_mask_series, read_image, write_image, write_mask
 from iunet_nb.predict import make_box, segment
 from iunet_nb.preprocess import Box
 from iunet_nb.session import RefineConfig, Session
+from iunet_nb.systems.zhou import ZhouConfig, ZhouModel, load_zhou
+from iunet_nb.train import TrainConfig, _load_checkpoint
 from iunet_nb.volume import Geometry, Volume
+
+_TINY_ZHOU = ZhouConfig(base_channels=2, depth=3)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -738,6 +744,104 @@ def test_cli_session_refine_without_a_pending_scribble_is_refused(scribbled, cli
               cli_files["model"]], tmp_path, r"nothing to refine in .*no scribble was added "
                                                 r"since the last refine; add one first")
     assert time.perf_counter() - t0 < 5
+
+# ----------------------------------------------------------------------------- model files
+def _model_file(tmp: Path, data: bytes | None = None, obj: Any = None) -> Path:
+    """``m.pt`` (``data`` bytes, or ``obj`` through torch.save) beside a valid ``m.json``."""
+    if obj is not None:
+        torch.save(obj, tmp / "m.pt")
+    else:
+        (tmp / "m.pt").write_bytes(data or b"")
+    CARD.to_json(tmp / "m.json")
+    return tmp / "m.pt"
+
+
+def _cut(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def _old_format(tmp: Path) -> Path:
+    torch.save(_model().state_dict(), tmp / "m.pt", _use_new_zipfile_serialization=False)
+    CARD.to_json(tmp / "m.json")
+    return tmp / "m.pt"
+
+
+def _plain_zip(tmp: Path) -> Path:
+    with zipfile.ZipFile(tmp / "m.pt", "w") as z:
+        z.writestr("notes.txt", "not weights")
+    CARD.to_json(tmp / "m.json")
+    return tmp / "m.pt"
+
+
+_AGAIN = r"; save or copy it again from its source$"
+_NOT_TORCH = r": it is not a PyTorch file \(torch\.save did not write it\); give the \.pt file"
+MODEL_CASES: list[Case] = [
+    ("empty .pt", lambda t, m: partial(load_model, _model_file(t)),
+     CheckpointError, r"^cannot read weights .*m\.pt: the file is empty \(0 bytes\)" + _AGAIN),
+    ("truncated .pt", lambda t, m: partial(
+        load_model, _cut(save_model(_model(), CARD, t / "m.pt"))),
+     CheckpointError, r"^cannot read weights .*m\.pt: the file is truncated or damaged "
+                      r"\(\d+ bytes, its zip index is missing\)" + _AGAIN),
+    ("truncated .pt of torch's old format", lambda t, m: partial(load_model, _cut(_old_format(t))),
+     CheckpointError, r"^cannot read weights .*m\.pt: the file is truncated or damaged "
+                      r"\(\d+ bytes\)" + _AGAIN),
+    ("text file as .pt", lambda t, m: partial(load_model, _model_file(t, b"weights: none\n")),
+     CheckpointError, r"^cannot read weights .*m\.pt" + _NOT_TORCH),
+    ("random bytes as .pt", lambda t, m: partial(
+        load_model, _model_file(t, np.random.default_rng(0).bytes(4000))),
+     CheckpointError, r"^cannot read weights .*m\.pt" + _NOT_TORCH),
+    ("zip archive without data.pkl as .pt", lambda t, m: partial(load_model, _plain_zip(t)),
+     CheckpointError, r"^cannot read weights .*m\.pt: it is a zip archive but not a PyTorch file"),
+    ("pickle naming os.system", lambda t, m: partial(
+        load_model, _model_file(t, obj={"w": os.system})),
+     CheckpointError, r"^cannot read weights .*m\.pt: it holds Python objects other than tensors "
+                      r"\((posix|nt)\.system\), which could run code when loaded, so it is "
+                      r"refused; save only the state dict"),
+    ("a whole pickled module", lambda t, m: partial(load_model, _model_file(t, obj=_model())),
+     CheckpointError, r"holds Python objects other than tensors \(iunet_nb\.nets\.\w+"),
+    ("weights of another architecture", lambda t, m: partial(load_model, _foreign_checkpoint(t)),
+     CheckpointError, r"^weights .*m\.pt do not match the architecture in .*m\.json \(iunet, "
+                      r"base_channels=4\): \d+ of another shape \(e\.g\. [\w.]+: 8x\w+ in the "
+                      r"file, 4x\w+ here\); load them with the card they were saved with"),
+    ("a list instead of a state dict", lambda t, m: partial(load_model, _model_file(t, obj=[1, 2])),
+     CheckpointError, r"do not match the architecture .*: the file holds list rather than a "
+                      r"state dict"),
+    ("empty Zhou weights", lambda t, m: partial(
+        load_zhou, _cleared(ZhouModel(_TINY_ZHOU).save(t / "z.pt"))),
+     CheckpointError, r"^cannot read zhou weights .*z\.pt: the file is empty \(0 bytes\)"),
+    ("truncated training checkpoint", lambda t, m: partial(
+        _load_checkpoint, _cut(_checkpoint(t)), TrainConfig()),
+     CheckpointError, r"^cannot read checkpoint .*checkpoint\.pt: the file is truncated"),
+]
+
+
+def _checkpoint(tmp: Path) -> Path:
+    torch.save({"model": _model().state_dict(), "iteration": 3}, tmp / "checkpoint.pt")
+    return tmp / "checkpoint.pt"
+
+
+def _cleared(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("name, build, error, match", MODEL_CASES,
+                         ids=[c[0] for c in MODEL_CASES])
+def test_a_bad_model_file_is_one_line_in_our_words(name, build, error, match, tmp_path,
+                                                    monkeypatch):
+    exc = _check(lambda: build(tmp_path, monkeypatch), tmp_path, error, match)
+    assert "weights_only" not in str(exc) and "torch.load" not in str(exc), str(exc)
+
+
+def test_cli_predict_with_an_empty_model_file_is_one_line(cli_files, tmp_path):
+    cli_files["model"].write_bytes(b"")
+    line = _run_cli(["predict", cli_files["ct"], "--model", cli_files["model"], "--box", 0, 0, 0,
+                     6, 10, 12, "--out", tmp_path / "pred.nii.gz"], tmp_path,
+                    r"cannot read weights .*model\.pt: the file is empty \(0 bytes\)")
+    assert "weights_only" not in line
+
 
 # ----------------------------------------------------------------------------- the tables
 @pytest.mark.parametrize("name, build, error, match", CASES, ids=[c[0] for c in CASES])

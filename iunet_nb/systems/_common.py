@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .._atomic import atomic_path, atomic_write_text
-from ..checkpoint import machine_description, select_device
+from ..checkpoint import load_state_checked, machine_description, read_weights_file, select_device
 from ..errors import CheckpointError, ConfigError, InputError
 from ..preprocess import lps_orientation, reorient_to_lps
 from ..volume import Volume
@@ -216,15 +216,10 @@ def _load_card(system: str, path: str | os.PathLike) -> tuple[Path, dict[str, An
 
 
 def _load_state(model: torch.nn.Module, path: Path, system: str) -> None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {system} weights {path}: {exc}") from exc
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"weights {path} do not match the {system} configuration in its "
-                              f"card: {str(exc)[:300]}") from exc
+    state = read_weights_file(path, f"{system} weights")
+    load_state_checked(model, state,
+                       f"weights {path} do not match the {system} configuration in its card",
+                       "load them with the card they were saved with")
 
 
 def _device(device: str | torch.device | None) -> torch.device:
