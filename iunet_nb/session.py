@@ -103,6 +103,7 @@ from .strokes import (
     _check_view,
     _parse_label,
     _points_to_voxels,
+    check_scribble_size,
     stroke_to_voxels,
 )
 from .volume import Volume, check_ct_spacing
@@ -541,7 +542,10 @@ class Session:
 
         Raises:
             InputError: bad label, view, slice, radius, an empty or off-image stroke, both
-                or neither of ``stroke`` and ``points``.
+                or neither of ``stroke`` and ``points``; a stroke of more than 10,000 points,
+                more than 10^6 ``points``, or a brush sweeping more than 10^8 voxels (caps far
+                above a hand-drawn stroke, :func:`iunet_nb.strokes.check_scribble_size`),
+                refused before any work.
         """
         with self._lock:
             t0 = time.perf_counter()
@@ -879,6 +883,10 @@ class Session:
         if (stroke is None) == (points is None):
             raise InputError("give either a stroke (with view and slice_index) or points "
                              "(voxel indices z, y, x), not both and not neither")
+        if slice_index is not None or points is not None:
+            check_scribble_size(shape, self._volume.spacing_mm, stroke, points, view=view,
+                                slice_index=slice_index, radius_mm=radius_mm,
+                                radius_vox=radius_vox)
         if points is not None:
             if radius_mm is not None or radius_vox is not None:
                 raise InputError("points are painted exactly; a brush radius applies to strokes")

@@ -28,7 +28,8 @@ import numpy as np
 from .errors import InputError
 from .preprocess import _is_int, _is_real
 
-__all__ = ["VIEWS", "stroke_to_voxels"]
+__all__ = ["VIEWS", "stroke_to_voxels", "check_scribble_size", "MAX_STROKE_POINTS",
+           "MAX_SCRIBBLE_VOXELS", "MAX_BRUSH_SWEEP_VOXELS"]
 
 #: view name -> (axis fixed by the slice index, (row axis, column axis)) in (z, y, x).
 VIEWS: dict[str, tuple[int, tuple[int, int]]] = {
@@ -37,6 +38,20 @@ VIEWS: dict[str, tuple[int, tuple[int, int]]] = {
     "sagittal": (2, (0, 1)),
 }
 _FG, _BG = 1, 2
+
+# Caps on one scribble, far above anything drawn by hand, so that a runaway or hostile call
+# is refused at once instead of holding a Session's lock for minutes (a 10^6-point stroke
+# took 81 s). A hand-drawn stroke is one point per pointer event, ~60 a second: 10,000 points
+# is nearly 3 minutes of drawing without lifting the pen; the robot's strokes have a few
+# hundred. Painting costs ~30 us a point here, so 10,000 points take ~0.3 s.
+MAX_STROKE_POINTS = 10_000
+# Exact voxels (``points=``): the robot places at most one slice's worth (512 x 512 = 262,144);
+# 10^6 took 0.65 s, 3 * 10^6 3 s on a loaded 2-core host.
+MAX_SCRIBBLE_VOXELS = 1_000_000
+# Voxels a stroke's brush passes over, overlaps counted (the painting work): each segment's
+# box, clipped to the slice. The largest brush (20 mm) on 0.5 mm pixels over a 2,000-point
+# stroke sweeps ~1.4 * 10^7; 10^8 takes ~0.4 s.
+MAX_BRUSH_SWEEP_VOXELS = 100_000_000
 
 
 def _check_view(view: str, slice_index: Any, shape: Sequence[int]) -> tuple[int, int, int, int]:
@@ -122,6 +137,60 @@ def stroke_to_voxels(shape: Sequence[int], spacing_mm: Sequence[float],
     index[axis] = np.full(rows.shape, k, dtype=np.int64)
     index[ra], index[ca] = rows.astype(np.int64), cols.astype(np.int64)
     return np.sort(np.ravel_multi_index(tuple(index), shape)).astype(np.int64)
+
+
+def check_scribble_size(shape: Sequence[int], spacing_mm: Sequence[float],
+                        stroke: Any = None, points: Any = None, *, view: str = "axial",
+                        slice_index: Any = 0, radius_mm: float | None = None,
+                        radius_vox: float | None = None) -> None:
+    """Refuse a stroke or a point set beyond the caps, before any painting work.
+
+    Cheap: the point count is read with ``len`` before anything is converted; the sweep is
+    bounded from the points' coordinates alone.
+
+    Args:
+        shape: image shape ``(z, y, x)``.
+        spacing_mm: voxel size ``(z, y, x)`` in mm.
+        stroke: ``(N, 2)`` points, as :func:`stroke_to_voxels` takes them; or
+        points: ``(N, 3)`` exact voxels.
+        view, slice_index, radius_mm, radius_vox: as :func:`stroke_to_voxels`.
+
+    Raises:
+        InputError: more than :data:`MAX_STROKE_POINTS` stroke points, more than
+            :data:`MAX_SCRIBBLE_VOXELS` points, or a brush sweep beyond
+            :data:`MAX_BRUSH_SWEEP_VOXELS`.
+    """
+    if points is not None:
+        n = _count(points)
+        if n is not None and n > MAX_SCRIBBLE_VOXELS:
+            raise InputError(f"{n:,} points in one scribble is more than the "
+                             f"{MAX_SCRIBBLE_VOXELS:,} allowed; split them into several scribbles")
+        return
+    if stroke is None:
+        return
+    n = _count(stroke)
+    if n is not None and n > MAX_STROKE_POINTS:
+        raise InputError(f"a stroke of {n:,} points is more than the {MAX_STROKE_POINTS:,} "
+                         "allowed; draw it as several strokes, or thin its points")
+    shape = tuple(int(v) for v in shape)
+    _, ra, ca, _ = _check_view(view, slice_index, shape)
+    pts = _as_points(stroke, 2, "stroke")
+    scale_r, scale_c, radius = _brush_scale(spacing_mm, ra, ca, radius_mm, radius_vox)
+    a, b = (pts[:1], pts[:1]) if len(pts) == 1 else (pts[:-1], pts[1:])
+    rows = np.minimum(np.abs(b[:, 0] - a[:, 0]) + 2 * radius / scale_r + 2, shape[ra])
+    cols = np.minimum(np.abs(b[:, 1] - a[:, 1]) + 2 * radius / scale_c + 2, shape[ca])
+    sweep = float(np.sum(rows * cols))
+    if sweep > MAX_BRUSH_SWEEP_VOXELS:
+        raise InputError(f"this stroke's brush would pass over {sweep:.2g} voxels, more than the "
+                         f"{MAX_BRUSH_SWEEP_VOXELS:.0e} allowed; use a smaller brush or fewer "
+                         "points")
+
+
+def _count(points: Any) -> int | None:
+    try:
+        return len(points)
+    except TypeError:
+        return None
 
 
 def _as_points(points: Any, dim: int, what: str) -> np.ndarray:

@@ -42,6 +42,7 @@ from iunet_nb.io import read_dicom_mask_series, read_image, write_image, write_m
 from iunet_nb.predict import make_box, segment
 from iunet_nb.preprocess import Box
 from iunet_nb.session import RefineConfig, Session
+from iunet_nb.strokes import check_scribble_size
 from iunet_nb.systems.zhou import ZhouConfig, ZhouModel, load_zhou
 from iunet_nb.train import TrainConfig, _load_checkpoint
 from iunet_nb.volume import Geometry, Volume
@@ -841,6 +842,55 @@ def test_cli_predict_with_an_empty_model_file_is_one_line(cli_files, tmp_path):
                      6, 10, 12, "--out", tmp_path / "pred.nii.gz"], tmp_path,
                     r"cannot read weights .*model\.pt: the file is empty \(0 bytes\)")
     assert "weights_only" not in line
+
+
+# ----------------------------------------------------------------------------- stroke caps
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("10^6-point stroke", dict(stroke=np.zeros((10**6, 2)).tolist(), view="axial", slice_index=3),
+     r"^a stroke of 1,000,000 points is more than the 10,000 allowed; draw it as several "
+     r"strokes, or thin its points$"),
+    ("10,001-point stroke as an array", dict(stroke=np.zeros((10_001, 2)), view="axial",
+                                             slice_index=3),
+     r"^a stroke of 10,001 points is more than the 10,000 allowed"),
+    ("1,000,001 exact points", dict(points=np.zeros((1_000_001, 3), np.int64)),
+     r"^1,000,001 points in one scribble is more than the 1,000,000 allowed; split them"),
+    ("a brush sweeping the slice 10,000 times", dict(
+        stroke=np.tile([[1.0, 1.0], [8.0, 10.0]], (5000, 1)), view="axial", slice_index=3,
+        radius_vox=1e6),
+     r"^this stroke's brush would pass over 1\.2e\+06 voxels, more than the 1e\+05 allowed; "
+     r"use a smaller brush or fewer points$"),
+])
+def test_an_oversized_scribble_is_refused_at_once(name, kwargs, match, tmp_path, monkeypatch):
+    if "radius_vox" in kwargs:   # the sweep cap at the scale of the test image's 120-voxel slice
+        monkeypatch.setattr("iunet_nb.strokes.MAX_BRUSH_SWEEP_VOXELS", 100_000)
+    s = _session(folder=tmp_path / "s")
+    s.add_scribble("fg", [(4, 4)], view="axial", slice_index=3)
+    before = (s.scribbles.array.copy(), s.history, _files(tmp_path / "s"))
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=match) as info:
+        s.add_scribble("fg", **kwargs)
+    assert time.perf_counter() - t0 < 1.0
+    assert "\n" not in str(info.value)
+    np.testing.assert_array_equal(s.scribbles.array, before[0])
+    assert s.history == before[1] and _files(tmp_path / "s") == before[2]
+    s.close()
+
+
+def test_a_long_hand_drawn_stroke_is_still_accepted(tmp_path):
+    s = _session()
+    row = np.linspace(0.5, 8.5, 10_000)   # the cap itself, 20 mm brush: accepted
+    stroke = np.stack([row, row], axis=1)
+    s.add_scribble("bg", stroke, view="axial", slice_index=2, radius_mm=20)
+    assert np.count_nonzero(s.scribbles.array[2] == 2) == 10 * 12
+
+
+def test_the_brush_sweep_cap_on_a_512_slice():
+    shape, spacing = (40, 512, 512), (2.5, 0.5, 0.5)
+    walk = np.clip(np.cumsum(np.random.default_rng(0).normal(0, 2, (2000, 2)), axis=0) + 256,
+                   0, 511)
+    check_scribble_size(shape, spacing, walk, view="axial", slice_index=5, radius_mm=20)
+    with pytest.raises(InputError, match=r"would pass over 5\.2e\+08 voxels"):  # 2000 x 512^2
+        check_scribble_size(shape, spacing, walk, view="axial", slice_index=5, radius_mm=1000)
 
 
 # ----------------------------------------------------------------------------- the tables
