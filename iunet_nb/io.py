@@ -28,6 +28,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
@@ -546,14 +547,21 @@ def _read_dicom_folder(folder: Path, series_uid: str | None, source: Path,
         rows_cols = tuple(int(s) for s in first.GetSize())[:2]
         # rescaled DICOM may come out as float32: assume 4 bytes per voxel
         _guard_memory((*rows_cols, len(files)), sitk.sitkFloat32, 1, source)
+    # GDCM leaves a slice it cannot parse (e.g. truncated) out of every series: name it, as
+    # otherwise the gap it leaves reads as 'a slice may be missing' (or, at an end, as nothing)
+    listed = {str(Path(f)) for entries_ in series.values() for _, fs in entries_ for f in fs}
+    unreadable = _unreadable_files(entries[0][0], listed)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"cannot read DICOM series {series_uid} in {source} "
-                         f"({_sitk_reason(exc)}); a slice file may be damaged") from exc
+        bad = _unreadable_files(entries[0][0], set(), only=files) or unreadable
+        what = (f"slice file {_describe_files(bad, folder)} looks truncated or damaged "
+                "(it cannot be read as DICOM); copy the series again from its source" if bad
+                else f"{_sitk_reason(exc)}; a slice file may be damaged")
+        raise InputError(f"cannot read DICOM series {series_uid} in {source}: {what}") from exc
 
     def tag(i: int, key: str) -> str | None:
         return reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else None
@@ -569,8 +577,62 @@ def _read_dicom_folder(folder: Path, series_uid: str | None, source: Path,
         meta["sop_instance_uids"] = sop
     meta.update(extra_meta or {})
     volume = _sitk_to_volume(image, source, meta)
-    _check_slice_positions(reader, len(files), volume.geometry, source)
+    try:
+        _check_slice_positions(reader, len(files), volume.geometry, source)
+    except GeometryError as exc:
+        if not unreadable:
+            raise
+        raise InputError(f"{source}: slice file {_describe_files(unreadable, folder)} looks "
+                         "truncated or damaged: it cannot be read as DICOM, and the series has a "
+                         "gap where a slice belongs; copy the series again from its source"
+                         ) from exc
+    if unreadable:
+        logger.warning("%s: %s in the series' folder cannot be read as DICOM (truncated or "
+                       "damaged?) and was left out; if it is a slice of this series, copy the "
+                       "series again", source, _describe_files(unreadable, folder))
     return volume
+
+
+def _unreadable_files(folder: Path, listed: set[str], only: Sequence[str] | None = None,
+                      ) -> list[Path]:
+    """Files in ``folder`` (or ``only``) that no series lists and ITK cannot read: empty, or
+    starting as DICOM (the 'DICM' marker) or cut before the marker, and failing to read."""
+    if only is None:
+        candidates = [p for p in sorted(folder.iterdir()) if p.is_file()
+                      and not p.name.startswith(".") and str(p) not in listed
+                      and _looks_like_dicom(p)]
+    else:
+        candidates = [Path(f) for f in only]
+    bad = []
+    for p in candidates:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        try:
+            reader.Execute()
+        except RuntimeError:
+            bad.append(p)
+    return bad
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """Empty, shorter than the 132-byte preamble, or with 'DICM' at byte 128."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) < 132 or head[128:132] == b"DICM"
+
+
+def _describe_files(paths: Sequence[Path], root: Path) -> str:
+    def name(p: Path) -> str:
+        try:
+            rel = p.relative_to(root).as_posix()
+        except ValueError:
+            rel = p.name
+        return f"{rel} ({p.stat().st_size} bytes)" if p.exists() else rel
+    shown = ", ".join(name(p) for p in paths[:3])
+    return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def _check_slice_positions(reader: Any, n: int, geometry: Geometry, source: Path) -> None:

@@ -313,6 +313,34 @@ def test_dicom_missing_slice_is_geometry_error(tmp_path):
         read_image(tmp_path / "gap")
 
 
+@pytest.mark.parametrize("keep", [0.9, 0.1, 0.0], ids=["cut in the pixels", "cut in the "
+                                                       "preamble", "empty"])
+def test_dicom_truncated_slice_is_named(keep, tmp_path):
+    _write_dicom_series(tmp_path / "s", _ct_array(), DICOM_GEOMETRY, "1.2.3.95")
+    cut = tmp_path / "s" / "image_3"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: int(len(data) * keep)])
+    size = cut.stat().st_size
+    with pytest.raises(InputError) as info:
+        read_image(tmp_path / "s")
+    assert str(info.value) == (
+        f"{tmp_path / 's'}: slice file image_3 ({size} bytes) looks truncated or damaged: it "
+        "cannot be read as DICOM, and the series has a gap where a slice belongs; copy the "
+        "series again from its source")
+    assert cut.stat().st_size == size   # the input is left as it was
+
+
+def test_dicom_truncated_end_slice_is_named_in_a_warning(tmp_path, caplog):
+    array = _ct_array()
+    _write_dicom_series(tmp_path / "s", array, DICOM_GEOMETRY, "1.2.3.96")
+    last = tmp_path / "s" / "image_6"
+    last.write_bytes(last.read_bytes()[:500])   # no gap: the series just ends one slice early
+    with caplog.at_level("WARNING", logger="iunet_nb.io"):
+        volume = read_image(tmp_path / "s")
+    assert volume.shape == (6, 12, 10)
+    assert "image_6 (500 bytes) in the series' folder cannot be read as DICOM" in caplog.text
+
+
 def test_dicom_single_slice_is_2d(tmp_path):
     _write_dicom_series(tmp_path / "one", _ct_array((1, 4, 5)), DICOM_GEOMETRY, "1.2.3.500")
     with pytest.raises(InputError, match="single slice"):
