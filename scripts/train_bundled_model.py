@@ -15,8 +15,14 @@ config with the seeds the earlier bundled models used (``seed + index``), and th
 sample, box from the reference mask (the paper's Experiment 1 protocol). Real CT is never
 used here: NIH PANCREAS_0002 is measured afterwards by ``benchmarks/bench_real.py``.
 
+The shipped model of 2026-12-07 was made by fine-tuning the 2026-11-29 one (commit 338e340's
+``iunet_nb/assets/iunet_pancreas.pt``, itself ``--stages 1200:24x64x64,1500:32x64x64`` from
+scratch with one portal-venous synthesis per map) for 500 iterations::
+
+    git show 338e340:iunet_nb/assets/iunet_pancreas.pt > runs/2026-11-29.pt
+    git show 338e340:iunet_nb/assets/iunet_pancreas.json > runs/2026-11-29.json
     python scripts/train_bundled_model.py --btcv ../shared/data/btcv_labels \\
-        --init-from iunet_nb/assets/iunet_pancreas.pt --stages 500:32x64x64
+        --init-from runs/2026-11-29.pt --stages 500:32x64x64
 
 Training runs in stages (``--stages``, ``ITERATIONS:DxHxW`` each continuing the previous,
 iterations counted from the start; progressive resizing, ``train(continue_from=)``). Each
