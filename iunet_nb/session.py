@@ -659,11 +659,15 @@ class Session:
         direction (all foreground: only additions kept; all background: only removals;
         mixed: both), with ``config.confidence_gate`` changes at voxels the network held
         more surely than the new strokes (see :class:`RefineConfig`), and with
-        ``config.new_changes_only`` changes the previous network output already had;
+        ``config.new_changes_only`` changes the previous network output already had, and
+        with ``config.geodesic_sides`` removals off the background strokes' geodesic side;
         outside the crop (where only manual painting can have put voxels)
-        the mask is kept. Finally scribble voxels are forced to their label
-        (``force_scribbles``). The refine event records the new scribbles' ids and the
-        number of changes discarded (``n_reverted``).
+        the mask is kept. New foreground strokes the network held confidently as background,
+        more than 5 mm from the mask, add their geodesic region (the stroke fill,
+        ``config.fill_below``). Finally scribble voxels are forced to their label
+        (``force_scribbles``). The refine event records the new scribbles' ids, the
+        number of changes discarded (``n_reverted``), the voxels filled (``n_filled``) and
+        the new strokes' median prior and distance from the mask.
 
         Returns:
             the new mask (a copy).
