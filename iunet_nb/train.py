@@ -33,7 +33,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -53,8 +53,10 @@ from .volume import Volume
 
 if TYPE_CHECKING:
     from .synth import SynthConfig
+    from .datasets import Case
 
-__all__ = ["TrainConfig", "TrainResult", "load_training_cases", "prepare_cases", "train"]
+__all__ = ["TrainConfig", "TrainResult", "load_training_cases", "parse_phases", "prepare_cases",
+           "randomised_cases", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -509,3 +511,67 @@ def load_training_cases(data: str, *, structure: str | int = "pancreas", layout:
                              f"'btcv-synth:{data}' to synthesise CT from its label maps")
         cases.append((image, mask))
     return cases, f"{len(cases)} cases from {data} ({found[0].source if found else layout})"
+
+
+def parse_phases(text: str) -> tuple[list[str], np.ndarray]:
+    """``"portal_venous:0.4,arterial:0.2"`` -> (names, normalised weights); a missing weight is 1.
+
+    Raises:
+        ConfigError: an unknown phase or a weight that is not a positive number.
+    """
+    from .synth import PHASES
+
+    names, weights = [], []
+    for part in text.split(","):
+        name, _, w = part.partition(":")
+        name = name.strip()
+        if name not in PHASES:
+            raise ConfigError(f"unknown contrast phase {name!r} in {text!r}; known: "
+                              f"{', '.join(PHASES)}")
+        try:
+            weight = float(w or 1)
+        except ValueError:
+            weight = -1.0
+        if not weight > 0:
+            raise ConfigError(f"the weight of phase {name!r} must be a positive number, got {w!r}")
+        names.append(name)
+        weights.append(weight)
+    p = np.asarray(weights, float)
+    return names, p / p.sum()
+
+
+def randomised_cases(maps: "list[Case]", syntheses: int, phantoms: int, seed: int,
+                     phases: tuple[list[str], np.ndarray], wide_quality: bool,
+                     counts: dict[str, int] | None = None,
+                     ) -> "Iterator[tuple[Volume, Volume]]":
+    """Synthetic training cases ``(CT, mask)`` with randomised appearance, made one at a time.
+
+    Each label map is synthesised ``syntheses`` times (seed ``seed + 100 * (j + 1) + i`` for
+    synthesis ``j`` of map ``i``), then ``phantoms`` procedural phantoms (seeds ``seed + 1000
+    + k``), each in a contrast phase drawn from ``phases`` (:func:`parse_phases`; the draws
+    come from ``seed + 7``) with :func:`iunet_nb.synth.phase_config` (``wide_quality``: wide
+    noise, blur and slice ranges). ``counts`` (if given) tallies the phases drawn.
+
+    Args:
+        maps: BTCV label-map cases (:func:`iunet_nb.datasets.find_cases`, layout ``btcv``);
+            the target is each case's ``label_value``.
+    """
+    from tqdm.auto import tqdm
+
+    from . import synth
+
+    rng = np.random.default_rng(seed + 7)
+    names, p = phases
+    jobs = [("map", i, j) for j in range(syntheses) for i in range(len(maps))]
+    jobs += [("phantom", k, 0) for k in range(phantoms)]
+    for kind, i, j in tqdm(jobs, desc="Synthesising CT", unit="case", disable=not is_main()):
+        phase = names[rng.choice(len(names), p=p)]
+        if counts is not None:
+            counts[phase] = counts.get(phase, 0) + 1
+        cfg = synth.phase_config(phase, wide_quality=wide_quality)
+        if kind == "phantom":
+            yield synth.make_phantom(rng=seed + 1000 + i, config=cfg)
+            continue
+        labels = maps[i].read_labels()
+        ct = synth.synthesize_ct(labels, rng=seed + 100 * (j + 1) + i, config=cfg)
+        yield ct, labels.with_array((labels.array == maps[i].label_value).astype(np.uint8))

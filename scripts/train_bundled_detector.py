@@ -32,13 +32,20 @@ from iunet_nb.preprocess import Box
 from iunet_nb.synth import load_sample
 from iunet_nb.systems import ZhouConfig, detect_box, train_zhou
 from iunet_nb.systems.autobox import box_contains, box_recall
-from iunet_nb.train import load_training_cases
+from iunet_nb.datasets import find_cases
+from iunet_nb.train import load_training_cases, parse_phases, randomised_cases
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--btcv", default=str(Path(__file__).resolve().parents[2] / "shared/data/btcv_labels"))
     ap.add_argument("--phantoms", type=int, default=20)
+    ap.add_argument("--syntheses", type=int, default=1,
+                    help="syntheses per training map; above 1 (or with --phases) each case's "
+                         "contrast phase is drawn (iunet_nb.train.randomised_cases)")
+    ap.add_argument("--phases", default=None,
+                    help="e.g. portal_venous:0.4,arterial:0.2,delayed:0.2,non_contrast:0.2, with "
+                         "wide noise/blur/slice ranges (default: the portal-venous generator)")
     ap.add_argument("--iterations", type=int, default=2000, help="coarse steps per view")
     ap.add_argument("--seed", type=int, default=2021)
     ap.add_argument("--work", default="runs/detector")
@@ -49,11 +56,25 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     btcv, btcv_desc = load_training_cases(f"btcv-synth:{args.btcv}", seed=args.seed)
     train_btcv, val_btcv = btcv[:-args.val] if args.val else btcv, btcv[-args.val:] if args.val else []
-    phantoms, ph_desc = load_training_cases(f"phantom:{args.phantoms}", seed=args.seed + 1000)
+    if args.syntheses > 1 or args.phases:
+        maps = find_cases(args.btcv, structure="pancreas", layout="btcv")
+        maps = maps[:-args.val] if args.val else maps
+        phases = parse_phases(args.phases or "portal_venous")
+        counts: dict[str, int] = {}
+        cases = list(randomised_cases(maps, args.syntheses, args.phantoms, args.seed, phases,
+                                      True, counts))
+        description = (f"box detector (coarse stage only): synthetic CT from {len(maps)} BTCV "
+                       f"label maps ({maps[0].case_id}..{maps[-1].case_id}, the last {args.val} "
+                       f"held out), {args.syntheses} syntheses each, plus {args.phantoms} "
+                       f"phantoms; contrast phases {args.phases} (counts {counts}), wide "
+                       f"noise/blur/slice ranges")
+    else:
+        phantoms, ph_desc = load_training_cases(f"phantom:{args.phantoms}", seed=args.seed + 1000)
+        cases = train_btcv + phantoms
+        description = (f"box detector (coarse stage only): {btcv_desc} (last {args.val} held "
+                       f"out); {ph_desc}")
     cfg = ZhouConfig.reduced(seed=args.seed, coarse_iterations=args.iterations, fine_iterations=1)
-    result = train_zhou(train_btcv + phantoms, cfg, args.work,
-                        data_description=(f"box detector (coarse stage only): {btcv_desc} (last "
-                                          f"{args.val} held out); {ph_desc}"))
+    result = train_zhou(cases, cfg, args.work, data_description=description)
     report = _containment(result.model, val_btcv, args)
     (Path(args.work) / "containment.json").write_text(json.dumps(report, indent=2) + "\n")
     card = json.loads((Path(args.work) / "model.json").read_text())

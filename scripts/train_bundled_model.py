@@ -38,12 +38,10 @@ import hashlib
 import json
 import logging
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from iunet_nb import datasets, synth
 from iunet_nb.augment import AugmentConfig
@@ -53,38 +51,9 @@ from iunet_nb.nets import NetConfig
 from iunet_nb.predict import make_box, segment
 from iunet_nb.preprocess import PreprocessConfig
 from iunet_nb.synth import load_sample
-from iunet_nb.train import TrainConfig, load_training_cases, prepare_cases, train
+from iunet_nb.train import (TrainConfig, load_training_cases, parse_phases, prepare_cases,
+                            randomised_cases, train)
 from iunet_nb.volume import Volume
-
-
-def _phases(text: str) -> tuple[list[str], np.ndarray]:
-    names, weights = [], []
-    for part in text.split(","):
-        name, _, w = part.partition(":")
-        names.append(name.strip())
-        weights.append(float(w or 1))
-    p = np.asarray(weights, float)
-    return names, p / p.sum()
-
-
-def _training_cases(maps: list[datasets.Case], n_syn: int, n_phantoms: int, seed: int,
-                    phases: tuple[list[str], np.ndarray], wide: bool,
-                    counts: dict[str, int]) -> Iterator[tuple[Volume, Volume]]:
-    """Synthesised on the fly (a case is cropped to the working grid before the next)."""
-    rng = np.random.default_rng(seed + 7)
-    names, p = phases
-    jobs = [("map", i, j) for j in range(n_syn) for i in range(len(maps))]
-    jobs += [("phantom", k, 0) for k in range(n_phantoms)]
-    for kind, i, j in tqdm(jobs, desc="Synthesising CT", unit="case"):
-        phase = names[rng.choice(len(names), p=p)]
-        counts[phase] = counts.get(phase, 0) + 1
-        cfg = synth.phase_config(phase, wide_quality=wide)
-        if kind == "phantom":
-            yield synth.make_phantom(rng=seed + 1000 + i, config=cfg)
-            continue
-        labels = maps[i].read_labels()
-        ct = synth.synthesize_ct(labels, rng=seed + 100 * (j + 1) + i, config=cfg)
-        yield ct, labels.with_array((labels.array == maps[i].label_value).astype(np.uint8))
 
 
 def _git_version() -> str:
@@ -130,7 +99,7 @@ def main() -> None:
     train_maps = maps[:-args.val]
     stages = [(int(it), tuple(int(v) for v in size.split("x")))
               for it, size in (stage.split(":") for stage in args.stages.split(","))]
-    phases = _phases(args.phases)
+    phases = parse_phases(args.phases)
     counts: dict[str, int] = {}
     previous = None
     for n, (iterations, size) in enumerate(stages):
@@ -150,8 +119,8 @@ def main() -> None:
         else:
             counts.clear()
             images, masks = prepare_cases(
-                _training_cases(train_maps, args.syntheses, args.phantoms, args.seed, phases,
-                                args.wide_quality, counts), cfg.preprocess)
+                randomised_cases(train_maps, args.syntheses, args.phantoms, args.seed, phases,
+                                 args.wide_quality, counts), cfg.preprocess)
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"images": images, "masks": masks, "counts": counts}, cache)
         description = (

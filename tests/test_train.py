@@ -263,3 +263,20 @@ def test_init_from_starts_from_a_models_weights_with_a_fresh_optimizer(prepared,
                                                             "base_channels": 8}})
     with pytest.raises(ConfigError, match="init_from"):
         train(*prepared, other, None, progress=False, init_from=tmp_path / "source" / "model.pt")
+
+
+def test_parse_phases_and_randomised_cases_draw_phases_reproducibly():
+    from iunet_nb.train import parse_phases, randomised_cases
+
+    names, p = parse_phases("portal_venous:3,arterial")
+    assert names == ["portal_venous", "arterial"] and p == pytest.approx([0.75, 0.25])
+    with pytest.raises(ConfigError, match="unknown contrast phase"):
+        parse_phases("venous:1")
+    with pytest.raises(ConfigError, match="positive"):
+        parse_phases("arterial:0")
+    counts: dict[str, int] = {}
+    first = list(randomised_cases([], 1, 1, 5, parse_phases("arterial"), True, counts))
+    again = list(randomised_cases([], 1, 1, 5, parse_phases("arterial"), True))
+    assert counts == {"arterial": 1} and len(first) == 1
+    np.testing.assert_array_equal(first[0][0].array, again[0][0].array)
+    assert first[0][1].array.any()
