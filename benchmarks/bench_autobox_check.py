@@ -52,10 +52,16 @@ def main() -> None:
     ap.add_argument("--parts", default="real,synthetic")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--detector", default=None, help="Zhou model.pt (default: the bundled one)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
     model, card = load_bundled_model()
+    detector = None
+    if args.detector:
+        from iunet_nb.systems import load_zhou
+
+        detector = load_zhou(args.detector)
     rows = []
     for name, ct, ref in _cases(set(args.parts.split(","))):
         t0 = time.perf_counter()
@@ -63,7 +69,7 @@ def main() -> None:
         def seg(b, ct=ct):
             return segment(ct, model, b, card.preprocess).array
 
-        check = find_box(ct, seg)
+        check = find_box(ct, seg, detector=detector)
         final = seg(check.box)
         row = {"case": name, "shape": list(ct.shape),
                "spacing_mm": [round(s, 3) for s in ct.spacing_mm], **check.to_dict(),
