@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 
 from iunet_nb.checkpoint import load_bundled_model, load_model
-from iunet_nb.evaluate import dice, hausdorff95, precision, recall
+from iunet_nb.evaluate import dice, evaluate_case
 from iunet_nb.io import read_dicom_mask_series, read_image, read_mask
 from iunet_nb.plots import plot_overview
 from iunet_nb.predict import make_box, segment
@@ -87,11 +87,6 @@ def with_noise(volume: Volume, sd_hu: float, seed: int = 0) -> Volume:
     return Volume(noisy, volume.geometry, {"source": f"+{sd_hu:g} HU white noise, seed {seed}"})
 
 
-def _metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
-    return {"dsc": dice(pred, ref), "precision": precision(pred, ref), "recall": recall(pred, ref),
-            "hd95_mm": hausdorff95(pred, ref, spacing)}
-
-
 def run_case(name: str, ct: Volume, ref: Volume, model: torch.nn.Module, card: Any,
              rounds: int, out: Path) -> dict[str, Any]:
     """The automatic mask and ``rounds`` robot rounds of one case; prints as it goes."""
@@ -99,9 +94,9 @@ def run_case(name: str, ct: Volume, ref: Volume, model: torch.nn.Module, card: A
     t0 = time.perf_counter()
     auto = segment(ct, model, box, card.preprocess)
     auto_s = time.perf_counter() - t0
-    row: dict[str, Any] = {"case": name, "auto": _metrics(auto.array, ref.array, ct.spacing_mm),
+    row: dict[str, Any] = {"case": name, "auto": evaluate_case(auto.array, ref.array, ct.spacing_mm),
                            "auto_s": round(auto_s, 2)}
-    print(f"{name}: automatic DSC {row['auto']['dsc']:.3f} (precision "
+    print(f"{name}: automatic DSC {row['auto']['dice']:.3f} (precision "
           f"{row['auto']['precision']:.3f}, recall {row['auto']['recall']:.3f}, "
           f"HD95 {row['auto']['hd95_mm']:.1f} mm) in {auto_s:.1f} s", flush=True)
     final = auto
@@ -198,25 +193,25 @@ def _summary(rows: list[dict[str, Any]]) -> None:
 
     if "PANCREAS_0002" in by:
         r = by["PANCREAS_0002"]
-        print(f"  PANCREAS_0002 automatic {r['auto']['dsc']:.3f} [>= {GOALS['pancreas_auto']}], "
+        print(f"  PANCREAS_0002 automatic {r['auto']['dice']:.3f} [>= {GOALS['pancreas_auto']}], "
               f"5 rounds {at(r, 5)} [>= {GOALS['pancreas_r5']}], 10 rounds {at(r, 10)} "
               f"[>= {GOALS['pancreas_r10']}], never dropping {r.get('monotone')} (largest drop "
               f"{r.get('largest_drop')})")
     for r in rows:
         if r["case"].startswith("IRCADb"):
-            print(f"  {r['case']}: start {r['auto']['dsc']:.3f}, 10 rounds {at(r, 10)} "
+            print(f"  {r['case']}: start {r['auto']['dice']:.3f}, 10 rounds {at(r, 10)} "
                   f"[>= {GOALS['unseen_r10']}], never dropping {r.get('monotone')} (largest drop "
                   f"{r.get('largest_drop')})")
     base = by.get("PANCREAS_0002")
     for r in rows:
         if r["case"].startswith("PANCREAS_0002 ") and base:
-            print(f"  {r['case']}: automatic {r['auto']['dsc']:.3f} (loss "
-                  f"{base['auto']['dsc'] - r['auto']['dsc']:+.3f} [<= {GOALS['robust_loss']}]), "
+            print(f"  {r['case']}: automatic {r['auto']['dice']:.3f} (loss "
+                  f"{base['auto']['dice'] - r['auto']['dice']:+.3f} [<= {GOALS['robust_loss']}]), "
                   f"5 rounds {at(r, 5)} (loss {float(at(base, 5)) - float(at(r, 5)):+.3f})")
     syn = [r for r in rows if r["case"] == "sample" or r["case"].startswith("BTCV")]
     if syn:
-        btcv = [r["auto"]["dsc"] for r in syn if r["case"].startswith("BTCV")]
-        sample = [r["auto"]["dsc"] for r in syn if r["case"] == "sample"]
+        btcv = [r["auto"]["dice"] for r in syn if r["case"].startswith("BTCV")]
+        sample = [r["auto"]["dice"] for r in syn if r["case"] == "sample"]
         btcv5 = [float(at(r, 5)) for r in syn if r["case"].startswith("BTCV") and r.get("rounds")]
         print(f"  synthetic: sample {sample[0] if sample else float('nan'):.3f}, held-out "
               f"BTCV-synthetic {np.mean(btcv) if btcv else float('nan'):.3f}, after 5 rounds "

@@ -161,8 +161,8 @@ class RefineConfig(JsonConfig):
             confidently as background (median foreground probability below ``fill_below``),
             the region the strokes claim by geodesic distance on the working image is added
             to the mask in that round, beside what the fine-tuned network adds. The event log
-            records the new strokes' median prior and distance from the mask. Measured with
-            the robot (10 rounds; ``benchmarks/RESULTS.md``): the pancreas model on the
+            records the new strokes' median prior and (foreground) distance from the mask.
+            Measured with the robot (10 rounds; ``benchmarks/RESULTS.md``): the pancreas model on the
             unseen real 3D-IRCADb 1.7 organs, spleen 0.793 -> 0.90, kidneys 0.045 / 0.020
             -> 0.92-0.93, liver 0.764 -> 0.886. On NIH PANCREAS_0002 a fill can leak into
             bowel of the gland's density: with the 2026-11 bundled model, margin 1 and no
@@ -569,7 +569,7 @@ def confidently_contradicted(start_prob: np.ndarray, new_strokes: np.ndarray, di
 
 
 FILL_MARGIN = 0.6
-"""The stroke fill's margin (:func:`stroke_fill`, :func:`background_side`), measured there."""
+"""The stroke fill's margin (:func:`stroke_fill`), measured there."""
 
 FILL_REACH_MM = 5.0
 """The stroke fill is for strokes whose median voxel lies farther than this from the mask
@@ -587,10 +587,8 @@ def stroke_distance_mm(mask: np.ndarray, strokes: np.ndarray,
     return float(np.median(far[strokes]))
 
 
-def _connected_to(region: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
+def _connected_to(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """The connected parts (6-connectivity) of ``region`` that hold a ``seeds`` voxel."""
-    if region is None:
-        return np.zeros(seeds.shape, dtype=bool)
     labels, _ = ndimage.label(region)
     keep = np.unique(labels[seeds & region])
     return np.isin(labels, keep[keep > 0])
@@ -614,9 +612,9 @@ def stroke_fill(image: np.ndarray, scribbles: np.ndarray, new_strokes: np.ndarra
     PANCREAS_0002 0.443 / 0.470 / 0.409, its fill 1.32 / 0.59 / 0.37 times the gland (the
     gland borders bowel and vessels of its own density, where the two distances are close:
     the margin keeps the fill out of such ambiguous ground).
-    Background strokes have their counterpart in :func:`background_side` (with the far
-    mask among the other side's seeds: against the foreground strokes alone the removal
-    took true organ with it, real spleen 0.876 -> 0.697 in one round).
+    Background strokes get no fill: removing the region a background stroke claimed against
+    the foreground strokes took true organ with it (real spleen 0.876 -> 0.697 in one round);
+    :func:`background_side` only restricts what the network's refinement removes.
 
     Args:
         image: preprocessed image, float32 ``(D, H, W)`` on the working grid.
@@ -648,7 +646,7 @@ def stroke_fill(image: np.ndarray, scribbles: np.ndarray, new_strokes: np.ndarra
 
 
 def background_side(image: np.ndarray, scribbles: np.ndarray, spacing_mm: Sequence[float], *,
-                    keep: np.ndarray | None = None, margin: float = 1.0, lam: float = 1.0,
+                    keep: np.ndarray | None = None, lam: float = 1.0,
                     iterations: int = 4) -> np.ndarray | None:
     """Voxels geodesically nearer to the background strokes than to what the mask keeps.
 
@@ -660,8 +658,6 @@ def background_side(image: np.ndarray, scribbles: np.ndarray, spacing_mm: Sequen
         scribbles: uint8 ``(D, H, W)``: 0 none, 1 foreground, 2 background.
         spacing_mm: the working grid's voxel size ``(z, y, x)``.
         keep: bool ``(D, H, W)`` more seeds of the foreground side, or None.
-        margin: in (0, 1]: a voxel is on the background side when its distance to the
-            background strokes is under ``margin`` times its distance to the other side.
         lam, iterations: of :func:`iunet_nb.geodesic.geodesic_distance`.
 
     Returns:
@@ -676,4 +672,4 @@ def background_side(image: np.ndarray, scribbles: np.ndarray, spacing_mm: Sequen
     if not fg.any() or not bg.any():
         return None
     return (geodesic_distance(image, bg, spacing_mm, lam=lam, iterations=iterations)
-            < margin * geodesic_distance(image, fg, spacing_mm, lam=lam, iterations=iterations))
+            < geodesic_distance(image, fg, spacing_mm, lam=lam, iterations=iterations))

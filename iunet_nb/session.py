@@ -667,7 +667,7 @@ class Session:
         ``config.fill_below``). Finally scribble voxels are forced to their label
         (``force_scribbles``). The refine event records the new scribbles' ids, the
         number of changes discarded (``n_reverted``), the voxels filled (``n_filled``) and
-        the new strokes' median prior and distance from the mask.
+        the new strokes' median prior and (foreground strokes) distance from the mask.
 
         Returns:
             the new mask (a copy).
@@ -1135,7 +1135,7 @@ class Session:
             stroke_prior = (float(np.median(start_prob[job["new_working"]]))
                             if job["new_working"].any() else None)
             reach = (stroke_distance_mm(job["target"], job["new_working"], spacing)
-                     if job["new_working"].any() else math.inf)
+                     if job["direction"] > 0 and job["new_working"].any() else math.inf)
             if (job["direction"] > 0 and reach > FILL_REACH_MM
                     and confidently_contradicted(start_prob, job["new_working"], 1,
                                                  cfg.fill_below)):
