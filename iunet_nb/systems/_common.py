@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,11 @@ def _check_window(name: str, window: Sequence[float]) -> None:
                           f"got {window!r}")
 
 
+def _check_version(owner: str, version: int) -> None:
+    if version != 1:
+        raise ConfigError(f"{owner}.version {version} is not supported (1 only)")
+
+
 def _check_positive_int(owner: str, **values: Any) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -222,5 +227,69 @@ def _load_state(model: torch.nn.Module, path: Path, system: str) -> None:
                        "load them with the card they were saved with")
 
 
+def _load_system(system: str, model_type: type, config_type: Any, path: str | os.PathLike,
+                 device: str | torch.device | None) -> Any:
+    """A system's model from ``path`` and its card (``weights_only=True``), in eval mode."""
+    path, card = _load_card(system, path)
+    model = model_type(config_type.from_dict(card["config"]))
+    _load_state(model, path, system)
+    return model.to(_device(device)).eval()
+
+
 def _device(device: str | torch.device | None) -> torch.device:
     return select_device(device)
+
+
+# ----------------------------------------------------------------------------------- training
+def _check_training(system: str, config: Any, config_type: type, cases: Sequence[Any],
+                    what: str = "(CT, mask)") -> None:
+    """The checks every ``train_<system>`` makes before it reads any case."""
+    if not isinstance(config, config_type):
+        raise ConfigError(f"expected a {config_type.__name__}, got {type(config).__name__}")
+    if len(cases) == 0:
+        raise InputError(f"train_{system} needs at least one {what} case")
+
+
+def _fit(model: torch.nn.Module, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+         loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], iterations: int,
+         lr: float, device: torch.device, desc: str, progress: bool, *, leave: bool = True,
+         on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """The systems' one training loop: Adam on ``model`` for ``iterations`` steps.
+
+    Each step draws ``(x, y) = batch()`` (CPU tensors; every random draw is the caller's, so
+    a seeded generator gives the same run), moves them to ``device`` and minimises
+    ``loss_of(x, y)``. The model ends in eval mode on the CPU. ``on_step(i, loss)`` (if
+    given) is called after step ``i`` (0-based), e.g. to save intermediate weights.
+
+    Returns:
+        The loss of every step.
+    """
+    from tqdm.auto import tqdm
+
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses: list[float] = []
+    for i in tqdm(range(iterations), desc=desc, unit="it", disable=not progress, leave=leave):
+        x, y = batch()
+        loss = loss_of(x.to(device), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(i, losses[-1])
+    model.cpu().eval()
+    return losses
+
+
+def _write_training(model: Any, out_dir: str | os.PathLike | None, losses: Any,
+                    **card: Any) -> Path | None:
+    """``out_dir/model.pt`` + its card (``card`` plus the machine) + ``losses.json``; None
+    (nothing written) when ``out_dir`` is None."""
+    if out_dir is None:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.pt", machine=machine_description(), **card)
+    atomic_write_text(out / "losses.json", json.dumps(losses) + "\n")
+    return out

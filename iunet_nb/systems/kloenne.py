@@ -44,7 +44,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -58,26 +57,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._atomic import atomic_write_text
 from .._config import JsonConfig
-from ..checkpoint import machine_description
 from ..errors import ConfigError, InputError
 from ..losses import tanimoto_ce_loss
 from ..volume import Volume
-from ._common import (
-    _check_pair,
-    _check_positive_int,
-    _check_volume,
-    _device,
-    _dice,
-    _load_card,
-    _load_state,
-    _lps,
-    _lps_pair,
-    _now,
-    _save_system,
-    _seeded,
-)
+from ._common import (_check_pair, _check_positive_int, _check_training, _check_version,
+                      _check_volume, _device, _dice, _fit, _load_system, _lps, _lps_pair, _now,
+                      _save_system, _seeded, _write_training)
 
 __all__ = [
     "KloenneConfig",
@@ -152,8 +138,7 @@ class KloenneConfig(JsonConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.version != 1:
-            raise ConfigError(f"KloenneConfig.version {self.version} is not supported (1 only)")
+        _check_version("KloenneConfig", self.version)
         if self.arch not in _ARCHS:
             raise ConfigError(f"KloenneConfig.arch must be one of {list(_ARCHS)}, got "
                               f"{self.arch!r}")
@@ -328,10 +313,7 @@ def load_kloenne(path: str | os.PathLike, device: str | torch.device | None = "c
     Raises:
         CheckpointError: missing/corrupt files, another system's card, mismatched weights.
     """
-    path, card = _load_card(_SYSTEM, path)
-    model = KloenneModel(KloenneConfig.from_dict(card["config"]))
-    _load_state(model, path, _SYSTEM)
-    return model.to(_device(device)).eval()
+    return _load_system(_SYSTEM, KloenneModel, KloenneConfig, path, device)
 
 
 # ----------------------------------------------------------------------------------- preprocessing
@@ -467,12 +449,7 @@ def train_kloenne(cases: Sequence[tuple[Volume, Volume]], config: KloenneConfig 
     Raises:
         InputError: no case, mismatched grids, or no target in any case.
     """
-    from tqdm.auto import tqdm
-
-    if not isinstance(config, KloenneConfig):
-        raise ConfigError(f"expected a KloenneConfig, got {type(config).__name__}")
-    if len(cases) == 0:
-        raise InputError("train_kloenne needs at least one (CT, mask) case")
+    _check_training(_SYSTEM, config, KloenneConfig, cases)
     t0 = _now()
     dev = _device(device)
     rng = np.random.default_rng(config.seed)
@@ -496,29 +473,16 @@ def train_kloenne(cases: Sequence[tuple[Volume, Volume]], config: KloenneConfig 
     with _seeded(config.seed):
         model = KloenneModel(config)
     model.stats.copy_(torch.tensor([mean, sd]))
-    model.to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    losses = []
-    for _ in tqdm(range(config.iterations), desc=f"Kloenne {config.kind}", unit="it",
-                  disable=not progress):
-        x, y = _batch(vols, config, rng)
-        loss = tanimoto_ce_loss(model(x.to(dev)), y.to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    model = model.cpu().eval()
+    losses = _fit(model, lambda: _batch(vols, config, rng),
+                  lambda x, y: tanimoto_ce_loss(model(x), y), config.iterations, config.lr, dev,
+                  f"Kloenne {config.kind}", progress)
     val = None
     if validation:
         val = float(np.mean([_dice(predict_kloenne(ct, model).array, m.array)
                              for ct, m in validation]))
     elapsed = round(_now() - t0, 1)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        model.save(out / "model.pt", data=data_description, train_time_s=elapsed,
-                   cases=len(vols), validation_dsc=val, machine=machine_description())
-        atomic_write_text(out / "losses.json", json.dumps(losses) + "\n")
+    out = _write_training(model, out_dir, losses, data=data_description, train_time_s=elapsed,
+                          cases=len(vols), validation_dsc=val)
     return KloenneTrainResult(model, losses, elapsed, val, out)
 
 

@@ -35,11 +35,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,27 +49,14 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
-from .._atomic import atomic_write_text
 from .._config import JsonConfig
-from ..checkpoint import machine_description
 from ..errors import ConfigError, InputError
 from ..nets import NetConfig, build_network
 from ..volume import Volume
-from ._common import (
-    _check_positive_int,
-    _check_volume,
-    _check_window,
-    _device,
-    _load_card,
-    _load_state,
-    _lps,
-    _lps_pair,
-    _now,
-    _resample,
-    _seeded,
-    _window,
-    _working_shape,
-)
+from ._common import (_check_positive_int, _check_training, _check_version, _check_volume,
+                      _check_window, _device, _fit, _load_system, _lps, _lps_pair, _now,
+                      _resample, _save_system, _seeded, _window, _working_shape,
+                      _write_training)
 
 __all__ = [
     "BTCV_TO_ROTH",
@@ -146,8 +132,7 @@ class RothConfig(JsonConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.version != 1:
-            raise ConfigError(f"RothConfig.version {self.version} is not supported (1 only)")
+        _check_version("RothConfig", self.version)
         _check_window("RothConfig.hu_window", self.hu_window)
         _check_positive_int("RothConfig", base_channels=self.base_channels, depth=self.depth,
                             batch_size=self.batch_size, iterations=self.iterations,
@@ -350,8 +335,6 @@ class RothModel(nn.Module):
 
     def save(self, path: str | os.PathLike, **provenance: Any) -> Path:
         """Write ``path`` (state dict) and its ``.json`` card."""
-        from ._common import _save_system
-
         return _save_system(_SYSTEM, self, self.config, path, provenance)
 
 
@@ -361,10 +344,7 @@ def load_roth(path: str | os.PathLike, device: str | torch.device | None = "cpu"
     Raises:
         CheckpointError: missing/corrupt files, another system's card, mismatched weights.
     """
-    path, card = _load_card(_SYSTEM, path)
-    model = RothModel(RothConfig.from_dict(card["config"]))
-    _load_state(model, path, _SYSTEM)
-    return model.to(_device(device)).eval()
+    return _load_system(_SYSTEM, RothModel, RothConfig, path, device)
 
 
 def _working(ct: Volume, cfg: RothConfig) -> np.ndarray:
@@ -396,7 +376,8 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
                out_dir: str | os.PathLike | None = None, *,
                label_table: Mapping[str, Sequence[int]] | None = BTCV_TO_ROTH,
                device: str | torch.device | None = None, progress: bool = True,
-               data_description: str = "") -> RothTrainResult:
+               data_description: str = "",
+               on_step: Callable[[int, float], None] | None = None) -> RothTrainResult:
     """Train the multi-organ FCN from scratch on random augmented subvolumes.
 
     Args:
@@ -408,6 +389,8 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         device: None for CUDA when available.
         progress: tqdm bar.
         data_description: recorded in the card.
+        on_step: called as ``on_step(i, loss)`` after step ``i`` (0-based) with the model in
+            training mode, e.g. to save intermediate weights of a long run.
 
     Returns:
         :class:`RothTrainResult`.
@@ -415,12 +398,7 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
     Raises:
         InputError: no cases, mismatched grids, or label maps without any Roth organ.
     """
-    from tqdm.auto import tqdm
-
-    if not isinstance(config, RothConfig):
-        raise ConfigError(f"expected a RothConfig, got {type(config).__name__}")
-    if len(cases) == 0:
-        raise InputError("train_roth needs at least one (CT, label map) case")
+    _check_training(_SYSTEM, config, RothConfig, cases, "(CT, label map)")
     t0 = _now()
     dev = _device(device)
     images, labels = [], []
@@ -441,34 +419,24 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         raise InputError("no case contains any of the Roth organs; check label_table")
     with _seeded(config.seed):
         model = RothModel(config)
-    model.to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     n_classes = len(ROTH_ORGANS) + 1
-    losses = []
-    for _ in tqdm(range(config.iterations), desc="Roth FCN", unit="it", disable=not progress):
+
+    def batch() -> tuple[Tensor, Tensor]:
         n = len(images)
         who = rng.choice(n, size=config.batch_size, replace=config.batch_size > n)
-        xs, ys = [], []
-        for c in who:
-            img, lab = _sample(images[c], labels[c], _patch_grid(images[c].shape, config, rng))
-            xs.append(img)
-            ys.append(lab)
-        x = torch.stack(xs)[:, None].to(dev)
-        y = F.one_hot(torch.stack(ys), n_classes).movedim(-1, 1).float().to(dev)
-        loss = weighted_dice_loss(torch.softmax(model(x), 1), y, config.class_weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    model = model.cpu().eval()
+        pairs = [_sample(images[c], labels[c], _patch_grid(images[c].shape, config, rng))
+                 for c in who]
+        x = torch.stack([p[0] for p in pairs])[:, None]
+        return x, F.one_hot(torch.stack([p[1] for p in pairs]), n_classes).movedim(-1, 1).float()
+
+    losses = _fit(model, batch,
+                  lambda x, y: weighted_dice_loss(torch.softmax(model(x), 1), y,
+                                                  config.class_weights),
+                  config.iterations, config.lr, dev, "Roth FCN", progress, on_step=on_step)
     elapsed = round(_now() - t0, 1)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        model.save(out / "model.pt", data=data_description, train_time_s=elapsed,
-                   cases=len(images), machine=machine_description())
-        atomic_write_text(out / "losses.json", json.dumps(losses) + "\n")
+    out = _write_training(model, out_dir, losses, data=data_description, train_time_s=elapsed,
+                          cases=len(images))
     return RothTrainResult(model=model, losses=losses, train_time_s=elapsed, out_dir=out)
 
 

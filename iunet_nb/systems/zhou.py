@@ -43,7 +43,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -56,31 +55,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._atomic import atomic_write_text
 from .._config import JsonConfig
-from ..checkpoint import machine_description
 from ..errors import ConfigError, InputError
 from ..losses import soft_dice_loss
 from ..volume import Volume
-from ._common import (
-    _bbox,
-    _check_pair,
-    _check_positive_int,
-    _check_volume,
-    _check_window,
-    _device,
-    _dice,
-    _load_card,
-    _load_state,
-    _lps,
-    _lps_pair,
-    _now,
-    _resample,
-    _save_system,
-    _seeded,
-    _window,
-    _working_shape,
-)
+from ._common import (_bbox, _check_pair, _check_positive_int, _check_training, _check_version,
+                      _check_volume, _check_window, _device, _dice, _fit, _load_system, _lps,
+                      _lps_pair, _now, _resample, _save_system, _seeded, _window, _working_shape,
+                      _write_training)
 
 __all__ = [
     "FCN2D",
@@ -149,8 +131,7 @@ class ZhouConfig(JsonConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.version != 1:
-            raise ConfigError(f"ZhouConfig.version {self.version} is not supported (1 only)")
+        _check_version("ZhouConfig", self.version)
         _check_window("ZhouConfig.hu_window", self.hu_window)
         if self.voxel_mm is not None:
             v = tuple(self.voxel_mm)
@@ -325,10 +306,7 @@ def load_zhou(path: str | os.PathLike, device: str | torch.device | None = "cpu"
         CheckpointError: missing/corrupt files, a card of another system, or weights that do
             not fit the card's configuration.
     """
-    path, card = _load_card(_SYSTEM, path)
-    model = ZhouModel(ZhouConfig.from_dict(card["config"]))
-    _load_state(model, path, _SYSTEM)
-    return model.to(_device(device)).eval()
+    return _load_system(_SYSTEM, ZhouModel, ZhouConfig, path, device)
 
 
 # ----------------------------------------------------------------------------------- data
@@ -444,22 +422,13 @@ class ZhouTrainResult:
 def _train_one(net: FCN2D, sample: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]],
                iterations: int, cfg: ZhouConfig, rng: np.random.Generator,
                dev: torch.device, desc: str, progress: bool) -> list[float]:
-    from tqdm.auto import tqdm
-
-    net.to(dev).train()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    losses = []
-    for _ in tqdm(range(iterations), desc=desc, unit="it", disable=not progress, leave=False):
+    def batch() -> tuple[Tensor, Tensor]:
         x, y = sample(rng)
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
-        yt = torch.from_numpy(np.ascontiguousarray(y)).to(dev)
-        loss = _dsc_loss(_forward_padded(net, xt), yt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    net.cpu().eval()
-    return losses
+        return (torch.from_numpy(np.ascontiguousarray(x)),
+                torch.from_numpy(np.ascontiguousarray(y)))
+
+    return _fit(net, batch, lambda x, y: _dsc_loss(_forward_padded(net, x), y), iterations,
+                cfg.lr, dev, desc, progress, leave=False)
 
 
 def train_zhou(cases: Sequence[tuple[Volume, Volume]], config: ZhouConfig = ZhouConfig(),
@@ -483,10 +452,7 @@ def train_zhou(cases: Sequence[tuple[Volume, Volume]], config: ZhouConfig = Zhou
     Raises:
         InputError: no case, mismatched shapes, or no target voxel in any case.
     """
-    if not isinstance(config, ZhouConfig):
-        raise ConfigError(f"expected a ZhouConfig, got {type(config).__name__}")
-    if len(cases) == 0:
-        raise InputError("train_zhou needs at least one (CT, mask) case")
+    _check_training(_SYSTEM, config, ZhouConfig, cases)
     t0 = _now()
     dev = _device(device)
     data = _prepare_cases(cases, config)
@@ -506,13 +472,9 @@ def train_zhou(cases: Sequence[tuple[Volume, Volume]], config: ZhouConfig = Zhou
             config.fine_iterations, config, rng, dev, f"Zhou fine {view}", progress)
     elapsed = round(_now() - t0, 1)
     model.eval()
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        model.save(out / "model.pt", data=data_description, train_time_s=elapsed,
-                   cases=len(data), machine=machine_description(),
-                   notes="trained from scratch (no ImageNet/VGG-16 weights)")
-        atomic_write_text(out / "losses.json", json.dumps(losses) + "\n")
+    out = _write_training(model, out_dir, losses, data=data_description, train_time_s=elapsed,
+                          cases=len(data),
+                          notes="trained from scratch (no ImageNet/VGG-16 weights)")
     logger.info("zhou: trained 6 view models on %d cases in %.1f s", len(data), elapsed)
     return ZhouTrainResult(model=model, losses=losses, train_time_s=elapsed, out_dir=out)
 
