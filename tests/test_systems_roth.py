@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -247,3 +248,32 @@ def test_a_copy_stored_otherwise_gives_the_same_labels_in_physical_space():
     p2 = net.organ_probability(copy, organ="pancreas")
     np.testing.assert_allclose(back_on(ct, copy.with_array(p2)), p1, atol=1e-5)
     assert p1.std() > 1e-5
+
+
+def test_cosine_lr_and_on_step(monkeypatch):
+    """lr_final makes Adam's rate fall from lr to lr_final; on_step sees every step; a card
+    written before lr_final existed still reads (constant rate)."""
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    calls = []
+    cfg = dataclasses.replace(TINY, iterations=5, lr=1e-2, lr_final=1e-4)
+    result = train_roth([_case(0)], cfg, progress=False, 
+                        on_step=lambda i, v, m: calls.append((i, v, m)))
+    assert seen[0] == pytest.approx(1e-2) and seen[-1] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(seen, seen[1:]))
+    assert [c[:2] for c in calls] == list(enumerate(result.losses))
+    assert all(c[2] is result.model for c in calls)
+    seen.clear()
+    train_roth([_case(0)], TINY, progress=False)
+    assert seen == [pytest.approx(TINY.lr)] * TINY.iterations
+    old = TINY.to_dict()
+    del old["lr_final"]
+    assert RothConfig.from_dict(old) == TINY
+    with pytest.raises(ConfigError, match="lr_final"):
+        RothConfig(lr_final=0.0)

@@ -253,13 +253,17 @@ def _check_training(system: str, config: Any, config_type: type, cases: Sequence
 def _fit(model: torch.nn.Module, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
          loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], iterations: int,
          lr: float, device: torch.device, desc: str, progress: bool, *, leave: bool = True,
+         lr_final: float | None = None,
          on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """The systems' one training loop: Adam on ``model`` for ``iterations`` steps.
 
     Each step draws ``(x, y) = batch()`` (CPU tensors; every random draw is the caller's, so
     a seeded generator gives the same run), moves them to ``device`` and minimises
-    ``loss_of(x, y)``. The model ends in eval mode on the CPU. ``on_step(i, loss)`` (if
-    given) is called after step ``i`` (0-based), e.g. to save intermediate weights.
+    ``loss_of(x, y)``. The learning rate is ``lr`` throughout, or, with ``lr_final``, falls
+    from ``lr`` at the first step to ``lr_final`` at the last along a half cosine (a high rate
+    learns fast early, a low one settles the weights late). The model ends in eval mode on
+    the CPU. ``on_step(i, loss)`` (if given) is called after step ``i`` (0-based), e.g. to
+    save intermediate weights.
 
     Returns:
         The loss of every step.
@@ -270,6 +274,10 @@ def _fit(model: torch.nn.Module, batch: Callable[[], tuple[torch.Tensor, torch.T
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses: list[float] = []
     for i in tqdm(range(iterations), desc=desc, unit="it", disable=not progress, leave=leave):
+        if lr_final is not None:
+            t = i / max(1, iterations - 1)
+            for group in opt.param_groups:
+                group["lr"] = lr_final + 0.5 * (lr - lr_final) * (1.0 + math.cos(math.pi * t))
         x, y = batch()
         loss = loss_of(x.to(device), y.to(device))
         opt.zero_grad(set_to_none=True)

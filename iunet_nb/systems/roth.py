@@ -102,6 +102,8 @@ class RothConfig(JsonConfig):
         batch_size: subvolumes per step, each from a different patient when possible (3).
         iterations: optimiser steps (seed: 50,000).
         lr: Adam learning rate (seed: 1e-2).
+        lr_final: None keeps ``lr`` throughout (seed); a rate here makes it fall from ``lr``
+            to ``lr_final`` along a half cosine over the iterations.
         class_weights: ``w_l`` for background + the 7 organs (seed: all 1).
         bspline_max_disp: maximum B-spline control displacement in voxels (4).
         bspline_spacing: B-spline control grid spacing in voxels (24).
@@ -122,6 +124,7 @@ class RothConfig(JsonConfig):
     batch_size: int = 3
     iterations: int = 50000
     lr: float = 1e-2
+    lr_final: float | None = None
     class_weights: tuple[float, ...] = (1.0,) * 8
     bspline_max_disp: float = 4.0
     bspline_spacing: int = 24
@@ -159,6 +162,9 @@ class RothConfig(JsonConfig):
                               f"{self.tile_overlap!r}")
         if not 0 < self.lr < 1:
             raise ConfigError(f"RothConfig.lr must be in (0, 1), got {self.lr!r}")
+        if self.lr_final is not None and not 0 < self.lr_final < 1:
+            raise ConfigError(f"RothConfig.lr_final must be None or in (0, 1), got "
+                              f"{self.lr_final!r}")
         for name in ("bspline_max_disp", "rotation_deg", "translation_vox"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"RothConfig.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -377,7 +383,8 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
                label_table: Mapping[str, Sequence[int]] | None = BTCV_TO_ROTH,
                device: str | torch.device | None = None, progress: bool = True,
                data_description: str = "",
-               on_step: Callable[[int, float], None] | None = None) -> RothTrainResult:
+               on_step: Callable[[int, float, RothModel], None] | None = None,
+               ) -> RothTrainResult:
     """Train the multi-organ FCN from scratch on random augmented subvolumes.
 
     Args:
@@ -389,8 +396,8 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         device: None for CUDA when available.
         progress: tqdm bar.
         data_description: recorded in the card.
-        on_step: called as ``on_step(i, loss)`` after step ``i`` (0-based) with the model in
-            training mode, e.g. to save intermediate weights of a long run.
+        on_step: called as ``on_step(i, loss, model)`` after step ``i`` (0-based), the model
+            in training mode, e.g. to save intermediate weights of a long run.
 
     Returns:
         :class:`RothTrainResult`.
@@ -433,7 +440,9 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
     losses = _fit(model, batch,
                   lambda x, y: weighted_dice_loss(torch.softmax(model(x), 1), y,
                                                   config.class_weights),
-                  config.iterations, config.lr, dev, "Roth FCN", progress, on_step=on_step)
+                  config.iterations, config.lr, dev, "Roth FCN", progress,
+                  lr_final=config.lr_final,
+                  on_step=None if on_step is None else lambda i, v: on_step(i, v, model))
     elapsed = round(_now() - t0, 1)
     out = _write_training(model, out_dir, losses, data=data_description, train_time_s=elapsed,
                           cases=len(images))
