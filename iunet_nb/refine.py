@@ -1,10 +1,15 @@
-"""Interactive refinement maths that need no :class:`~iunet_nb.session.Session`.
+"""One round of interactive refinement, as a function of its inputs.
 
-:class:`RefineConfig` (the settings of refinement and of the session around it),
-:func:`fine_tune` (the iUnet interactive training loop on one image) and the private helpers
-that :meth:`~iunet_nb.session.Session.refine` composes: the target with the scribbles
-burnt in, the voxel weight map, and the locality of a refinement's changes (near the new
-scribbles, in their direction).
+:func:`refine_step` is the whole round: from the working image, the current mask, the
+strokes and a network (a :class:`RefineInput` of snapshots) to the new probabilities and the
+new mask of the crop (a :class:`RefineResult`). :class:`~iunet_nb.session.Session` only
+orchestrates around it: snapshots under its lock, threads and superseding, history,
+autosave and the event log. The parts: :class:`RefineConfig` (the settings of refinement and
+of the session around it), :func:`fine_tune` (the iUnet interactive training loop on one
+image), :func:`network_output` (working-grid probabilities to a mask of the crop), the
+target with the scribbles burnt in, the voxel weight map, the locality of a refinement's
+changes (near the new scribbles, in their direction, within the network's confidence), the
+stroke fill and the background strokes' geodesic side.
 
 Refinement (Boers et al. 2020, sections 2.5-2.6): all network weights are frozen except the
 last layer and one bottleneck layer (``SegmentationNet.interactive_parameters``); the target
@@ -30,7 +35,9 @@ one_way=False, confidence_gate=False, scribble_ce=0.0)`` restores the paper's be
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,16 +46,19 @@ import torch
 from scipy import ndimage
 
 from ._config import JsonConfig
-from .edges import EDGE_WEIGHT
+from .edges import EDGE_WEIGHT, snap_to_edges
 from .errors import ConfigError
 from .geodesic import NORMALISATIONS, scribble_weight_map
 from .losses import interactive_loss, scribble_cross_entropy
 from .nets import EncodedFeatures, SegmentationNet
-from .preprocess import Box, _is_int, _is_real
+from .preprocess import Box, CropRecord, _is_int, _is_real, restore_crop_probabilities
 from .strokes import _BG, _FG
 
-__all__ = ["RefineConfig", "background_side", "confidently_contradicted", "fine_tune",
+__all__ = ["NetworkOutput", "RefineConfig", "RefineInput", "RefineResult", "background_side",
+           "confidently_contradicted", "fine_tune", "network_output", "refine_step",
            "stroke_fill"]
+
+logger = logging.getLogger(__name__)
 
 _BOX_FALLBACKS = ("detector", "error", "whole")
 
@@ -305,6 +315,28 @@ class RefineConfig(JsonConfig):
             raise ConfigError(f"RefineConfig.device must be 'auto', 'cpu' or 'cuda[:n]', "
                               f"got {self.device!r}")
 
+
+
+_warmed = threading.Event()
+
+
+def warm_up() -> None:
+    """Pay torch's one-time optimiser set-up now, on a background thread (once per process).
+
+    The first ``torch.optim.Adam`` of a process imports ``torch._dynamo`` (1.3 s measured on
+    a 2-core EPYC, torch 2.x): without this the user's first refine round is the slow one.
+    """
+    if _warmed.is_set():
+        return
+    _warmed.set()
+
+    def work() -> None:
+        try:
+            torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+        except Exception:  # noqa: BLE001 - only a speed-up; fine_tune reports real errors
+            logger.debug("optimiser warm-up failed", exc_info=True)
+
+    threading.Thread(target=work, name="iunet-warm-up", daemon=True).start()
 
 
 def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
@@ -673,3 +705,207 @@ def background_side(image: np.ndarray, scribbles: np.ndarray, spacing_mm: Sequen
         return None
     return (geodesic_distance(image, bg, spacing_mm, lam=lam, iterations=iterations)
             < geodesic_distance(image, fg, spacing_mm, lam=lam, iterations=iterations))
+
+
+# -- one refine round ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NetworkOutput:
+    """A network output on the working grid and what it is on the CT grid's crop.
+
+    The refine round needs the previous output three ways (the prior of the confidence gate,
+    the mask ``new_changes_only`` compares with, the start of the next round), so the
+    :class:`~iunet_nb.session.Session` keeps the last one instead of restoring it again
+    (about 0.1 s a round on a 512 x 512 CT).
+
+    Attributes:
+        prob: float32 ``(D, H, W)`` foreground probability on the working grid.
+        restored: float32 probabilities resampled to the crop (CT resolution).
+        mask: uint8 {0, 1} mask of the crop: ``restored`` thresholded, the boundary placed on
+            the CT's edges (``RefineConfig.edge_weight``, :func:`iunet_nb.edges.snap_to_edges`).
+    """
+
+    prob: np.ndarray
+    restored: np.ndarray
+    mask: np.ndarray
+
+
+def network_output(prob: np.ndarray, record: CropRecord, hu: np.ndarray,
+                   spacing_mm: Sequence[float], config: RefineConfig, *,
+                   smoothed_hu: np.ndarray | None = None) -> NetworkOutput:
+    """Restore working-grid probabilities ``prob`` to the crop of ``record`` and cut the mask.
+
+    Args:
+        prob: float32 ``(D, H, W)`` on the working grid.
+        record: the crop and its working grid.
+        hu: the CT's HU in the crop.
+        spacing_mm: the CT's voxel size ``(z, y, x)``.
+        config: ``edge_weight`` and ``mask_threshold``.
+        smoothed_hu: :func:`iunet_nb.edges.smooth_hu` of ``hu`` when the caller keeps it.
+    """
+    restored = restore_crop_probabilities(prob, record)
+    mask = snap_to_edges(restored, hu, spacing_mm, weight=config.edge_weight,
+                         threshold=config.mask_threshold, smoothed_hu=smoothed_hu)
+    return NetworkOutput(prob, restored, mask.astype(np.uint8))
+
+
+@dataclass(frozen=True)
+class RefineInput:
+    """What one refine round reads: snapshots of the session's state, nothing shared.
+
+    Attributes:
+        image: float32 ``(D, H, W)``, the preprocessed crop on the working grid.
+        record: the crop on the CT grid and its working grid.
+        ct_shape, ct_spacing_mm: the CT's shape and voxel size ``(z, y, x)``.
+        working_spacing_mm: the working grid's voxel size (``record.working_geometry``).
+        hu: the CT's HU in the crop; ``smoothed_hu`` its smoothed copy (or None).
+        mask: uint8 {0, 1}, the current mask in the crop (CT resolution).
+        mask_working: uint8 {0, 1}, the current mask on the working grid.
+        scribbles: uint8 ``(D, H, W)``: every scribble on the working grid (0 none, 1
+            foreground, 2 background; background wins where both land).
+        new_strokes: bool ``(D, H, W)``: the working voxels of the scribbles added since the
+            previous refine.
+        new_idx: int64 flat CT indices of those scribbles' voxels.
+        direction: +1 all new scribbles foreground, -1 all background, 0 mixed.
+        previous: the network output the current mask came from (None before any).
+        start: the output of the network the round starts from, when the caller has it
+            (checked against the round's own start probabilities; None: restored here).
+    """
+
+    image: np.ndarray
+    record: CropRecord
+    ct_shape: tuple[int, int, int]
+    ct_spacing_mm: tuple[float, float, float]
+    working_spacing_mm: tuple[float, float, float]
+    hu: np.ndarray
+    smoothed_hu: np.ndarray | None
+    mask: np.ndarray
+    mask_working: np.ndarray
+    scribbles: np.ndarray
+    new_strokes: np.ndarray
+    new_idx: np.ndarray
+    direction: int
+    previous: NetworkOutput | None
+    start: NetworkOutput | None = None
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """The outcome of :func:`refine_step`.
+
+    Attributes:
+        output: the refined network's output.
+        mask: uint8 {0, 1}, the new mask of the crop (scribbles not yet forced: the session
+            owns them).
+        losses: the loss before each Adam step.
+        encoded: the frozen encoder's features (reusable while the box stays), or None.
+        n_reverted: network changes discarded by the locality rules.
+        n_filled: voxels the stroke fill added.
+        n_uncertain: working voxels of weight 0 (the uncertain band).
+        geodesic_sides: whether removals were held to the background strokes' side.
+        stroke_prior: median start probability at the new strokes (None: none inside).
+        stroke_mask_mm: median distance of new foreground strokes from the mask (None: not
+            measured).
+    """
+
+    output: NetworkOutput
+    mask: np.ndarray
+    losses: list[float]
+    encoded: EncodedFeatures | None
+    n_reverted: int
+    n_filled: int
+    n_uncertain: int
+    geodesic_sides: bool
+    stroke_prior: float | None
+    stroke_mask_mm: float | None
+
+
+def refine_step(model: SegmentationNet, inp: RefineInput, config: RefineConfig, *, seed: int,
+                encoded: EncodedFeatures | None = None,
+                should_stop: Callable[[], bool] | None = None) -> RefineResult | None:
+    """One round of iUnet interactive refinement, a function of its inputs.
+
+    Fine-tunes ``model`` in place (give a private copy) on the target (the current mask with
+    the scribbles burnt in) with eq. 3's weights, under ``torch.manual_seed(seed)``; restores
+    the new probabilities to the crop; then decides which changes the mask takes (see
+    :class:`RefineConfig`): only within ``local_mm`` of the new strokes, only in their
+    direction (``one_way``), not where the network was surer than the strokes
+    (``confidence_gate``), not where the previous network already disagreed
+    (``new_changes_only``), removals only on the background strokes' geodesic side
+    (``geodesic_sides``); new foreground strokes that the network held confidently as
+    background, far from the mask, add their geodesic region (``fill_below``).
+
+    Args:
+        model: the network to fine-tune (its device is used).
+        inp: the round's inputs.
+        config: the refinement settings.
+        seed: the random seed of the fine-tuning.
+        encoded: the frozen encoder's features of ``inp.image`` (reused when given).
+        should_stop: polled between steps; True stops the round (returns None).
+
+    Returns:
+        the result, or None when ``should_stop`` stopped it.
+    """
+    record = inp.record
+    spacing = inp.working_spacing_mm
+    weight = _refine_weights(inp.image, inp.scribbles, spacing, config)
+    target = _refine_target(inp.mask_working, inp.scribbles)
+    dev = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = fine_tune(model, inp.image, target, weight, config, scribbles=inp.scribbles,
+                        encoded=encoded, should_stop=should_stop, agree_on=inp.new_strokes)
+    if out is None:
+        return None
+    prob, losses, encoded, start_prob = out
+    output = network_output(prob, record, inp.hu, inp.ct_spacing_mm, config,
+                            smoothed_hu=inp.smoothed_hu)
+    new_strokes = inp.new_strokes.any()
+    direction = inp.direction
+
+    allowed = (None if config.local_mm is None else
+               _near_scribbles(inp.ct_shape, inp.ct_spacing_mm, inp.new_idx, record.crop,
+                               config.local_mm))
+    if config.new_changes_only and inp.previous is not None:
+        # what the previous network wanted: changes it already made, and locality held
+        # back, are not released by a later stroke that comes within reach
+        fresh = (inp.previous.mask == 1) == (inp.mask == 1)
+        allowed = fresh if allowed is None else allowed & fresh
+    if config.confidence_gate and direction != 0:
+        # the network the round started from (the loaded weights, or with
+        # keep_weights_between_rounds the previous round's), usually restored already
+        prior = (inp.start.restored if inp.start is not None
+                 and np.array_equal(start_prob, inp.start.prob)
+                 else restore_crop_probabilities(start_prob, record))
+        beyond = _beyond_stroke_confidence(prior, inp.mask, inp.new_idx, inp.ct_shape,
+                                           record.crop, direction, config.mask_threshold)
+        allowed = ~beyond if allowed is None else allowed & ~beyond
+    side = None
+    if config.geodesic_sides and direction < 0:
+        keep = None   # the mask away from the new strokes stands
+        if config.local_mm is not None and new_strokes:
+            keep = inp.mask_working.astype(bool) & (ndimage.distance_transform_edt(
+                ~inp.new_strokes, sampling=spacing) > config.local_mm)
+        side = background_side(inp.image, inp.scribbles, spacing, keep=keep)
+    if side is not None:
+        # a background stroke removes only what lies on its side
+        on_side = restore_crop_probabilities(side.astype(np.float32), record) >= 0.5
+        allowed = on_side if allowed is None else allowed & on_side
+    mask, n_reverted = _restrict_changes(inp.mask, output.mask, allowed,
+                                         direction if config.one_way else 0)
+
+    reach = (stroke_distance_mm(inp.mask_working, inp.new_strokes, spacing)
+             if direction > 0 and new_strokes else math.inf)
+    n_filled = 0
+    if (direction > 0 and reach > FILL_REACH_MM
+            and confidently_contradicted(start_prob, inp.new_strokes, 1, config.fill_below)):
+        region = stroke_fill(inp.image, inp.scribbles, inp.new_strokes, spacing)
+        if region.any():
+            fill = restore_crop_probabilities(region.astype(np.float32), record) >= 0.5
+            n_filled = int(np.count_nonzero(mask[fill] == 0))
+            mask[fill] = 1
+    return RefineResult(
+        output=output, mask=mask, losses=losses, encoded=encoded, n_reverted=n_reverted,
+        n_filled=n_filled, n_uncertain=int(np.count_nonzero(weight == 0)),
+        geodesic_sides=side is not None,
+        stroke_prior=float(np.median(start_prob[inp.new_strokes])) if new_strokes else None,
+        stroke_mask_mm=None if math.isinf(reach) else round(reach, 2))

@@ -12,15 +12,16 @@ methods, so anything a person can do a script can do too::
     s.undo(); s.redo()
     s.export("case07_pancreas.nii.gz")
 
-This module holds :class:`Session` itself: its actions, the refinement around the network
-(snapshots, superseding, commit), the event log, and the autosave folder (manifest,
-hashing, loading, crash repair). The parts that need no session live beside it, and the
-public ones are re-exported here:
+This module holds :class:`Session` itself: its actions, the orchestration of a refine round
+(snapshots under the lock, the worker thread, superseding, commit), the event log, and the
+autosave folder (manifest, hashing, loading, crash repair). The parts that need no session
+live beside it, and the public ones are re-exported here:
 
 * :mod:`iunet_nb.strokes`: the view conventions (:data:`VIEWS`; every array is
   ``(z, y, x)``, a 2D point on a slice is ``(row, col)`` in array indices) and
   :func:`stroke_to_voxels`, the brush;
-* :mod:`iunet_nb.refine`: :class:`RefineConfig`, :func:`fine_tune` and the refinement maths
+* :mod:`iunet_nb.refine`: :func:`~iunet_nb.refine.refine_step` (one refine round as a
+  function of its inputs), :class:`RefineConfig`, :func:`fine_tune` and the refinement maths
   (target, weight map, locality), with the paper's method and the measured deviations from
   it;
 * :mod:`iunet_nb._history`: the undo/redo entries and their ``.npz`` storage.
@@ -55,18 +56,17 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ._atomic import atomic_write_bytes, atomic_write_text
 from ._history import _Diff, _Entry, _registry_from_bytes, _registry_to_bytes, _Scribble
 from .checkpoint import ModelCard, select_device
-from .edges import smooth_hu, snap_to_edges
+from .edges import smooth_hu
 from .errors import ConfigError, InputError, IunetError, SessionError
 from .locking import FolderLock
 from .memory import check_memory, estimate_preprocess_bytes, estimate_session_bytes
@@ -77,23 +77,17 @@ from .preprocess import (
     _is_int,
     crop_mask,
     preprocess_image,
-    restore_crop_probabilities,
     restore_probabilities,
 )
 from .refine import (
+    NetworkOutput,
     RefineConfig,
-    _beyond_stroke_confidence,
-    _near_scribbles,
-    _refine_target,
-    _refine_weights,
-    _restrict_changes,
-    FILL_REACH_MM,
+    RefineInput,
     _stroke_direction,
-    background_side,
-    confidently_contradicted,
     fine_tune,
-    stroke_distance_mm,
-    stroke_fill,
+    network_output,
+    refine_step,
+    warm_up,
 )
 from .strokes import (
     _BG,
@@ -253,6 +247,7 @@ class Session:
             check_same_grid(volume, reference, "reference")
             if not np.any(reference.array):
                 raise InputError("the reference mask is empty; DSC against it is undefined")
+        warm_up()  # the first refine round would otherwise pay torch's optimiser set-up
         self._lock = threading.RLock()
         self._volume = volume
         self._card = card
@@ -285,9 +280,14 @@ class Session:
         self._folder: Path | None = None
         self._folder_lock: FolderLock | None = None
         self._working: tuple[Box, np.ndarray, CropRecord] | None = None
-        # (box, the HU of its crop smoothed for snap_to_edges)
+        # (box, the HU of its crop smoothed for edges.snap_to_edges)
         self._smoothed_hu: tuple[Box, np.ndarray] | None = None
         self._encoded: tuple[Box, EncodedFeatures] | None = None
+        # (box, the output of self._prob or of the last prediction in that box): _output
+        self._last_output: tuple[Box, NetworkOutput] | None = None
+        # (box, the output of the loaded weights there): where refine rounds start from
+        # without keep_weights_between_rounds
+        self._initial_output: tuple[Box, NetworkOutput] | None = None
         self._generation = 0
         self._pending: set[concurrent.futures.Future] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -458,7 +458,10 @@ class Session:
             new_box = box if box is not None else self._box
             assert new_box is not None
             prob = self._forward(new_box)
-            full = self._restore_crop(prob, new_box)
+            output = self._output(prob, new_box)
+            if self._params_are_initial():
+                self._initial_output = (new_box, output)
+            full = output.mask
             new_mask = np.zeros_like(self._mask)
             _, _, record = self._working_grid(new_box)
             new_mask[record.crop.slices] = full
@@ -503,7 +506,9 @@ class Session:
                 after_scrib = {sid: None for sid in self._registry}
             new_mask = np.zeros_like(self._mask)
             _, _, record = self._working_grid(self._box)
-            new_mask[record.crop.slices] = self._restore_crop(prob, self._box)
+            output = self._output(prob, self._box)
+            self._initial_output = (self._box, output)
+            new_mask[record.crop.slices] = output.mask
             self._force(new_mask, keep=keep_scribbles)
             entry = _Entry(uuid.uuid4().hex, "reset", {"keep_scribbles": keep_scribbles},
                            mask=_Diff.between(self._mask, new_mask),
@@ -1010,25 +1015,47 @@ class Session:
         """The network's mask in ``box`` on the whole CT grid (no scribbles, nothing stored)."""
         _, _, record = self._working_grid(box)
         mask = np.zeros(self._volume.shape, np.uint8)
-        mask[record.crop.slices] = self._restore_crop(self._forward(box), box)
+        mask[record.crop.slices] = self._output(self._forward(box), box).mask
         return mask
 
-    def _restore_crop(self, prob: np.ndarray, box: Box) -> np.ndarray:
-        """uint8 mask of the crop region (CT resolution) from working-grid probabilities:
-        thresholded, the boundary placed on the CT's edges (``config.edge_weight``)."""
+    def _output(self, prob: np.ndarray, box: Box) -> NetworkOutput:
+        """``prob`` (working grid) restored to the crop and cut (:func:`network_output`).
+
+        The last one is kept: a refine round starts from it (its prior and the previous
+        network's mask) and produces the next.
+        """
+        cached = self._last_output
+        if cached is not None and cached[0] == box and cached[1].prob is prob:
+            return cached[1]
         _, _, record = self._working_grid(box)
-        cfg, spacing = self._config, self._volume.spacing_mm
+        hu, smoothed = self._edge_inputs(box)
+        out = network_output(prob, record, hu, self._volume.spacing_mm, self._config,
+                             smoothed_hu=smoothed)
+        self._last_output = (box, out)  # one assignment: a worker thread reads it whole
+        return out
+
+    def _start_output(self, box: Box, previous: NetworkOutput | None) -> NetworkOutput | None:
+        """The output of the network a refine round in ``box`` starts from, if known."""
+        if self._config.keep_weights_between_rounds:
+            return previous
+        known = self._initial_output
+        return known[1] if known is not None and known[0] == box else None
+
+    def _params_are_initial(self) -> bool:
+        return all(np.array_equal(v, self._initial_params[n])
+                   for n, v in self._get_params().items())
+
+    def _edge_inputs(self, box: Box) -> tuple[np.ndarray, np.ndarray | None]:
+        """The HU of the crop and, with ``config.edge_weight``, its smoothed copy (cached)."""
+        _, _, record = self._working_grid(box)
         hu = self._volume.array[record.crop.slices]
-        smoothed = None
-        if cfg.edge_weight > 0:
-            cached = self._smoothed_hu
-            if cached is None or cached[0] != box:
-                cached = (box, smooth_hu(hu, spacing))
-                self._smoothed_hu = cached  # one assignment: a worker thread reads it whole
-            smoothed = cached[1]
-        return snap_to_edges(restore_crop_probabilities(prob, record), hu, spacing,
-                             weight=cfg.edge_weight, threshold=cfg.mask_threshold,
-                             smoothed_hu=smoothed).astype(np.uint8)
+        if self._config.edge_weight <= 0:
+            return hu, None
+        cached = self._smoothed_hu
+        if cached is None or cached[0] != box:
+            cached = (box, smooth_hu(hu, self._volume.spacing_mm))
+            self._smoothed_hu = cached  # one assignment: a worker thread reads it whole
+        return hu, cached[1]
 
     # -- refinement machinery ---------------------------------------------------------------------
     def _start_refine(self) -> dict[str, Any]:
@@ -1045,7 +1072,6 @@ class Session:
             assert self._box is not None
             box, x, record = self._working_grid(self._box)
             crop = record.crop
-            target = (crop_mask(self._mask[crop.slices], _local_record(record)) >= 0.5).astype(np.uint8)
             scrib_w = self._scribbles_on_working_grid(record)
             if not scrib_w.any():
                 raise SessionError(
@@ -1061,17 +1087,21 @@ class Session:
                        or sorted(self._registry))
             direction = _stroke_direction({self._registry[sid].label for sid in new_ids})
             new_idx = np.unique(np.concatenate([self._registry[sid].indices for sid in new_ids]))
-            new_w = np.zeros(record.size_zyx, dtype=bool)    # extra_iterations, fill_below
+            new_w = np.zeros(record.size_zyx, dtype=bool)
             w, inside = self._to_working_grid(record, new_idx)
             new_w[tuple(w[inside].T)] = True
+            # every action supersedes a refine in flight, so the mask cannot change before
+            # this round commits: the snapshot is the mask the round changes
+            mask = self._mask[crop.slices].copy()
             return {"generation": self._generation, "box": box, "x": x, "record": record,
-                    "target": target, "scribbles": scrib_w, "model": model,
+                    "mask": mask,
+                    "mask_working": (crop_mask(mask, _local_record(record)) >= 0.5
+                                     ).astype(np.uint8),
+                    "scribbles": scrib_w, "model": model,
                     "params_before": self._get_params(), "encoded": encoded,
                     "round": self._refine_round, "new_ids": new_ids, "new_idx": new_idx,
-                    "new_working": new_w,
-                    "direction": direction, "next_id": self._next_id,
-                    "prob_prev": self._prob,
-                    "t0": time.perf_counter()}
+                    "new_working": new_w, "direction": direction, "next_id": self._next_id,
+                    "prob_prev": self._prob, "t0": time.perf_counter()}
 
     def _scribbles_on_working_grid(self, record: CropRecord) -> np.ndarray:
         """uint8 working-grid scribbles: each CT scribble voxel -> nearest working voxel."""
@@ -1094,7 +1124,10 @@ class Session:
 
     def _run_refine(self, job: dict[str, Any], future: concurrent.futures.Future | None,
                     ) -> Volume | None:
-        """Compute outside the lock; commit under it unless superseded. None if superseded."""
+        """Compute outside the lock (:func:`refine_step`); commit under it unless superseded.
+
+        None if superseded.
+        """
         gen = job["generation"]
         cfg = self._config
 
@@ -1102,56 +1135,28 @@ class Session:
             return self._generation != gen or (future is not None and future.cancelled())
 
         t_compute = time.perf_counter()
+        if stale():
+            return None
+        box, record = job["box"], job["record"]
+        hu, smoothed = self._edge_inputs(box)
+        previous = None if job["prob_prev"] is None else self._output(job["prob_prev"], box)
+        inp = RefineInput(
+            image=job["x"], record=record, ct_shape=self._volume.shape,
+            ct_spacing_mm=self._volume.spacing_mm,
+            working_spacing_mm=record.working_geometry(self._volume.geometry).spacing_mm,
+            hu=hu, smoothed_hu=smoothed, mask=job["mask"], mask_working=job["mask_working"],
+            scribbles=job["scribbles"], new_strokes=job["new_working"], new_idx=job["new_idx"],
+            direction=job["direction"], previous=previous,
+            start=self._start_output(box, previous))
+        seed = cfg.seed + job["round"]
         try:
-            if stale():
-                raise _Superseded()
-            record: CropRecord = job["record"]
-            spacing = record.working_geometry(self._volume.geometry).spacing_mm
-            weight = _refine_weights(job["x"], job["scribbles"], spacing, cfg)
-            target = _refine_target(job["target"], job["scribbles"])
-            seed = cfg.seed + job["round"]
-            try:
-                out = self._seeded_fine_tune(job, target, weight, seed, stale)
-            except torch.cuda.OutOfMemoryError as exc:
-                self._fall_back_to_cpu("refine", exc)
-                job["model"].to(self._device)
-                job["encoded"] = None
-                out = self._seeded_fine_tune(job, target, weight, seed, stale)
-            if out is None:
-                raise _Superseded()
-            prob, losses, encoded, start_prob = out
-            crop_mask_new = self._restore_crop(prob, job["box"])
-            fill = None   # the stroke fill of a confidently contradicted round (fill_below)
-            side = None
-            if cfg.geodesic_sides and job["direction"] < 0:
-                keep = None   # the mask away from the new strokes stands
-                if cfg.local_mm is not None and job["new_working"].any():
-                    keep = job["target"].astype(bool) & (ndimage.distance_transform_edt(
-                        ~job["new_working"], sampling=spacing) > cfg.local_mm)
-                side = background_side(job["x"], job["scribbles"], spacing, keep=keep)
-            # geodesic_sides: a background stroke removes only what lies on its side
-            allowed_side = (None if side is None else
-                            restore_crop_probabilities(side.astype(np.float32), record) >= 0.5)
-            stroke_prior = (float(np.median(start_prob[job["new_working"]]))
-                            if job["new_working"].any() else None)
-            reach = (stroke_distance_mm(job["target"], job["new_working"], spacing)
-                     if job["direction"] > 0 and job["new_working"].any() else math.inf)
-            if (job["direction"] > 0 and reach > FILL_REACH_MM
-                    and confidently_contradicted(start_prob, job["new_working"], 1,
-                                                 cfg.fill_below)):
-                region = stroke_fill(job["x"], job["scribbles"], job["new_working"], spacing)
-                if region.any():
-                    fill = restore_crop_probabilities(region.astype(np.float32), record) >= 0.5
-            allowed = (None if cfg.local_mm is None else
-                       _near_scribbles(self._volume.shape, self._volume.spacing_mm,
-                                       job["new_idx"], record.crop, cfg.local_mm))
-            prior = (restore_crop_probabilities(start_prob, record)
-                     if cfg.confidence_gate and job["direction"] != 0 else None)
-            # what the previous network wanted: changes it already made, and locality held
-            # back, are not released by a later stroke that comes within reach
-            prev_mask = (self._restore_crop(job["prob_prev"], job["box"]) == 1
-                         if cfg.new_changes_only and job["prob_prev"] is not None else None)
-        except _Superseded:
+            result = refine_step(job["model"], inp, cfg, seed=seed, encoded=job["encoded"],
+                                 should_stop=stale)
+        except torch.cuda.OutOfMemoryError as exc:
+            self._fall_back_to_cpu("refine", exc)
+            job["model"].to(self._device)
+            result = refine_step(job["model"], inp, cfg, seed=seed, should_stop=stale)
+        if result is None:
             logger.debug("refinement superseded; discarded")
             return None
         compute_s = time.perf_counter() - t_compute
@@ -1162,64 +1167,35 @@ class Session:
                 return None
             new_params = self._get_params(job["model"])
             new_mask = self._mask.copy()
-            crop = job["record"].crop
-            before = self._mask[crop.slices]
-            direction = job["direction"] if cfg.one_way else 0
-            if prev_mask is not None:
-                fresh = prev_mask == (before == 1)
-                allowed = fresh if allowed is None else allowed & fresh
-            if prior is not None:
-                beyond = _beyond_stroke_confidence(prior, before, job["new_idx"],
-                                                   self._volume.shape, crop, job["direction"],
-                                                   cfg.mask_threshold)
-                allowed = ~beyond if allowed is None else allowed & ~beyond
-            if allowed_side is not None:
-                allowed = allowed_side if allowed is None else allowed & allowed_side
-            new_mask[crop.slices], n_reverted = _restrict_changes(
-                before, crop_mask_new, allowed, direction)
-            n_filled = 0
-            if fill is not None:
-                view = new_mask[crop.slices]
-                n_filled = int(np.count_nonzero(view[fill] == 0))
-                view[fill] = 1
+            new_mask[record.crop.slices] = result.mask
             self._force(new_mask)
-            if encoded is not None:
-                self._encoded = (job["box"], encoded)
+            if result.encoded is not None:
+                self._encoded = (box, result.encoded)
+            self._last_output = (box, result.output)
             entry = _Entry(uuid.uuid4().hex, "refine", {"round": job["round"], "seed": seed},
-                           mask=_Diff.between(self._mask, new_mask, crop),
+                           mask=_Diff.between(self._mask, new_mask, record.crop),
                            params_before=job["params_before"], params_after=new_params,
-                           prob_before=self._prob, prob_after=prob,
+                           prob_before=self._prob, prob_after=result.output.prob,
                            state_before=self._scalars(),
                            state_after={**self._scalars(), "refine_round": job["round"] + 1,
                                         "refined_below": job["next_id"]})
             self._apply(entry, forward=True)
-            n_uncertain = int(np.count_nonzero(weight == 0))
             self._commit(entry, job["t0"], {
-                "round": job["round"], "seed": seed, "iterations": len(losses),
+                "round": job["round"], "seed": seed, "iterations": len(result.losses),
                 "extra_iterations": cfg.extra_iterations,
-                "losses": [round(v, 6) for v in losses], "compute_s": round(compute_s, 4),
+                "losses": [round(v, 6) for v in result.losses],
+                "compute_s": round(compute_s, 4),
                 "n_changed": entry.mask.n if entry.mask else 0,
-                "new_scribbles": job["new_ids"], "n_reverted": n_reverted,
-                "fill_below": cfg.fill_below, "n_filled": n_filled,
-                "geodesic_sides": allowed_side is not None,
-                "stroke_prior_median": stroke_prior,
-                "stroke_mask_mm": None if math.isinf(reach) else round(reach, 2),
+                "new_scribbles": job["new_ids"], "n_reverted": result.n_reverted,
+                "fill_below": cfg.fill_below, "n_filled": result.n_filled,
+                "geodesic_sides": result.geodesic_sides,
+                "stroke_prior_median": result.stroke_prior,
+                "stroke_mask_mm": result.stroke_mask_mm,
                 "local_mm": cfg.local_mm, "one_way": cfg.one_way,
                 "confidence_gate": cfg.confidence_gate, "new_changes_only": cfg.new_changes_only,
                 "n_scribble_working": int(np.count_nonzero(job["scribbles"])),
-                "n_uncertain_working": n_uncertain, "async": future is not None})
+                "n_uncertain_working": result.n_uncertain, "async": future is not None})
             return self.mask
-
-    def _seeded_fine_tune(self, job: dict[str, Any], target: np.ndarray, weight: np.ndarray,
-                          seed: int, stale: Callable[[], bool],
-                          ) -> tuple[np.ndarray, list[float], EncodedFeatures | None] | None:
-        dev = next(job["model"].parameters()).device
-        devices = [dev.index or 0] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            return fine_tune(job["model"], job["x"], target, weight, self._config,
-                             scribbles=job["scribbles"], encoded=job["encoded"],
-                             should_stop=stale, agree_on=job["new_working"])
 
     def _fall_back_to_cpu(self, what: str, exc: BaseException) -> None:
         """After a CUDA out-of-memory error: move the network to the CPU and carry on there."""

@@ -14,6 +14,7 @@ from iunet_nb.preprocess import Box
 from iunet_nb.refine import (
     RefineConfig,
     _beyond_stroke_confidence,
+    _near_scribbles,
     _refine_target,
     _refine_weights,
     _stroke_direction,
@@ -228,3 +229,74 @@ def test_background_side_keeps_what_the_mask_holds_away_from_the_stroke():
     assert background_side(image, scribbles, (2.0, 1.0, 1.0)) is None   # nothing to keep
     side = background_side(image, scribbles, (2.0, 1.0, 1.0), keep=a)
     assert side[b].mean() > 0.95 and not side[a].any()
+
+
+# ----------------------------------------------------------------------------- refine_step
+def _round_inputs(case, model, card, config):
+    """A refine round's inputs built by hand: the untrained network's mask, one foreground
+    stroke of reference voxels the mask misses."""
+    from iunet_nb.predict import make_box
+    from iunet_nb.preprocess import crop_mask, preprocess_image
+    from iunet_nb.refine import RefineInput, network_output
+
+    ct, ref = case
+    x, record = preprocess_image(ct, make_box(ct, reference=ref), card.preprocess)
+    with torch.no_grad():
+        prob = torch.softmax(model(torch.from_numpy(x)[None, None]), dim=1)[0, 1].numpy()
+    hu = ct.array[record.crop.slices]
+    start = network_output(prob, record, hu, ct.spacing_mm, config)
+    full = np.zeros(ct.shape, np.uint8)
+    full[record.crop.slices] = start.mask
+    missed = np.argwhere((ref.array > 0) & (full == 0))
+    zyx = missed[missed[:, 0] == np.median(missed[:, 0]).astype(int)][:12]
+    assert len(zyx) > 0
+    w = np.rint(record.original_to_working_index(zyx)).astype(np.int64)
+    scribbles = np.zeros(record.size_zyx, np.uint8)
+    scribbles[tuple(w.T)] = 1
+    inp = RefineInput(
+        image=x, record=record, ct_shape=ct.shape, ct_spacing_mm=ct.spacing_mm,
+        working_spacing_mm=record.working_geometry(ct.geometry).spacing_mm, hu=hu,
+        smoothed_hu=None, mask=start.mask.copy(),
+        mask_working=(crop_mask(full, record) >= 0.5).astype(np.uint8),
+        scribbles=scribbles, new_strokes=scribbles.astype(bool),
+        new_idx=np.ravel_multi_index(tuple(zyx.T), ct.shape), direction=1,
+        previous=start)
+    return inp, start
+
+
+def test_refine_step_is_a_function_of_its_inputs(ellipsoid_case, model, card):
+    import dataclasses
+
+    from iunet_nb.refine import refine_step
+
+    # the untrained network's mask is empty; 20 steps at 1e-2 make it claim the stroke's
+    # surroundings, of which local_mm keeps the nearest
+    config = RefineConfig(local_mm=10.0, iterations=20, lr=1e-2)
+    inp, start = _round_inputs(ellipsoid_case, model, card, config)
+    frozen = {k: np.copy(v) for k, v in vars(inp).items() if isinstance(v, np.ndarray)}
+    a = refine_step(copy.deepcopy(model), inp, config, seed=3)
+    for k, v in frozen.items():  # nothing it was given changes
+        np.testing.assert_array_equal(getattr(inp, k), v, err_msg=k)
+    # the start network's output, when given, only saves its restoration
+    b = refine_step(copy.deepcopy(model), dataclasses.replace(inp, start=start), config, seed=3)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_array_equal(a.output.prob, b.output.prob)
+    assert a.losses == b.losses and len(a.losses) == config.iterations
+    # a foreground stroke only adds, and only within local_mm of itself
+    changed = a.mask != inp.mask
+    assert changed.any() and np.all(a.mask[changed] == 1)
+    assert a.n_reverted > 0 and np.count_nonzero(changed) + a.n_reverted == np.count_nonzero(
+        a.output.mask != inp.mask)
+    near = _near_scribbles(inp.ct_shape, inp.ct_spacing_mm, inp.new_idx, inp.record.crop, 10.0)
+    assert not np.any(changed & ~near)
+
+
+def test_refine_step_stops_when_asked(ellipsoid_case, model, card):
+    from iunet_nb.refine import refine_step
+
+    config = RefineConfig()
+    inp, _ = _round_inputs(ellipsoid_case, model, card, config)
+    calls = []
+    assert refine_step(copy.deepcopy(model), inp, config, seed=0,
+                       should_stop=lambda: calls.append(1) or len(calls) > 2) is None
+    assert len(calls) == 3

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_ellipsoid
 
-import iunet_nb.session as session_mod
+import iunet_nb.refine as refine_mod
 from iunet_nb.errors import InputError
 from iunet_nb.io import read_image, read_mask
 from iunet_nb.preprocess import Box
@@ -38,7 +38,7 @@ def test_cuda_oom_in_refine_continues_on_cpu(ellipsoid_case, model, card, device
     ct, ref = ellipsoid_case
     control = _scribbled(ct, ref, model, card, "cpu")
     expected = control.refine().array
-    original = session_mod.fine_tune
+    original = refine_mod.fine_tune
     calls = []
 
     def flaky(m, *args, **kwargs):
@@ -50,7 +50,7 @@ def test_cuda_oom_in_refine_continues_on_cpu(ellipsoid_case, model, card, device
         return original(m, *args, **kwargs)
 
     s = _scribbled(ct, ref, model, card, device, folder=tmp_path / "s")
-    monkeypatch.setattr(session_mod, "fine_tune", flaky)
+    monkeypatch.setattr(refine_mod, "fine_tune", flaky)
     with caplog.at_level(logging.WARNING, logger="iunet_nb.session"):
         mask = s.refine().array
     assert calls == [device, "cpu"]

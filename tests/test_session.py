@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import iunet_nb.refine as refine_mod
 import iunet_nb.session as session_mod
 from iunet_nb.errors import ConfigError, InputError, SessionError
 from iunet_nb.io import read_mask
@@ -445,14 +446,14 @@ def test_refine_async_gives_the_same_result_as_refine(case, model, card, cfg):
 
 def test_superseded_refine_async_leaves_no_trace(case, model, card, cfg, monkeypatch):
     started, release = threading.Event(), threading.Event()
-    original = session_mod.fine_tune
+    original = refine_mod.fine_tune
 
     def slow_fine_tune(*args, **kwargs):
         started.set()
         release.wait(10)  # hold the refinement between its snapshot and its first step
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(session_mod, "fine_tune", slow_fine_tune)
+    monkeypatch.setattr(refine_mod, "fine_tune", slow_fine_tune)
     with _session(case, model, card, cfg) as s:
         s.predict()
         s.add_scribble("fg", [(16, 10), (16, 20)], view="axial", slice_index=12, radius_mm=2)
@@ -583,13 +584,13 @@ def test_refine_changes_farther_than_local_mm_from_the_new_stroke_are_undone(cas
 def test_extra_iterations_wait_for_the_strokes_added_since_the_last_refine(case, model, card,
                                                                            monkeypatch):
     seen = []
-    real = session_mod.fine_tune
+    real = refine_mod.fine_tune
 
     def spy(*args, **kw):
         seen.append((kw["scribbles"].copy(), kw["agree_on"].copy()))
         return real(*args, **kw)
 
-    monkeypatch.setattr(session_mod, "fine_tune", spy)
+    monkeypatch.setattr(refine_mod, "fine_tune", spy)
     cfg = RefineConfig(device="cpu", iterations=2, lr=1e-2, extra_iterations=6, box_fallback="error")
     s = _session(case, model, card, cfg)
     s.predict()
@@ -657,7 +658,7 @@ def test_confidence_gate_keeps_what_the_network_held_more_surely_than_the_stroke
     def fake_fine_tune(model, image, target, weight, config, **kwargs):
         return np.zeros(work, np.float32), [0.0], None, ramp
 
-    monkeypatch.setattr(session_mod, "fine_tune", fake_fine_tune)
+    monkeypatch.setattr(refine_mod, "fine_tune", fake_fine_tune)
     removed = {}
     for gate in (False, True):
         cfg = RefineConfig(device="cpu", local_mm=None, confidence_gate=gate,
@@ -697,7 +698,7 @@ def test_new_changes_only_leaves_what_the_previous_network_already_wanted(case, 
             p = next(outputs)
             return p, [0.0], None, p
 
-        monkeypatch.setattr(session_mod, "fine_tune", fake_fine_tune)
+        monkeypatch.setattr(refine_mod, "fine_tune", fake_fine_tune)
         cfg = RefineConfig(device="cpu", local_mm=None, one_way=False,
                            new_changes_only=flag, box_fallback="error")
         s = _session(case, model, card, cfg)
