@@ -13,9 +13,8 @@ methods, so anything a person can do a script can do too::
     s.export("case07_pancreas.nii.gz")
 
 This module holds :class:`Session` itself: its actions, the orchestration of a refine round
-(snapshots under the lock, the worker thread, superseding, commit), the event log, and the
-autosave folder (manifest, hashing, loading, crash repair). The parts that need no session
-live beside it, and the public ones are re-exported here:
+(snapshots under the lock, the worker thread, superseding, commit) and the event log. The
+parts that need no session live beside it, and the public ones are re-exported here:
 
 * :mod:`iunet_nb.strokes`: the view conventions (:data:`VIEWS`; every array is
   ``(z, y, x)``, a 2D point on a slice is ``(row, col)`` in array indices) and
@@ -26,17 +25,8 @@ live beside it, and the public ones are re-exported here:
   it;
 * :mod:`iunet_nb._history`: the undo/redo entries and their ``.npz`` storage.
 
-Autosave folder layout (every file written atomically; ``state.json`` last)::
-
-    state.json            manifest: CT hash, file names + SHA-256, undo/redo order, state
-    state.prev.json       the previous manifest (its files are kept until the next save)
-    config.json card.json RefineConfig and ModelCard
-    mask-<n>.nii.gz       the mask in the CT's geometry (opens in ITK-SNAP / 3D Slicer)
-    scribbles-<n>.npz     the scribbles (ids, labels, voxel indices; compressed)
-    params-<n>.pt         the unfrozen parameters' values (torch.save; weights_only loading)
-    prob-<n>.npy          the last network probabilities on the working grid
-    history/<uid>.npz     one file per undo/redo entry (diffs; written once)
-    events.jsonl          the event log (append, flush, fsync)
+The autosave folder (its layout, writing, loading, crash repair) is
+:mod:`iunet_nb.autosave`.
 """
 
 from __future__ import annotations
@@ -44,15 +34,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
-import dataclasses
-import datetime
-import hashlib
-import io as _io
-import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 import uuid
@@ -63,11 +47,21 @@ from typing import Any, Self
 import numpy as np
 import torch
 
-from ._atomic import atomic_write_bytes, atomic_write_text
-from ._history import _Diff, _Entry, _registry_from_bytes, _registry_to_bytes, _Scribble
+from ._history import _Diff, _Entry, _Scribble
+from .autosave import (
+    AutosaveFolder,
+    Snapshot,
+    array_hash,
+    check_export_target,
+    model_hash,
+    read_events,
+    read_folder,
+    repair_after_crash,
+    utc_now,
+)
 from .checkpoint import ModelCard, select_device
 from .edges import smooth_hu
-from .errors import ConfigError, InputError, IunetError, SessionError
+from .errors import ConfigError, InputError, SessionError
 from .locking import FolderLock
 from .memory import check_memory, estimate_preprocess_bytes, estimate_session_bytes
 from .nets import EncodedFeatures, SegmentationNet
@@ -111,42 +105,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_FORMAT = "iunet-nb-session"
-_FORMAT_VERSION = 1
-# temporaries of _atomic.atomic_path left by a crash mid-write (".<stem>.<random><suffix>")
-_ORPHAN_TMP = re.compile(r"\.(state|config|card|(mask|scribbles|params|prob)-\d+|[0-9a-f]{32})"
-                         r"\.[A-Za-z0-9_]+\.((prev\.)?json|nii\.gz|npz|pt|npy)")
-
-
-class _Superseded(Exception):
-    """Raised inside a refine computation that a newer action made obsolete."""
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _array_hash(volume: Volume) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    arr = np.ascontiguousarray(volume.array)
-    h.update(f"{arr.shape}|{arr.dtype.str}|{volume.geometry.to_dict()}".encode())
-    h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()
-
-
-def _model_hash(model: torch.nn.Module) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
 
 # ----------------------------------------------------------------------------------------------
 # Session
@@ -203,12 +161,13 @@ class Session:
                 raise SessionError(f"cannot use {folder} as the session folder "
                                    f"({exc.strerror or exc}); give a folder you can write to"
                                    ) from exc
-            self._folder_lock = FolderLock(folder)  # SessionError when open elsewhere
+            lock = FolderLock(folder)  # SessionError when open elsewhere
             if (folder / "state.json").exists():
-                self._folder_lock.release()
+                lock.release()
                 raise SessionError(f"{folder} already holds a session (state.json); resume it "
                                    "with Session.load(folder, volume, model, card) or choose "
                                    "another folder")
+            self._store = AutosaveFolder(folder, lock)
             self._folder = folder
         try:
             with self._lock:
@@ -253,13 +212,13 @@ class Session:
         self._card = card
         self._config = config
         self._device = select_device(config.device)
-        self._model_hash = _model_hash(model)
+        self._model_hash = model_hash(model)
         self._model: SegmentationNet = copy.deepcopy(model).to(self._device).eval()
         self._model.freeze_for_refinement()
         names = {id(p): n for n, p in self._model.named_parameters()}
         self._param_names = [names[id(p)] for p in self._model.interactive_parameters()]
         self._initial_params = self._get_params()
-        self._ct_hash = _array_hash(volume)
+        self._ct_hash = array_hash(volume)
         self._case_id, self._reader_id, self._session_id = str(case_id), str(reader_id), session_id
         self._reference_idx = (None if reference is None
                                else np.flatnonzero(reference.array))
@@ -278,7 +237,7 @@ class Session:
         self._redo: list[_Entry] = []
         self._events: list[dict[str, Any]] = []
         self._folder: Path | None = None
-        self._folder_lock: FolderLock | None = None
+        self._store: AutosaveFolder | None = None
         self._working: tuple[Box, np.ndarray, CropRecord] | None = None
         # (box, the HU of its crop smoothed for edges.snap_to_edges)
         self._smoothed_hu: tuple[Box, np.ndarray] | None = None
@@ -292,12 +251,6 @@ class Session:
         self._pending: set[concurrent.futures.Future] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
-        # autosave bookkeeping: component -> (file name, sha256); dirty components get new files
-        self._files: dict[str, tuple[str, str]] = {}
-        self._dirty = {"mask", "scribbles", "params", "prob", "config", "card"}
-        self._history_files: dict[str, tuple[str, str]] = {}
-        self._save_seq = 0
-        self._manifest_text: str | None = None
 
     # -- read-only state ------------------------------------------------------------------------
     @property
@@ -751,17 +704,8 @@ class Session:
 
     def _release_folder(self) -> None:
         """Give the folder lock up (another process may then open the session)."""
-        lock, self._folder_lock = self._folder_lock, None
-        if lock is not None:
-            lock.release()
-
-    def _folder_io(self) -> contextlib.AbstractContextManager[None]:
-        """Serialise folder writes; refuse them once the session is closed."""
-        if self._folder_lock is None:
-            raise SessionError(f"the session in {self._folder} is closed, so it no longer "
-                               "writes its folder; reopen it with Session.load(folder, ...) "
-                               "to continue")
-        return self._folder_lock.io()
+        if self._store is not None:
+            self._store.close()
 
     def __enter__(self) -> Self:
         return self
@@ -824,7 +768,7 @@ class Session:
         from .dicomseg import DICOM_SEG_EXTENSIONS, write_dicom_seg
         from .io import write_mask
 
-        _check_export_target(self._folder, self._volume.meta.get("source"), path)
+        check_export_target(self._folder, self._volume.meta.get("source"), path)
         with self._lock:
             t0 = time.perf_counter()
             mask = Volume(self._mask, self._volume.geometry)
@@ -849,7 +793,8 @@ class Session:
                 raise SessionError("this session has no folder; create it with "
                                    "Session(..., folder=...) to save")
             t0 = time.perf_counter()
-            self._dirty |= {"mask", "scribbles", "params", "prob"}
+            assert self._store is not None
+            self._store.mark("mask", "scribbles", "params", "prob")
             autosave_s = self._autosave()
             self._log("save", t0, {"autosave_s": autosave_s})
 
@@ -864,8 +809,8 @@ class Session:
     def _begin_change(self) -> None:
         """Before a state change: refuse it on a closed session with a folder, then supersede
         refinements in flight (lock held)."""
-        if self._folder is not None:
-            self._folder_io()  # raises SessionError once closed
+        if self._store is not None:
+            self._store.io()  # raises SessionError once closed
         self._supersede()
 
     def _supersede(self) -> None:
@@ -915,7 +860,7 @@ class Session:
         """Move the state across ``entry`` (forward = do/redo, backward = undo)."""
         if entry.mask is not None and entry.mask.n:
             entry.mask.apply(self._mask, forward)
-            self._dirty.add("mask")
+            self._mark("mask")
         scribs = entry.scribbles_after if forward else entry.scribbles_before
         if scribs:
             for sid, s in scribs.items():
@@ -924,14 +869,14 @@ class Session:
                 else:
                     self._registry[sid] = s
             self._replay_scribbles()
-            self._dirty.add("scribbles")
+            self._mark("scribbles")
         params = entry.params_after if forward else entry.params_before
         if params is not None:
             self._set_params(params)
-            self._dirty.add("params")
+            self._mark("params")
         if entry.prob_after is not None or entry.prob_before is not None:
             self._prob = entry.prob_after if forward else entry.prob_before
-            self._dirty.add("prob")
+            self._mark("prob")
         state = entry.state_after if forward else entry.state_before
         if state:
             self._box = Box.from_dict(state["box"]) if state["box"] is not None else None
@@ -1221,127 +1166,32 @@ class Session:
             inter = np.count_nonzero(self._mask.ravel()[self._reference_idx])
             denom = np.count_nonzero(self._mask) + self._reference_idx.size
             dsc = round(2.0 * inter / denom, 6)
-        record = {"seq": len(self._events), "t_monotonic": time.monotonic(), "t_wall": _utc_now(),
+        record = {"seq": len(self._events), "t_monotonic": time.monotonic(), "t_wall": utc_now(),
                   "session_id": self._session_id, "case_id": self._case_id,
                   "reader_id": self._reader_id, "event": event,
                   "duration_s": round(time.perf_counter() - t0, 6), "dsc": dsc,
                   "n_scribble_voxels": int(np.count_nonzero(self._scribbles)),
                   "details": _jsonable(details)}
         self._events.append(record)
-        if self._folder is not None:
-            line = json.dumps(record, sort_keys=True) + "\n"
-            with self._folder_io(), open(self._folder / "events.jsonl", "a",
-                                         encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
+        if self._store is not None:
+            self._store.append_event(record)
         return record
 
     # -- autosave ----------------------------------------------------------------------------------
+    def _mark(self, component: str) -> None:
+        if self._store is not None:
+            self._store.mark(component)
+
     def _autosave(self) -> float | None:
         """Write what changed, then the manifest; returns seconds (None without a folder)."""
-        if self._folder is None:
+        if self._store is None:
             return None
-        t0 = time.perf_counter()
-        try:
-            with self._folder_io():
-                self._write_snapshot()
-        except IunetError:
-            raise
-        except Exception as exc:
-            raise SessionError(f"autosave to {self._folder} failed ({exc}); the change is in "
-                               "memory and the folder still holds the previous state. Free "
-                               "disk space or fix permissions, then call save()") from exc
-        return round(time.perf_counter() - t0, 6)
-
-    def _write_snapshot(self) -> None:
-        from .io import write_mask
-
-        folder = self._folder
-        assert folder is not None
-        self._save_seq += 1
-        seq = self._save_seq
-        files = dict(self._files)
-
-        def put(component: str, name: str, data: bytes) -> None:
-            atomic_write_bytes(folder / name, data)
-            files[component] = (name, _sha256(data))
-
-        if "config" in self._dirty or "config" not in files:
-            put("config", "config.json", (self._config.to_json() + "\n").encode())
-        if "card" in self._dirty or "card" not in files:
-            put("card", "card.json", (self._card.to_json() + "\n").encode())
-        if "mask" in self._dirty or "mask" not in files:
-            name = f"mask-{seq:06d}.nii.gz"
-            write_mask(Volume(self._mask, self._volume.geometry), folder / name)
-            files["mask"] = (name, _sha256((folder / name).read_bytes()))
-        if "scribbles" in self._dirty or "scribbles" not in files:
-            put("scribbles", f"scribbles-{seq:06d}.npz", _registry_to_bytes(self._registry))
-        if "params" in self._dirty or "params" not in files:
-            buf = _io.BytesIO()
-            torch.save({n: torch.from_numpy(a) for n, a in self._get_params().items()}, buf)
-            put("params", f"params-{seq:06d}.pt", buf.getvalue())
-        if "prob" in self._dirty or "prob" not in files:
-            if self._prob is None:
-                files.pop("prob", None)
-            else:
-                buf = _io.BytesIO()
-                np.save(buf, self._prob, allow_pickle=False)
-                put("prob", f"prob-{seq:06d}.npy", buf.getvalue())
-        history_dir = folder / "history"
-        history_dir.mkdir(exist_ok=True)
-        for entry in self._undo + self._redo:
-            if entry.uid not in self._history_files:
-                data = entry.to_npz_bytes()
-                name = f"history/{entry.uid}.npz"
-                atomic_write_bytes(folder / name, data)
-                self._history_files[entry.uid] = (name, _sha256(data))
-        manifest = {
-            "format": _FORMAT, "version": _FORMAT_VERSION, "saved_at": _utc_now(), "seq": seq,
-            "session_id": self._session_id, "case_id": self._case_id,
-            "reader_id": self._reader_id,
-            "ct": {"hash": self._ct_hash, "shape": list(self._volume.shape),
-                   "dtype": str(self._volume.array.dtype),
-                   "geometry": self._volume.geometry.to_dict()},
-            "model_hash": self._model_hash,
-            "files": {k: {"name": n, "sha256": h} for k, (n, h) in sorted(files.items())},
-            "undo": [self._history_ref(e) for e in self._undo],
-            "redo": [self._history_ref(e) for e in self._redo],
-            "state": {**self._scalars(), "n_events": len(self._events)},
-        }
-        text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-        if self._manifest_text is not None:
-            atomic_write_text(folder / "state.prev.json", self._manifest_text)
-        atomic_write_text(folder / "state.json", text)
-        previous = self._manifest_text
-        self._manifest_text = text
-        self._files = files
-        self._dirty.clear()
-        self._cleanup(folder, [text] + ([previous] if previous else []))
-
-    def _history_ref(self, entry: _Entry) -> dict[str, str]:
-        name, digest = self._history_files[entry.uid]
-        return {"name": name, "sha256": digest, "action": entry.action}
-
-    def _cleanup(self, folder: Path, manifests: list[str]) -> None:
-        """Delete session files that neither the current nor the previous manifest names."""
-        keep: set[str] = set()
-        for text in manifests:
-            m = json.loads(text)
-            keep |= {f["name"] for f in m["files"].values()}
-            keep |= {f["name"] for f in m["undo"] + m["redo"]}
-        live = {e.uid for e in self._undo + self._redo}
-        for uid in list(self._history_files):
-            if uid not in live and self._history_files[uid][0] not in keep:
-                del self._history_files[uid]
-        candidates = [p for pattern in ("mask-*.nii.gz", "scribbles-*.npz", "params-*.pt",
-                                        "prob-*.npy", "history/*.npz")
-                      for p in folder.glob(pattern)]
-        for p in candidates:
-            rel = p.relative_to(folder).as_posix()
-            if rel not in keep:
-                with contextlib.suppress(OSError):
-                    p.unlink()
+        return self._store.save(Snapshot(
+            session_id=self._session_id, case_id=self._case_id, reader_id=self._reader_id,
+            volume=self._volume, ct_hash=self._ct_hash, model_hash=self._model_hash,
+            config=self._config, card=self._card, mask=self._mask, registry=self._registry,
+            params=self._get_params, prob=self._prob, undo=self._undo, redo=self._redo,
+            state={**self._scalars(), "n_events": len(self._events)}))
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -1396,95 +1246,26 @@ class Session:
     def _load_locked(cls, folder: Path, lock: FolderLock, path: Path, manifest_name: str,
                      hint: str, volume: Volume, model: SegmentationNet, card: ModelCard,
                      reference: Volume | None, device: str | None) -> Session:
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-            if manifest.get("format") != _FORMAT:
-                raise ValueError(f"format {manifest.get('format')!r}")
-            if manifest.get("version") != _FORMAT_VERSION:
-                raise ValueError(f"version {manifest.get('version')!r}, expected {_FORMAT_VERSION}")
-            files = {k: (v["name"], v["sha256"]) for k, v in manifest["files"].items()}
-            state = manifest["state"]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise SessionError(f"{path} is corrupt or truncated ({exc}){hint}") from exc
-        if manifest["ct"]["hash"] != _array_hash(volume):
-            raise SessionError(
-                f"the session in {folder} was saved for another CT (shape "
-                f"{tuple(manifest['ct']['shape'])}, {manifest['ct']['dtype']}); this CT has "
-                f"shape {volume.shape}, {volume.array.dtype}, or different voxels/geometry. "
-                "Open the CT the session was made for")
-        if manifest["model_hash"] != _model_hash(model):
-            raise SessionError(f"the session in {folder} was made with other network weights; "
-                               "load it with the model it was created with")
-
-        def read(name: str, digest: str) -> bytes:
-            p = folder / name
-            try:
-                data = p.read_bytes()
-            except OSError as exc:
-                raise SessionError(f"session file {p} is missing or unreadable ({exc}){hint}") \
-                    from exc
-            if _sha256(data) != digest:
-                raise SessionError(f"session file {p} is corrupt or truncated (checksum "
-                                   f"mismatch){hint}")
-            return data
-
-        blobs = {k: read(n, h) for k, (n, h) in files.items()}
-        try:
-            config = _config_from_saved(blobs["config"].decode("utf-8"))
-            saved_card = ModelCard.from_json(blobs["card"].decode("utf-8"))
-        except IunetError as exc:
-            raise SessionError(f"the saved configs in {folder} cannot be read ({exc})") from exc
-        if (saved_card.net.to_dict() != card.net.to_dict()
-                or saved_card.preprocess.to_dict() != card.preprocess.to_dict()):
-            raise SessionError(f"the card given does not match the session's card in {folder} "
-                               "(network or preprocessing differ)")
-        if device is not None:
-            config = dataclasses.replace(config, device=device)
-        try:
-            undo = [_Entry.from_npz_bytes(read(r["name"], r["sha256"])) for r in manifest["undo"]]
-            redo = [_Entry.from_npz_bytes(read(r["name"], r["sha256"])) for r in manifest["redo"]]
-            registry = _registry_from_bytes(blobs["scribbles"])
-            params = torch.load(_io.BytesIO(blobs["params"]), map_location="cpu",
-                                weights_only=True)
-            prob = (np.load(_io.BytesIO(blobs["prob"]), allow_pickle=False)
-                    if "prob" in blobs else None)
-        except SessionError:
-            raise
-        except Exception as exc:
-            raise SessionError(f"a file of the session in {folder} cannot be decoded "
-                               f"({type(exc).__name__}: {exc}){hint}") from exc
-        from .io import read_mask
-        try:
-            mask_vol = read_mask(folder / files["mask"][0])
-        except IunetError as exc:
-            raise SessionError(f"the saved mask cannot be read ({exc}){hint}") from exc
-        if mask_vol.shape != volume.shape or not mask_vol.geometry.is_close(volume.geometry):
-            raise SessionError(f"the saved mask is not on the CT's grid{hint}")
-
+        saved = read_folder(folder, path, hint, volume, model, card, device)
+        manifest, state = saved.manifest, saved.manifest["state"]
         self = cls.__new__(cls)
-        self._setup(volume, model, card, None, config, manifest["case_id"],
+        self._setup(volume, model, card, None, saved.config, manifest["case_id"],
                     manifest["reader_id"], manifest["session_id"], reference)
-        self._folder_lock = lock
-        _repair_after_crash(folder)
+        self._store = AutosaveFolder(folder, lock, saved)
+        repair_after_crash(folder)
         with self._lock:
-            self._mask = np.ascontiguousarray(mask_vol.array, dtype=np.uint8)
-            self._registry = registry
+            self._mask = saved.mask
+            self._registry = saved.registry
             self._replay_scribbles()
-            self._set_params({n: t.numpy() for n, t in params.items()})
-            self._prob = prob
+            self._set_params(saved.params)
+            self._prob = saved.prob
             self._box = Box.from_dict(state["box"]) if state["box"] is not None else None
             self._predicted = bool(state["predicted"])
             self._refine_round = int(state["refine_round"])
             self._next_id = int(state["next_id"])
             self._refined_below = int(state.get("refined_below", 0))
-            self._undo, self._redo = undo, redo
-            self._files = files
-            self._history_files = {e.uid: (r["name"], r["sha256"]) for e, r in
-                                   zip(undo + redo, manifest["undo"] + manifest["redo"])}
-            self._dirty = set()
-            self._save_seq = int(manifest["seq"])
-            self._manifest_text = path.read_text(encoding="utf-8")
-            self._events = _read_events(folder / "events.jsonl")
+            self._undo, self._redo = saved.undo, saved.redo
+            self._events = read_events(folder / "events.jsonl")
             self._folder = folder
             t0 = time.perf_counter()
             autosave_s = self._autosave()
@@ -1498,91 +1279,6 @@ def _local_record(record: CropRecord) -> CropRecord:
     size = record.crop.size
     return CropRecord(size, Box((0, 0, 0), size), Box((0, 0, 0), size), record.size_zyx,
                       axes_zyx=record.axes_zyx, flip_zyx=record.flip_zyx)
-
-
-def _config_from_saved(text: str) -> RefineConfig:
-    """The saved RefineConfig; a config written before ``local_mm``/``one_way`` existed
-    keeps the behaviour it was saved with (changes anywhere in the crop, both ways), one
-    written before ``scribble_ce`` existed refines without the scribble term, one written
-    before ``confidence_gate``/``new_changes_only`` existed without those, and one written
-    before ``edge_weight`` existed thresholds the probability alone, one written before
-    ``fill_below``/``geodesic_sides`` existed refines without them."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"RefineConfig: not valid JSON ({exc})") from exc
-    if isinstance(data, dict):
-        data = {"local_mm": None, "one_way": False, "scribble_ce": 0.0,
-                "confidence_gate": False, "new_changes_only": False, "edge_weight": 0.0,
-                "fill_below": 0.0, "geodesic_sides": False, **data}
-    return RefineConfig.from_dict(data)
-
-
-def _repair_after_crash(folder: Path) -> None:
-    """Remove what a crash mid-write left behind (the folder lock is held).
-
-    An interrupted event append leaves a line without its newline: the next append would
-    glue onto it and both events would be lost, so the file is cut back to its last complete
-    line. Temporaries of interrupted atomic writes are deleted.
-    """
-    events = folder / "events.jsonl"
-    if events.is_file():
-        with open(events, "rb+") as fh:
-            data = fh.read()
-            if data and not data.endswith(b"\n"):
-                keep = data.rfind(b"\n") + 1
-                fh.truncate(keep)
-                fh.flush()
-                os.fsync(fh.fileno())
-                logger.warning("%s ended in a partly written event (%d bytes, a crash during "
-                               "a write?); removed it", events, len(data) - keep)
-    for where in (folder, folder / "history"):
-        if not where.is_dir():
-            continue
-        for p in where.iterdir():
-            if p.is_file() and _ORPHAN_TMP.fullmatch(p.name):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    logger.info("removed %s, left by an interrupted write", p)
-
-
-_SESSION_FILE = re.compile(r"state(\.prev)?\.json|events\.jsonl|config\.json|card\.json|"
-                           r"session\.lock|(mask|scribbles|params|prob)-\d+\.(nii\.gz|npz|pt|npy)")
-
-
-def _check_export_target(folder: Path | None, ct_source: Any, path: str | os.PathLike) -> None:
-    """InputError when ``path`` is the CT's file or an autosave file of the session in
-    ``folder`` (None: no folder)."""
-    from .paths import check_output
-
-    check_output(path, {"CT": ct_source}, what="the export path")
-    if folder is None:
-        return
-    path = Path(path)
-    parent, home = os.path.realpath(path.parent), os.path.realpath(folder)
-    if ((parent == home and _SESSION_FILE.fullmatch(path.name))
-            or parent == os.path.join(home, "history")):
-        raise InputError(f"{path} is one of the autosave files of the session in {folder}; "
-                         "writing over it would damage the session. Choose another name (e.g. "
-                         f"{Path(folder) / 'export.nii.gz'})")
-
-
-def _read_events(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    events = []
-    for n, line in enumerate(path.read_bytes().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:  # a damaged line (not UTF-8, not JSON, not an event) costs that line only
-            event = json.loads(line.decode("utf-8"))
-            if not isinstance(event, dict):
-                raise ValueError(f"a JSON {type(event).__name__}, not an event")
-            events.append(event)
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError too
-            logger.warning("%s line %d is not a valid event (damaged or interrupted write?); "
-                           "skipped, the file is kept as it is", path, n)
-    return events
 
 
 def _box_dict(box: Box | None) -> dict[str, list[int]] | None:

@@ -155,10 +155,10 @@ def session_info(folder: str | Path, *, reference=None, use_previous: bool = Fal
     ids = _scribble_ids(folder, manifest)
     info["n_scribbles"] = len(ids)
     info["pending_scribbles"] = sum(1 for i in ids if i >= int(state.get("refined_below", 0)))
-    from .session import _read_events
+    from .autosave import read_events
 
     counts: dict[str, int] = {}
-    for event in _read_events(folder / "events.jsonl"):  # damaged lines skipped, with a warning
+    for event in read_events(folder / "events.jsonl"):  # damaged lines skipped, with a warning
         kind = str(event.get("event", "?"))
         counts[kind] = counts.get(kind, 0) + 1
     info["n_events"], info["event_counts"] = sum(counts.values()), counts
@@ -228,9 +228,9 @@ def _cmd_session(args: argparse.Namespace) -> int:
         return 0
     if args.action == "export":
         from .paths import check_output
-        from .session import _check_export_target
+        from .autosave import check_export_target
 
-        _check_export_target(Path(args.folder), args.ct, args.out)
+        check_export_target(Path(args.folder), args.ct, args.out)
         check_output(args.out, {"reference mask": args.reference}, what="OUT")
     if args.action == "export" and not args.out.lower().endswith((".dcm",)):
         out = write_mask(saved_mask(args.folder, use_previous=args.previous), args.out)

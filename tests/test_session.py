@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import iunet_nb.autosave as autosave_mod
 import iunet_nb.refine as refine_mod
 import iunet_nb.session as session_mod
 from iunet_nb.errors import ConfigError, InputError, SessionError
@@ -536,11 +537,11 @@ def test_local_config_defaults_and_validation():
     for name in ("local_mm", "one_way", "scribble_ce", "confidence_gate", "new_changes_only",
                  "edge_weight"):
         del legacy[name]
-    old = session_mod._config_from_saved(json.dumps(legacy))
+    old = autosave_mod.config_from_saved(json.dumps(legacy))
     assert (old.local_mm, old.one_way, old.scribble_ce, old.lr) == (None, False, 0.0, 0.02)
     assert old.edge_weight == 0.0 and RefineConfig().edge_weight == 0.5
     assert not old.confidence_gate and not old.new_changes_only
-    assert session_mod._config_from_saved(RefineConfig().to_json()) == RefineConfig()
+    assert autosave_mod.config_from_saved(RefineConfig().to_json()) == RefineConfig()
 
 
 @pytest.mark.parametrize("distance", [1.0, 2.6, 6.0])
