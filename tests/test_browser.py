@@ -11,7 +11,8 @@ the axial canvas, presses Refine and checks in the saved session folder that the
 It runs in study mode and checks that the case time on the status line ticks on its own.
 Then, with a notebook cell selected (JupyterLab's command mode), it moves the pointer over the
 coronal view without a click and presses keys: the view scrolls, ``b`` and ``o`` pick tools,
-and no cell is inserted (the keys never reach JupyterLab).
+and no cell is inserted (the keys never reach JupyterLab); after a click on the app's
+crosshair checkbox the arrow keys still scroll the view under the pointer.
 A screenshot is saved in the test's tmp folder (``annotator.png``) as an artifact.
 """
 
@@ -20,8 +21,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -29,14 +28,13 @@ from _browser_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
     LOCAL_PREFIXES,
-    free_port,
-    isolated_jupyter_env,
+    accept_kernel_dialog,
     model_path,
     paint_axial_stroke,
     saved_mask,
     skip_reason,
+    start_jupyterlab,
     stop_server,
-    wait_http,
     wait_state,
 )
 
@@ -47,18 +45,6 @@ def _case_time_s(text: str) -> int:
     m = re.search(r"case time (\d+):(\d\d)", text)
     assert m, f"no case time in the status line: {text!r}"
     return int(m.group(1)) * 60 + int(m.group(2))
-
-
-def _accept_kernel_dialog(page) -> None:
-    """Under load JupyterLab sometimes asks which kernel to start (the notebook names
-    python3, which is there); accept its proposal so the dialog does not block the clicks."""
-    dialog = page.locator(".jp-Dialog")
-    for _ in range(10):
-        if dialog.count() and dialog.first.is_visible():
-            page.locator(".jp-Dialog .jp-mod-accept").first.click()
-            page.wait_for_timeout(500)
-            return
-        page.wait_for_timeout(200)
 
 
 def _keys_while_hovering(page) -> dict:
@@ -85,6 +71,20 @@ def _keys_while_hovering(page) -> dict:
     page.wait_for_timeout(500)
     out["cells_after"] = page.locator(".jp-Notebook .jp-Cell").count()
     out["tool"] = page.locator(".widget-toggle-button.mod-active").first.inner_text().strip()
+    # a click on one of the app's checkboxes leaves the focus on it (twice: back as it was);
+    # the keys must still reach the view under the pointer
+    crosshair = page.get_by_text("crosshair", exact=True).first
+    crosshair.click()
+    crosshair.click()
+    page.mouse.move(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2 + 5, steps=4)
+    for _ in range(2):
+        page.keyboard.press("ArrowDown")
+        page.wait_for_timeout(150)
+    for _ in range(50):
+        if int(readout.inner_text()) == out["slice_before"]:
+            break
+        page.wait_for_timeout(200)
+    out["slice_after_checkbox"] = int(readout.inner_text())
     return out
 
 
@@ -105,18 +105,9 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
               "view3d": view3d, "study": True}
     # the parameters go into an injected cell after the parameters cell, as papermill does
     write_annotate_notebook(root / "annotate.ipynb", parameters=params)
-    port = free_port()
-    log = open(tmp_path / "jupyter.log", "wb")  # noqa: SIM115 - the server writes it
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
-         "--ServerApp.token=", "--ServerApp.password=", "--allow-root",
-         "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={root}"],
-        stdout=log, stderr=subprocess.STDOUT, env=isolated_jupyter_env(tmp_path / "jupyter"),
-        cwd=root)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_jupyterlab(root, tmp_path)
     folder = root / "sessions" / "sample"
     try:
-        wait_http(f"{base}/api/status", server, tmp_path / "jupyter.log")
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -130,7 +121,7 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
                 page.wait_for_timeout(500)
                 canvas = page.locator(".jp-OutputArea-output canvas").first
                 for attempt in range(2):  # a click right after start-up is sometimes lost
-                    _accept_kernel_dialog(page)
+                    accept_kernel_dialog(page)
                     page.get_by_role("menuitem", name="Run", exact=True).click()
                     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
                     try:
@@ -179,6 +170,7 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
         # keys with the pointer over the app and no click on it: the view under the pointer
         # scrolls, b / o pick tools, and none of them reaches JupyterLab (b inserts a cell)
         assert keys["slice_after"] == keys["slice_before"] + 2, keys
+        assert keys["slice_after_checkbox"] == keys["slice_before"], keys
         assert keys["cells_after"] == keys["cells_before"], keys
         assert keys["tool"] == "Box", keys
         assert (tmp_path / "annotator.png").stat().st_size > 10_000
@@ -190,4 +182,3 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
             assert n_canvases >= 4, f"expected 3 slice canvases + the 3D view, got {n_canvases}"
     finally:
         stop_server(server)
-        log.close()

@@ -14,7 +14,9 @@ offline wherever anywidget does: JupyterLab 4, Voila) that, once shown inside th
   comm message: ``{"key", "shift", "ctrl", "meta", "view"}``; it takes them in the capture
   phase, so the focused canvas's own key handler does not see the same key a second time.
 
-Keys typed into the annotator's own inputs (a slider's number box) stay with that input.
+Keys typed into the annotator's own text inputs (a slider's number box, the window
+drop-down) stay with that input; a click on one of its checkboxes or buttons leaves the
+shortcuts working.
 Without anywidget the catcher is not created and the views' own (click-to-focus) key
 handling remains.
 """
@@ -31,10 +33,16 @@ logger = logging.getLogger(__name__)
 
 #: The catcher's JavaScript (an anywidget ES module).
 KEY_CATCHER_ESM = r"""
-const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
+const TYPING = new Set(["TEXTAREA", "SELECT"]);
+// inputs that take no typed text: a click on one (the auto-refine checkbox) must not leave
+// the shortcuts dead until the next click on a view
+const NOT_TEXT = new Set(["checkbox", "radio", "button", "submit", "reset", "range", "color",
+                          "file", "image"]);
 const MODIFIERS = new Set(["Shift", "Control", "Alt", "Meta", "CapsLock"]);
 function typing(t) {
-  return !!t && (TYPING.has(t.tagName) || t.isContentEditable);
+  if (!t) return false;
+  if (t.tagName === "INPUT") return !NOT_TEXT.has((t.type || "text").toLowerCase());
+  return TYPING.has(t.tagName) || t.isContentEditable;
 }
 function render({ model, el }) {
   el.style.display = "none";
