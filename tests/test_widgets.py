@@ -155,6 +155,41 @@ def test_redraw_is_one_batched_message_with_one_png(ellipsoid_case, monkeypatch)
     assert len(sent) == 2 and not any(bytes(b[:4]) == b"\x89PNG" for _, bs in sent for b in bs)
 
 
+def test_scrolling_sends_one_png_and_moving_the_picture_none(ellipsoid_case, model, card,
+                                                             cfg, monkeypatch):
+    """Scrolling one view re-encodes only its slice: the other two views move their crosshair
+    over the picture already in the browser (before: three PNGs of up to ~190 kB per scroll
+    at 512 x 512); a pan or a rubber band sends no PNG; a new page gets the picture again."""
+    from ipycanvas.canvas import _CANVAS_MANAGER
+
+    app = _app(ellipsoid_case, model, card, cfg)
+    ax, co, sa = (app.views[k] for k in ("axial", "coronal", "sagittal"))
+    sent = []
+    monkeypatch.setattr(_CANVAS_MANAGER, "_send_custom",
+                        lambda command, buffers=[]: sent.append(list(buffers)))
+
+    def pngs() -> int:
+        n = sum(bytes(b[:8]) == b"\x89PNG\r\n\x1a\n" for bs in sent for b in bs)
+        sent.clear()
+        return n
+
+    redraws = [v.redraw_count for v in (ax, co, sa)]
+    ax.handle_key("ArrowUp")
+    assert [v.redraw_count for v in (ax, co, sa)] == [n + 1 for n in redraws]
+    assert pngs() == 1
+    co.zoom = 2.0                        # zoom and pan: the same picture, moved
+    co.center = (10.0, 5.0)
+    assert pngs() == 0
+    co.tool = "box"                      # a rubber band on every mouse move
+    co.handle_mouse_down(*_hand_canvas("coronal", 5, 5))
+    co.handle_mouse_move(*_hand_canvas("coronal", 9, 12))
+    co.handle_mouse_move(*_hand_canvas("coronal", 10, 14))
+    assert pngs() == 0
+    sa._image._handle_frontend_event(None, {"event": "client_ready"}, [])
+    assert pngs() == 1                   # a new page: its off-screen canvas is empty
+    app.close()
+
+
 def test_window_drag_and_presets_are_shared(ellipsoid_case, model, card, cfg):
     app = _app(ellipsoid_case, model, card, cfg)
     ax, co = app.views["axial"], app.views["coronal"]

@@ -10,9 +10,14 @@ array indices on one slice, a box as two index ranges. It never segments anythin
 Drawing: every redraw composes the slice in NumPy (:func:`~iunet_nb.widgets.render.compose_slice`
 at the slice's own resolution), encodes it once as PNG and sends it in *one* batched canvas
 message (``hold_canvas``) with a canvas transform that scales it to the right aspect ratio
-(voxel spacing), zoom and pan; the browser scales it (nearest neighbour). While the user
-paints, each mouse move sends only a short line segment (the stroke preview), so a stroke
-appears at once; the full redraw follows when the stroke is committed.
+(voxel spacing), zoom and pan; the browser scales it (nearest neighbour). The PNG goes into
+an off-screen canvas of the slice's size (never displayed), from which the view's canvas
+copies it; a redraw that changes only the transform or the decorations (pan, zoom, the
+crosshair moved by another view, a rubber band) copies it again instead of sending and
+decoding the PNG again. Scrolling one view so sends one PNG, not three (the other two views
+only move their crosshair). While the user paints, each mouse move sends only a short line
+segment (the stroke preview), so a stroke appears at once; the full redraw follows when the
+stroke is committed.
 
 The mouse handlers (:meth:`SliceView.handle_mouse_down` etc.) take canvas pixel
 coordinates, exactly what ipycanvas passes, so tests drive the view without a browser.
@@ -159,7 +164,10 @@ class SliceView(w.VBox):
                                   description="", continuous_update=True,
                                   tooltip=f"{view} slice", style={"description_width": "0px"},
                                   layout=w.Layout(width=f"{cw}px", margin="0px"))
+        # the composed slice lives here, in the browser; the view's canvas copies it
+        self._image = Canvas(width=self.n_cols, height=self.n_rows)
         self.session = session
+        self.png_sends = 0
         self.redraw_count = 0
         self.last_redraw_s = 0.0
         self.last_rgba: np.ndarray | None = None
@@ -183,7 +191,9 @@ class SliceView(w.VBox):
         self.canvas.on_mouse_out(self.handle_mouse_out)
         self.canvas.on_mouse_wheel(self.handle_wheel)
         self.canvas.on_key_down(self.handle_key)
-        self.canvas.on_client_ready(lambda: self.redraw(reencode=False))
+        # a new page has empty canvases: send the picture again (no re-encoding)
+        self.canvas.on_client_ready(lambda: self.redraw(reencode=False, resend=True))
+        self._image.on_client_ready(lambda: self.redraw(reencode=False, resend=True))
         self.observe(self._on_slice, names="slice_index")
         self.observe(self._on_crosshair, names="crosshair")
         self.observe(self._on_style, names=["zoom", "center", "window_width", "window_level",
@@ -257,6 +267,13 @@ class SliceView(w.VBox):
             self.zoom = 1.0
             self.center = (self.n_cols / 2.0, self.n_rows / 2.0)
 
+    def close(self) -> None:
+        """Close the view, with its off-screen picture canvas."""
+        image = getattr(self, "_image", None)
+        if image is not None:
+            image.close()
+        super().close()
+
     def hold_redraw(self) -> _Hold:
         """Context manager: change several traits, redraw once at the end."""
         return _Hold(self)
@@ -281,12 +298,14 @@ class SliceView(w.VBox):
         return (image, self.session.slice_of("mask", self.view, k),
                 self.session.slice_of("scribbles", self.view, k))
 
-    def redraw(self, *, reencode: bool = True) -> None:
+    def redraw(self, *, reencode: bool = True, resend: bool = False) -> None:
         """Compose the slice, send it in one batched message with the crosshair and box.
 
         Args:
-            reencode: False reuses the last PNG when only the transform changed (pan, zoom,
-                crosshair of another view, rubber band).
+            reencode: False reuses the picture already in the browser when only the
+                transform or the decorations changed (pan, zoom, crosshair of another view,
+                rubber band): no PNG is encoded or sent.
+            resend: send the last PNG again (a new page's canvases are empty).
         """
         if self._hold:
             self._hold_dirty = True
@@ -295,7 +314,9 @@ class SliceView(w.VBox):
         with _DRAW_LOCK:
             tr = self.transform
             cached = self._png_cache
+            fresh = resend
             if reencode or cached is None or cached[0] != int(self.slice_index):
+                fresh = True
                 image, mask, scribbles = self.layers()
                 rgba = compose_slice(image, self.window_width, self.window_level, mask=mask,
                                      scribbles=scribbles, changes=self.changes_slice(),
@@ -308,12 +329,15 @@ class SliceView(w.VBox):
             self.last_rgba = rgba
             c = self.canvas
             with hold_canvas():
+                if fresh:
+                    _put_png(self._image, png, rgba)
+                    self.png_sends += 1
                 c.reset_transform()
                 c.fill_style = "#000000"
                 c.fill_rect(0, 0, c.width, c.height)
                 c.image_smoothing_enabled = False
                 c.set_transform(*tr.canvas_matrix())
-                _put_png(c, png, rgba)
+                c.draw_image(self._image, 0, 0)
                 c.reset_transform()
                 self._draw_decorations(tr)
         self.redraw_count += 1
