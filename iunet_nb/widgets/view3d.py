@@ -16,8 +16,9 @@ clear message instead of the viewer (``View3D.available`` is then False).
 
 The 3D view is never on the critical path of an edit. It shows the CT and the mask on a
 coarser grid (:func:`downsample_factors`: about ``max_side`` voxels along the longest physical
-side, 128 by default: a 195 x 512 x 512 CT becomes 49 x 128 x 128, 64 times fewer voxels; the
-mask is reduced with a block maximum, so a thin structure does not vanish), and
+side, :data:`MAX_SIDE` = 96 by default: a 195 x 512 x 512 CT becomes 39 x 102 x 102 blocks of
+5 x 5 x 5 voxels, 125 times fewer; the mask is reduced with a block maximum, so a thin
+structure does not vanish), and
 :meth:`View3D.update_mask` only marks the mask as changed: the new overlay is sent after
 ``delay_s`` without a further change (debounced, on a timer thread), or at once with
 :meth:`View3D.flush` (the "update 3D" button), or never while ``auto_update`` is off.
@@ -50,15 +51,23 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 
-__all__ = ["BACKENDS", "View3D", "downsample_factors", "downsample_volume", "niivue_available"]
+__all__ = ["BACKENDS", "MAX_SIDE", "View3D", "downsample_factors", "downsample_volume",
+           "niivue_available"]
 
 logger = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("auto", "niivue", "itk", "none")
+#: Default voxels along the 3D view's longest side. Each new mask overlay holds the page for a
+#: time that grows with the grid when the browser renders WebGL in software (headless
+#: Chromium, a machine or remote desktop without a GPU): PANCREAS_0002 on a 2-core AMD EPYC,
+#: load average about 2.3, 2026-12-07: 1.2-1.3 s at 128, 0.8 s at 96, 0.4-0.5 s at 64
+#: (the page's longest frame gap after ``update_mask``). 96 keeps it under the 1 s goal of
+#: issue 23 with coarse voxels of about 5 mm.
+MAX_SIDE = 96
 
 
 def downsample_factors(shape: tuple[int, ...], spacing_mm: tuple[float, ...],
-                       max_side: int = 128) -> tuple[int, int, int]:
+                       max_side: int = MAX_SIDE) -> tuple[int, int, int]:
     """Integer block sizes ``(fz, fy, fx)`` that bring a grid to about ``max_side`` voxels
     along its longest physical side, with near-isotropic coarse voxels.
 
@@ -67,7 +76,7 @@ def downsample_factors(shape: tuple[int, ...], spacing_mm: tuple[float, ...],
 
     Example:
         >>> downsample_factors((195, 512, 512), (1.0, 0.9, 0.9))
-        (4, 4, 4)
+        (5, 5, 5)
 
     Raises:
         InputError: ``max_side`` < 8, or a shape / spacing that is not 3D and positive.
@@ -163,7 +172,7 @@ class View3D(w.VBox):
     """
 
     def __init__(self, volume: Volume, backend: str = "auto", *, height_px: int = 360,
-                 window: tuple[float, float] = (-160.0, 240.0), max_side: int = 128,
+                 window: tuple[float, float] = (-160.0, 240.0), max_side: int = MAX_SIDE,
                  delay_s: float = 1.5, auto_update: bool = True) -> None:
         if backend not in BACKENDS:
             raise InputError(f"unknown 3D backend {backend!r}; use one of {list(BACKENDS)}")
