@@ -814,13 +814,17 @@ class Annotator(w.VBox):
         if before.shape != after.shape:
             self.last_changes = None
             return
-        added = (after != 0) & (before == 0)
-        removed = (after == 0) & (before != 0)
-        n_add, n_rem = int(added.sum()), int(removed.sum())
+        # one full pass, then only the changed voxels (a refinement changes a few thousand of
+        # 51 million): 13 ms instead of 93 ms on 195 x 512 x 512
+        where = np.flatnonzero(before != after)
+        added = after.ravel()[where] != 0
+        n_add = int(np.count_nonzero(added))
+        n_rem = int(where.size) - n_add
         self.last_changes = (n_add, n_rem)
         if not (n_add or n_rem):
             return
-        changes = added.view(np.uint8) + 2 * removed.view(np.uint8)
+        changes = np.zeros(after.shape, np.uint8)
+        changes.ravel()[where] = np.where(added, 1, 2)
         for v in self.views.values():
             v.changes = changes  # drawn by the redraw that follows (_after)
         if self._changes_timer is not None:
