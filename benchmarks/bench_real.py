@@ -106,12 +106,14 @@ def run_case(name: str, ct: Volume, ref: Volume, model: torch.nn.Module, card: A
             result = run_robot(session, ref, RobotConfig.preset("expert", rounds=rounds, seed=0),
                                predict=True)
             final = session.mask
+            refine_s = [e["duration_s"] for e in session.events if e["event"] == "refine"]
         table = result.table
         dsc = [round(float(v), 4) for v in table["dsc"]]
         drops = -np.diff(dsc)
         row.update(rounds=dsc, apply_s=[round(float(v), 2) for v in table["apply_s"]],
                    monotone=bool(np.all(drops <= 1e-9)),
                    largest_drop=round(float(max(drops.max(initial=0.0), 0.0)), 4),
+                   refine_s=[round(float(v), 3) for v in refine_s],
                    errors=[str(e) for e in table["error"].iloc[1:]])
         print(f"  rounds: {' '.join(f'{v:.3f}' for v in dsc)}; never dropping: {row['monotone']} "
               f"(largest drop {row['largest_drop']:.4f}); "
@@ -208,6 +210,14 @@ def _summary(rows: list[dict[str, Any]]) -> None:
             print(f"  {r['case']}: automatic {r['auto']['dice']:.3f} (loss "
                   f"{base['auto']['dice'] - r['auto']['dice']:+.3f} [<= {GOALS['robust_loss']}]), "
                   f"5 rounds {at(r, 5)} (loss {float(at(base, 5)) - float(at(r, 5)):+.3f})")
+    real = [r for r in rows if r.get("refine_s") and not r["case"].startswith(("sample", "BTCV"))]
+    if real:  # the engine's refine round (Session.refine, lock to commit), this process
+        first = [r["refine_s"][0] for r in real]
+        later = [v for r in real for v in r["refine_s"][1:]]
+        print(f"  refine round on the real CTs ({torch.get_num_threads()} threads): first of "
+              f"each session median {np.median(first):.2f} s, later rounds median "
+              f"{np.median(later):.2f} s, p95 {np.percentile(later, 95):.2f} s, max "
+              f"{max(later):.2f} s over {len(later)} [median <= 1.0 s]")
     syn = [r for r in rows if r["case"] == "sample" or r["case"].startswith("BTCV")]
     if syn:
         btcv = [r["auto"]["dice"] for r in syn if r["case"].startswith("BTCV")]
