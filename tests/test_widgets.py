@@ -695,8 +695,8 @@ def test_downsample_for_the_3d_view_keeps_geometry_and_thin_structures():
     from iunet_nb.volume import Geometry
     from iunet_nb.widgets.view3d import downsample_factors, downsample_volume
 
-    # 96 voxels along 460.8 mm: 4.8 mm blocks, 5 voxels of 1.0 mm and of 0.9 mm
-    assert downsample_factors((195, 512, 512), (1.0, 0.9, 0.9)) == (5, 5, 5)
+    # 64 voxels along 460.8 mm: 7.2 mm blocks, 7 voxels of 1.0 mm and 8 of 0.9 mm
+    assert downsample_factors((195, 512, 512), (1.0, 0.9, 0.9)) == (7, 8, 8)
     assert downsample_factors((195, 512, 512), (1.0, 0.9, 0.9), max_side=128) == (4, 4, 4)
     assert downsample_factors((24, 32, 32), (2.5, 0.8, 0.7)) == (1, 1, 1)
     with pytest.raises(InputError, match="max_side"):

@@ -16,9 +16,9 @@ clear message instead of the viewer (``View3D.available`` is then False).
 
 The 3D view is never on the critical path of an edit. It shows the CT and the mask on a
 coarser grid (:func:`downsample_factors`: about ``max_side`` voxels along the longest physical
-side, :data:`MAX_SIDE` = 96 by default: a 195 x 512 x 512 CT becomes 39 x 102 x 102 blocks of
-5 x 5 x 5 voxels, 125 times fewer; the mask is reduced with a block maximum, so a thin
-structure does not vanish), and
+side, :data:`MAX_SIDE` = 64 by default: a 195 x 512 x 512 CT of 1.0 x 0.9 x 0.9 mm becomes
+27 x 64 x 64 blocks of 7 x 8 x 8 voxels, 460 times fewer; the mask is reduced with a block
+maximum, so a thin structure does not vanish), and
 :meth:`View3D.update_mask` only marks the mask as changed: the new overlay is sent after
 ``delay_s`` without a further change (debounced, on a timer thread), or at once with
 :meth:`View3D.flush` (the "update 3D" button), or never while ``auto_update`` is off.
@@ -57,13 +57,15 @@ __all__ = ["BACKENDS", "MAX_SIDE", "View3D", "downsample_factors", "downsample_v
 logger = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("auto", "niivue", "itk", "none")
-#: Default voxels along the 3D view's longest side. Each new mask overlay holds the page for a
-#: time that grows with the grid when the browser renders WebGL in software (headless
-#: Chromium, a machine or remote desktop without a GPU): PANCREAS_0002 on a 2-core AMD EPYC,
-#: load average about 2.3, 2026-12-07: 1.2-1.3 s at 128, 0.8 s at 96, 0.4-0.5 s at 64
-#: (the page's longest frame gap after ``update_mask``). 96 keeps it under the 1 s goal of
-#: issue 23 with coarse voxels of about 5 mm.
-MAX_SIDE = 96
+#: Default voxels along the 3D view's longest side (so about 64^3 = 262,144 at most). Each
+#: new mask overlay holds the page for a time that grows with the grid's voxels when the
+#: browser renders WebGL in software (headless Chromium, a machine or remote desktop without
+#: a GPU), about 2 microseconds a voxel on a loaded 2-core AMD EPYC (2026-12-07, the page's
+#: longest frame gap after an update): PANCREAS_0002 1.2-1.3 s at 128 (786,432 voxels),
+#: 0.8 s at 96, 0.4-0.5 s at 64 (load average 2.3); in the real-browser benchmark (load
+#: average 3-4) 0.76-0.94 s at 96 and 3D-IRCADb 1.7 (520,200 voxels at 96) 1.0-1.17 s, over
+#: issue 23's 1 s goal. 64 leaves room under that goal, with coarse voxels of 6-8 mm.
+MAX_SIDE = 64
 
 
 def downsample_factors(shape: tuple[int, ...], spacing_mm: tuple[float, ...],
@@ -76,7 +78,7 @@ def downsample_factors(shape: tuple[int, ...], spacing_mm: tuple[float, ...],
 
     Example:
         >>> downsample_factors((195, 512, 512), (1.0, 0.9, 0.9))
-        (5, 5, 5)
+        (7, 8, 8)
 
     Raises:
         InputError: ``max_side`` < 8, or a shape / spacing that is not 3D and positive.
