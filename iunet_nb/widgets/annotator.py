@@ -436,6 +436,10 @@ class Annotator(w.VBox):
                                                                           visibility="hidden"))
         self.status = w.HTML(layout=w.Layout(width="100%"))
         self.message = w.HTML(layout=w.Layout(width="100%"))
+        # names for the page (real-browser tests and benchmarks find them by class)
+        self.progress.add_class("iunet-progress")
+        self.status.add_class("iunet-status")
+        self.message.add_class("iunet-message")
         keys = " · ".join(f"<b>{html.escape(k)}</b> {html.escape(v)}" for k, v in SHORTCUTS.items())
         self.help = w.HTML(f"<details><summary>keyboard shortcuts (pointer over the app)"
                            f"</summary><small>{keys}</small></details>")
