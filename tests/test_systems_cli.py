@@ -113,3 +113,25 @@ def test_train_system_kloenne_with_overrides(tmp_path, capsys, monkeypatch):
     with pytest.raises(ConfigError, match="JSON object"):
         _run(["train-system", "kloenne", "--data", "x", "--out", str(tmp_path / "r2"),
               "--config", "[1, 2]"])
+
+
+def test_predict_system_without_model_uses_the_shipped_one(tmp_path, ct_files, capsys,
+                                                           monkeypatch):
+    """zhou: the bundled detector; roth: the bundled multi-organ model; kloenne ships none."""
+    from iunet_nb.errors import CheckpointError, InputError
+    from iunet_nb.systems import roth
+
+    ct_path, _, _ = ct_files
+    assert _run(["predict-system", "zhou", str(ct_path), "--out", str(tmp_path / "z.nii.gz")]) == 0
+    assert read_mask(tmp_path / "z.nii.gz").shape == (16, 24, 24)
+    with pytest.raises(InputError, match="no Kloenne model is shipped"):
+        _run(["predict-system", "kloenne", str(ct_path), "--out", str(tmp_path / "k.nii.gz")])
+    monkeypatch.setattr(roth, "bundled_roth_path", lambda: tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="bundled Roth model .* is missing"):
+        _run(["predict-system", "roth", str(ct_path), "--out", str(tmp_path / "r.nii.gz")])
+    small = RothModel(RothConfig(base_channels=2, depth=2, patch_size=(8, 8, 8), tile_z=8,
+                                 downsample=(1.0, 2.0, 2.0)))
+    small.save(tmp_path / "other.pt")
+    monkeypatch.setattr(roth, "bundled_roth_path", lambda: tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not the shipped Roth model"):
+        _run(["predict-system", "roth", str(ct_path), "--out", str(tmp_path / "r.nii.gz")])

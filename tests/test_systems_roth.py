@@ -277,3 +277,37 @@ def test_cosine_lr_and_on_step(monkeypatch):
     assert RothConfig.from_dict(old) == TINY
     with pytest.raises(ConfigError, match="lr_final"):
         RothConfig(lr_final=0.0)
+
+
+def test_batch_dice_and_cross_entropy():
+    """dice_over_batch sums each class over the batch (a class absent from one subvolume no
+    longer scores a perfect Dice there); ce_weight adds cross-entropy; defaults: the seed's."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 8, 4, 4, 4)
+    target = torch.zeros(2, 8, 4, 4, 4)
+    target[:, 0] = 1
+    target[0, 0, :2], target[0, 3, :2] = 0, 1             # liver in the first item only
+    probs = torch.softmax(logits, 1)
+    base = RothConfig()
+    assert not base.dice_over_batch and base.ce_weight == 0
+    assert roth._loss(logits, target, base) == weighted_dice_loss(probs, target, (1.0,) * 8)
+    batch = dataclasses.replace(base, dice_over_batch=True)
+    joined = weighted_dice_loss(probs.movedim(0, 1).reshape(1, 8, -1),
+                                target.movedim(0, 1).reshape(1, 8, -1), (1.0,) * 8)
+    assert torch.allclose(roth._loss(logits, target, batch), joined)
+    ce = dataclasses.replace(base, ce_weight=0.5)
+    expected = weighted_dice_loss(probs, target, (1.0,) * 8) + 0.5 * torch.nn.functional \
+        .cross_entropy(logits, target.argmax(1))
+    assert torch.allclose(roth._loss(logits, target, ce), expected)
+    # predicting no organ at all: per item, the absent classes score -1; over the batch the
+    # liver that one item has still costs
+    empty = torch.full_like(logits, -30.0)
+    empty[:, 0] = 30.0
+    assert roth._loss(empty, target, base) < roth._loss(empty, target, batch) - 0.05
+    with pytest.raises(ConfigError, match="ce_weight"):
+        RothConfig(ce_weight=-1.0)
+    with pytest.raises(ConfigError, match="dice_over_batch"):
+        RothConfig(dice_over_batch=1)
+    cfg = dataclasses.replace(TINY, dice_over_batch=True, ce_weight=1.0)
+    result = train_roth([_case(0), _case(1)], cfg, progress=False)
+    assert np.isfinite(result.losses).all()

@@ -2,7 +2,8 @@
 
 * :mod:`.zhou` — Zhou et al. (seed 004): coarse-to-fine 2D FCNs on three views, trained from
   scratch (no ImageNet weights);
-* :mod:`.roth` — Roth et al. (seed 002): multi-organ 3D FCN (seven organs);
+* :mod:`.roth` — Roth et al. (seed 002): multi-organ 3D FCN (seven organs; a CPU-trained
+  model ships, :func:`load_bundled_roth`);
 * :mod:`.kloenne` — Kloenne et al. (seed 003): CT-specific preprocessing and augmentation,
   2D/3D nnU-Net-style U-Net and MS-D Net, stacked top-k ensemble, slice-count folds;
 * :mod:`.autobox` — an automatic bounding box for iUnet from a detector (:func:`detect_box`),
@@ -42,6 +43,8 @@ from .roth import (
                       RothPrediction,
                       RothTrainResult,
                       bspline_displacement,
+                      bundled_roth_path,
+                      load_bundled_roth,
                       load_roth,
                       map_labels,
                       predict_roth,
@@ -70,7 +73,7 @@ __all__ = [
     # Roth
     "ROTH_ORGANS", "BTCV_TO_ROTH", "RothConfig", "RothModel", "RothTrainResult",
     "RothPrediction", "map_labels", "weighted_dice_loss", "bspline_displacement",
-    "train_roth", "predict_roth", "load_roth",
+    "train_roth", "predict_roth", "load_roth", "load_bundled_roth", "bundled_roth_path",
     # Kloenne
     "KloenneConfig", "UNetND", "MSDNet", "KloenneModel", "KloenneEnsemble",
     "KloenneTrainResult", "percentile_window", "slice_count_folds", "train_kloenne",

@@ -4,6 +4,7 @@
 
     iunet-nb train-system zhou --data btcv-synth:../shared/data/btcv_labels --out runs/zhou
     iunet-nb predict-system zhou ct.nii.gz --model runs/zhou/model.pt --out mask.nii.gz
+    iunet-nb predict-system roth ct.nii.gz --organ liver --out liver.nii.gz   # shipped model
     iunet-nb detect-box ct.nii.gz --model runs/zhou/model.pt      # prints Z0 Y0 X0 Z1 Y1 X1
 
 ``--scale reduced`` (default) uses each system's documented CPU scale, ``--scale full`` the
@@ -120,18 +121,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_case
     from ..io import read_image, read_mask, write_mask
 
+    if args.model is None and args.system == "kloenne":
+        raise InputError("no Kloenne model is shipped: give --model (train one with "
+                         "`iunet-nb train-system kloenne`)")
     ct = read_image(args.ct)
     if args.system == "zhou":
+        from ..checkpoint import load_bundled_detector
         from .zhou import load_zhou, predict_zhou
 
-        pred = predict_zhou(ct, load_zhou(args.model, args.device), device=args.device)
+        model_z = load_bundled_detector(args.device or "cpu") if args.model is None else \
+            load_zhou(args.model, args.device)
+        pred = predict_zhou(ct, model_z, device=args.device)
         mask = pred.mask
         print(f"zhou: {pred.iterations} fine iteration(s), inter-iteration DSC "
               f"{[round(d, 3) for d in pred.inter_iteration_dsc]}")
     elif args.system == "roth":
-        from .roth import load_roth, predict_roth
+        from .roth import load_bundled_roth, load_roth, predict_roth
 
-        pred_r = predict_roth(ct, load_roth(args.model, args.device), device=args.device)
+        model_r = load_bundled_roth(args.device) if args.model is None else \
+            load_roth(args.model, args.device)
+        pred_r = predict_roth(ct, model_r, device=args.device)
         mask = pred_r.labels if args.organ == "all" else pred_r.organ_mask(args.organ)
     else:
         from .kloenne import load_kloenne, predict_kloenne
@@ -189,7 +198,9 @@ def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser("predict-system", help="segment a CT with a trained system")
     p.add_argument("system", choices=SYSTEMS)
     p.add_argument("ct")
-    p.add_argument("--model", required=True, help="model.pt (with its model.json)")
+    p.add_argument("--model", default=None,
+                   help="model.pt (with its model.json); default: the shipped model (roth: "
+                        "multi-organ, zhou: the pancreas box detector's coarse stage)")
     p.add_argument("--out", required=True, help="mask path (.nii.gz, .nrrd, .mha)")
     p.add_argument("--organ", default="pancreas",
                    help="roth: organ to write, or 'all' for the label map")

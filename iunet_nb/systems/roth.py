@@ -50,7 +50,7 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from .._config import JsonConfig
-from ..errors import ConfigError, InputError
+from ..errors import CheckpointError, ConfigError, InputError
 from ..nets import NetConfig, build_network
 from ..volume import Volume
 from ._common import (_check_positive_int, _check_training, _check_version, _check_volume,
@@ -66,6 +66,8 @@ __all__ = [
     "RothPrediction",
     "RothTrainResult",
     "bspline_displacement",
+    "bundled_roth_path",
+    "load_bundled_roth",
     "load_roth",
     "map_labels",
     "predict_roth",
@@ -83,6 +85,9 @@ BTCV_TO_ROTH: dict[str, tuple[int, ...]] = {
     "artery": (8,), "vein": (9, 10), "liver": (6,), "spleen": (1,), "stomach": (7,),
     "gallbladder": (4,), "pancreas": (11,)}
 _SYSTEM = "roth"
+#: The shipped model (``scripts/train_roth.py``) and the SHA-256 it is checked against.
+BUNDLED_ROTH = "roth_multiorgan.pt"
+BUNDLED_ROTH_SHA256 = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,13 @@ class RothConfig(JsonConfig):
         lr: Adam learning rate (seed: 1e-2).
         lr_final: None keeps ``lr`` throughout (seed); a rate here makes it fall from ``lr``
             to ``lr_final`` along a half cosine over the iterations.
+        dice_over_batch: False (seed) takes each subvolume's Dice per class and averages
+            them; True sums each class over the whole batch first. Per subvolume, a class
+            absent from it scores a perfect Dice only when it predicts none of it, which on
+            small patches rewards predicting no organ at all.
+        ce_weight: weight of a cross-entropy term added to the Dice loss (0: the seed's Dice
+            alone). Cross-entropy keeps every voxel's true class in the gradient, so the
+            network cannot settle on "background everywhere".
         class_weights: ``w_l`` for background + the 7 organs (seed: all 1).
         bspline_max_disp: maximum B-spline control displacement in voxels (4).
         bspline_spacing: B-spline control grid spacing in voxels (24).
@@ -125,6 +137,8 @@ class RothConfig(JsonConfig):
     iterations: int = 50000
     lr: float = 1e-2
     lr_final: float | None = None
+    dice_over_batch: bool = False
+    ce_weight: float = 0.0
     class_weights: tuple[float, ...] = (1.0,) * 8
     bspline_max_disp: float = 4.0
     bspline_spacing: int = 24
@@ -165,7 +179,10 @@ class RothConfig(JsonConfig):
         if self.lr_final is not None and not 0 < self.lr_final < 1:
             raise ConfigError(f"RothConfig.lr_final must be None or in (0, 1), got "
                               f"{self.lr_final!r}")
-        for name in ("bspline_max_disp", "rotation_deg", "translation_vox"):
+        if not isinstance(self.dice_over_batch, bool):
+            raise ConfigError(f"RothConfig.dice_over_batch must be true or false, got "
+                              f"{self.dice_over_batch!r}")
+        for name in ("bspline_max_disp", "rotation_deg", "translation_vox", "ce_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"RothConfig.{name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -259,6 +276,21 @@ def weighted_dice_loss(probs: Tensor, target: Tensor, weights: Sequence[float] |
     return (per_class * w).mean()
 
 
+def _loss(logits: Tensor, target: Tensor, cfg: RothConfig) -> Tensor:
+    """The training loss of :func:`train_roth`: the weighted soft Dice, per subvolume (seed)
+    or over the batch (``dice_over_batch``), plus ``ce_weight`` x cross-entropy."""
+    probs = torch.softmax(logits, 1)
+    if cfg.dice_over_batch:
+        probs = probs.movedim(0, 1).flatten(1)[None]
+        flat = target.movedim(0, 1).flatten(1)[None]
+        loss = weighted_dice_loss(probs, flat, cfg.class_weights)
+    else:
+        loss = weighted_dice_loss(probs, target, cfg.class_weights)
+    if cfg.ce_weight > 0:
+        loss = loss + cfg.ce_weight * F.cross_entropy(logits, target.argmax(1))
+    return loss
+
+
 # ----------------------------------------------------------------------------------- augmentation
 def bspline_displacement(shape: Sequence[int], spacing: int, max_disp: float,
                          rng: np.random.Generator) -> np.ndarray:
@@ -342,6 +374,34 @@ class RothModel(nn.Module):
     def save(self, path: str | os.PathLike, **provenance: Any) -> Path:
         """Write ``path`` (state dict) and its ``.json`` card."""
         return _save_system(_SYSTEM, self, self.config, path, provenance)
+
+
+def bundled_roth_path() -> Path:
+    """Path of the shipped multi-organ model (``iunet_nb/assets``; its card says how it was
+    trained and what it measures on real CT)."""
+    from importlib import resources
+
+    return Path(str(resources.files("iunet_nb") / "assets" / BUNDLED_ROTH))
+
+
+def load_bundled_roth(device: str | torch.device | None = "cpu") -> RothModel:
+    """The shipped multi-organ model, SHA-256-checked like the bundled iUnet (no download).
+
+    Raises:
+        CheckpointError: the file is missing or not the one shipped.
+    """
+    from ..checkpoint import file_sha256
+
+    path = bundled_roth_path()
+    if not path.is_file():
+        raise CheckpointError(f"the bundled Roth model {path} is missing from this installation;"
+                              " reinstall iunet-nb or train one with `python "
+                              "scripts/train_roth.py`")
+    digest = file_sha256(path)
+    if digest != BUNDLED_ROTH_SHA256:
+        raise CheckpointError(f"{path} is not the shipped Roth model (SHA-256 {digest[:12]}..., "
+                              f"expected {BUNDLED_ROTH_SHA256[:12]}...); reinstall iunet-nb")
+    return load_roth(path, device)
 
 
 def load_roth(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> RothModel:
@@ -437,9 +497,7 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         x = torch.stack([p[0] for p in pairs])[:, None]
         return x, F.one_hot(torch.stack([p[1] for p in pairs]), n_classes).movedim(-1, 1).float()
 
-    losses = _fit(model, batch,
-                  lambda x, y: weighted_dice_loss(torch.softmax(model(x), 1), y,
-                                                  config.class_weights),
+    losses = _fit(model, batch, lambda x, y: _loss(model(x), y, config),
                   config.iterations, config.lr, dev, "Roth FCN", progress,
                   lr_final=config.lr_final,
                   on_step=None if on_step is None else lambda i, v: on_step(i, v, model))
