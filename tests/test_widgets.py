@@ -742,6 +742,34 @@ def test_view3d_updates_off_the_critical_path(ellipsoid_case):
 
 
 @pytest.mark.skipif(not niivue_available(), reason="ipyniivue not installed")
+def test_view3d_updates_on_request_where_the_page_draws_webgl_in_software(ellipsoid_case):
+    """A page without a GPU (headless Chromium's SwiftShader) held the page 0.5-0.9 s after
+    each mask update even at 64 voxels a side: there the view waits for 'update 3D'."""
+    from iunet_nb.widgets.view3d import software_webgl
+
+    ct, ref = ellipsoid_case
+    assert software_webgl("ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero) "
+                          "(0x0000C0DE)), SwiftShader driver)")
+    assert software_webgl("llvmpipe (LLVM 15.0.6, 256 bits)")
+    assert not software_webgl("ANGLE (NVIDIA, NVIDIA GeForce RTX 3060 Direct3D11 vs_5_0)")
+    gpu = View3D(ct, backend="niivue", delay_s=0)
+    soft = View3D(ct, backend="niivue", delay_s=0)
+    forced = View3D(ct, backend="niivue", delay_s=0, auto_update=True)
+    assert gpu._gl_probe in gpu.children and forced._gl_probe is None
+    gpu._gl_probe.renderer = "ANGLE (NVIDIA, NVIDIA GeForce RTX 3060 Direct3D11 vs_5_0)"
+    soft._gl_probe.renderer = "ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero)))"
+    assert gpu.auto_update and not soft.auto_update and forced.auto_update
+    assert "update 3D" in soft.note and "SwiftShader" in soft.note
+    for v in (gpu, soft):
+        v.update_mask(ref)
+    assert gpu.mask_updates == 1                          # on its own
+    assert soft.mask_updates == 0 and soft.pending        # waits for the button / key u
+    assert soft.flush() and soft.mask_updates == 1
+    for v in (gpu, soft, forced):
+        v.close()
+
+
+@pytest.mark.skipif(not niivue_available(), reason="ipyniivue not installed")
 def test_annotator_mask_change_does_not_wait_for_the_3d_view(ellipsoid_case, model, card, cfg,
                                                              monkeypatch):
     app = _app(ellipsoid_case, model, card, cfg, view3d="niivue")

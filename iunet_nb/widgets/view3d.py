@@ -29,6 +29,11 @@ view off; see ``benchmarks/RESULTS.md`` for the figure after this change.
 
 The viewer uses the radiological convention (the patient's left on the screen's right), as
 the slice views do, and its grey window follows the slice views' window (:meth:`set_window`).
+
+Where the page draws WebGL without a GPU (SwiftShader, llvmpipe: headless Chromium, a
+virtual desktop), every new overlay holds the page for a noticeable time (:data:`MAX_SIDE`),
+so by default the view then updates only on request ("update 3D", key ``u``): a hidden
+probe widget shown with the view reports the page's WebGL renderer (:func:`software_webgl`).
 """
 
 from __future__ import annotations
@@ -51,8 +56,8 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 
-__all__ = ["BACKENDS", "MAX_SIDE", "View3D", "downsample_factors", "downsample_volume",
-           "niivue_available"]
+__all__ = ["BACKENDS", "MAX_SIDE", "SOFTWARE_RENDERERS", "View3D", "downsample_factors",
+           "downsample_volume", "niivue_available", "software_webgl"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +71,63 @@ BACKENDS: tuple[str, ...] = ("auto", "niivue", "itk", "none")
 #: average 3-4) 0.76-0.94 s at 96 and 3D-IRCADb 1.7 (520,200 voxels at 96) 1.0-1.17 s, over
 #: issue 23's 1 s goal. 64 leaves room under that goal, with coarse voxels of 6-8 mm.
 MAX_SIDE = 64
+#: Words in a WebGL renderer's name (``UNMASKED_RENDERER_WEBGL``) that mean it draws without a
+#: GPU.
+SOFTWARE_RENDERERS: tuple[str, ...] = ("swiftshader", "llvmpipe", "softpipe", "software",
+                                       "basic render driver")
+
+#: The renderer probe's JavaScript (an anywidget ES module): one throw-away WebGL context,
+#: its renderer's name sent to Python, the context released.
+_GL_PROBE_ESM = r"""
+function render({ model, el }) {
+  el.style.display = "none";
+  let name = "";
+  try {
+    const canvas = document.createElement("canvas");
+    const gl = canvas.getContext("webgl2") || canvas.getContext("webgl");
+    if (!gl) {
+      name = "no webgl";
+    } else {
+      const info = gl.getExtension("WEBGL_debug_renderer_info");
+      name = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+      const lose = gl.getExtension("WEBGL_lose_context");
+      if (lose) lose.loseContext();
+    }
+  } catch (e) {
+    name = "error: " + e;
+  }
+  model.set("renderer", name);
+  model.save_changes();
+}
+export default { render };
+"""
+
+
+def software_webgl(renderer: str) -> bool:
+    """Whether a WebGL renderer's name says it draws without a GPU (:data:`SOFTWARE_RENDERERS`).
+
+    Example:
+        >>> software_webgl("ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero)))")
+        True
+    """
+    name = str(renderer).lower()
+    return any(word in name for word in SOFTWARE_RENDERERS)
+
+
+def _make_gl_probe() -> Any:
+    """A hidden anywidget that reports the page's WebGL renderer in its ``renderer`` trait, or
+    None without anywidget."""
+    try:
+        import anywidget
+        import traitlets as t
+    except ImportError:
+        return None
+
+    class WebGLProbe(anywidget.AnyWidget):  # type: ignore[misc]
+        _esm = _GL_PROBE_ESM
+        renderer = t.Unicode("").tag(sync=True)
+
+    return WebGLProbe()
 
 
 def downsample_factors(shape: tuple[int, ...], spacing_mm: tuple[float, ...],
@@ -158,8 +220,9 @@ class View3D(w.VBox):
             (:func:`downsample_factors`).
         delay_s: a changed mask is sent this long after the last change (debounce); 0 sends
             it on the spot (tests, scripts).
-        auto_update: send mask changes on their own; False: only :meth:`flush` (the "update
-            3D" button) sends them.
+        auto_update: True: send mask changes on their own; False: only :meth:`flush` (the
+            "update 3D" button, key ``u``) sends them; None (default): on their own unless
+            the page draws WebGL without a GPU (then as False, and the note says so).
 
     Attributes:
         backend: the backend in use (``"none"`` when none could load).
@@ -168,6 +231,7 @@ class View3D(w.VBox):
         factors: the block sizes ``(fz, fy, fx)`` of the 3D view's grid.
         mask_updates: how many mask overlays were sent to the viewer.
         pending: whether a mask change waits to be sent.
+        renderer: the page's WebGL renderer as its probe reported it (``""`` until then).
 
     Raises:
         InputError: unknown backend name, a bad ``max_side`` or ``delay_s``.
@@ -175,7 +239,7 @@ class View3D(w.VBox):
 
     def __init__(self, volume: Volume, backend: str = "auto", *, height_px: int = 360,
                  window: tuple[float, float] = (-160.0, 240.0), max_side: int = MAX_SIDE,
-                 delay_s: float = 1.5, auto_update: bool = True) -> None:
+                 delay_s: float = 1.5, auto_update: bool | None = None) -> None:
         if backend not in BACKENDS:
             raise InputError(f"unknown 3D backend {backend!r}; use one of {list(BACKENDS)}")
         if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) \
@@ -198,7 +262,10 @@ class View3D(w.VBox):
         self._pending: Volume | Callable[[], Volume] | None = None
         self._window_pending = False
         self._timer: threading.Timer | None = None
-        self.auto_update_box = w.Checkbox(value=bool(auto_update), indent=False,
+        self._auto_default = auto_update is None
+        self.renderer = ""
+        self._gl_probe: Any = None
+        self.auto_update_box = w.Checkbox(value=auto_update is not False, indent=False,
                                           description="3D follows edits")
         self.update_button = w.Button(description="update 3D", layout=w.Layout(width="auto"),
                                       tooltip="send the current mask to the 3D view now")
@@ -223,8 +290,13 @@ class View3D(w.VBox):
             self._start_itk()
         controls = ([w.HBox([self.auto_update_box, self.update_button])]
                     if self.available else [])
+        if self.backend == "niivue" and self._auto_default:
+            self._gl_probe = _make_gl_probe()
+            if self._gl_probe is not None:
+                self._gl_probe.observe(self._on_renderer, "renderer")
         self.children = ([self._note] + controls
-                         + ([self._viewer] if self._viewer is not None else []))
+                         + ([self._viewer] if self._viewer is not None else [])
+                         + ([self._gl_probe] if self._gl_probe is not None else []))
 
     @property
     def auto_update(self) -> bool:
@@ -238,6 +310,21 @@ class View3D(w.VBox):
     @property
     def pending(self) -> bool:
         return self._pending is not None
+
+    def _on_renderer(self, change: dict[str, Any]) -> None:
+        """The page said how it draws WebGL: without a GPU, update only on request."""
+        self.renderer = str(change["new"])
+        if not (software_webgl(self.renderer) and self._auto_default and self.auto_update):
+            return
+        self.auto_update = False
+        lower = self.renderer.lower()
+        word = next(w for w in SOFTWARE_RENDERERS if w in lower)
+        start = lower.find(word)
+        name = self.renderer[start:start + len(word)]      # as the browser spells it
+        self._set_note(self.note + " This browser draws the 3D view without a graphics card "
+                       f"({html.escape(name)}), which holds the page for a moment after each "
+                       "update, so it follows your edits only when you press <b>update 3D</b> "
+                       "(or the key u).")
 
     def _on_auto(self, change: dict[str, Any]) -> None:
         if change["new"] and self._pending is not None:
@@ -424,4 +511,7 @@ class View3D(w.VBox):
             with lock:
                 self._cancel_timer()
                 self._pending = None
+        probe = getattr(self, "_gl_probe", None)
+        if probe is not None:
+            probe.close()
         super().close()
