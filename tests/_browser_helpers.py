@@ -248,7 +248,7 @@ PAGE_PROBE_JS = r"""
   const VIEWS = ["axial", "coronal", "sagittal"];
   const P = window.__iunetProbe = {frames: [], dom: [], inputs: [], gaps: [], hits: [],
                                    points: [], errors: [], last: {}, lastT: null, status: null,
-                                   busy: null};
+                                   busy: null, cost: {n: 0, sum: 0, max: 0}};
   // the mask overlay (255, 64, 32) at opacity 0.4 over any grey: R - G = 76, R - B = 90,
   // G - B = 13; the yellow labels (R - G <= 45), scribble and change colours fail the test
   const isMask = (r, g, b) => r - g > 60 && r - b > 60 && Math.abs(g - b) < 40;
@@ -272,7 +272,10 @@ PAGE_PROBE_JS = r"""
     return {hash: hash >>> 0, mask, lit, w, h, d};
   };
   const tick = () => {
+    const t0 = performance.now();
     try { step(); } catch (e) { P.errors.push(String(e)); }
+    const dt = performance.now() - t0;   // the probe's own cost, reported with the figures
+    P.cost.n++; P.cost.sum += dt; P.cost.max = Math.max(P.cost.max, dt);
     requestAnimationFrame(tick);    // never stop recording on one bad frame
   };
   const step = () => {
@@ -319,7 +322,7 @@ PAGE_PROBE_JS = r"""
   P.watch = (id, view, x, y, kind) => P.points.push({id, view, x, y, kind, t: null});
   P.drain = () => {
     const out = {frames: P.frames, dom: P.dom, inputs: P.inputs, gaps: P.gaps, hits: P.hits,
-                 errors: P.errors, now: performance.now()};
+                 errors: P.errors, cost: P.cost, now: performance.now()};
     P.frames = []; P.dom = []; P.inputs = []; P.gaps = []; P.hits = []; P.errors = [];
     P.points = P.points.filter((p) => p.t === null);
     return out;
@@ -335,7 +338,8 @@ class PageProbe:
     Attributes (all times in ms on the page's clock): ``frames`` (``t``, ``view``, ``hash``,
     ``mask``, ``lit``), ``dom`` (``t``, ``status``, ``busy``), ``inputs`` (``t``, ``type``,
     ``key``), ``gaps`` (``[start, end]``), ``hits`` (``{id: t}``), ``errors`` (the probe's own,
-    which it survives), ``now``.
+    which it survives), ``cost`` (its own time per frame: ``n``, ``sum``, ``max`` in ms),
+    ``now``.
     """
 
     def __init__(self, page: Any) -> None:
@@ -346,6 +350,7 @@ class PageProbe:
         self.gaps: list[list[float]] = []
         self.hits: dict[str, float] = {}
         self.errors: list[str] = []
+        self.cost = {"n": 0, "sum": 0.0, "max": 0.0}
         self.now = 0.0
         page.evaluate(PAGE_PROBE_JS)
 
@@ -357,6 +362,7 @@ class PageProbe:
         self.gaps += out["gaps"]
         self.hits.update({h["id"]: h["t"] for h in out["hits"]})
         self.errors += out["errors"]
+        self.cost = out["cost"]
         self.now = out["now"]
         return self
 
