@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iunet_nb.checkpoint import load_bundled_detector, load_bundled_model
-from iunet_nb.evaluate import dice
-from iunet_nb.predict import make_box, segment
-from iunet_nb.preprocess import Box
-from iunet_nb.synth import load_sample
+from iunet_nb.model.checkpoint import load_bundled_detector, load_bundled_model
+from iunet_nb.model.evaluate import dice
+from iunet_nb.model.predict import make_box, segment
+from iunet_nb.model.preprocess import Box
+from iunet_nb.model.train import load_training_cases
+from iunet_nb.synth.generator import load_sample
 from iunet_nb.systems import load_zhou
 from iunet_nb.systems.autobox import box_recall, detect_box, settle_box
-from iunet_nb.train import load_training_cases
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "btcv_labels"
 

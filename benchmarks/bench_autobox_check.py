@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iunet_nb.checkpoint import load_bundled_model
-from iunet_nb.evaluate import dice
-from iunet_nb.io import read_image, read_mask
-from iunet_nb.predict import segment
-from iunet_nb.synth import load_sample
+from iunet_nb.io.images import read_image, read_mask
+from iunet_nb.model.checkpoint import load_bundled_model
+from iunet_nb.model.evaluate import dice
+from iunet_nb.model.predict import segment
+from iunet_nb.model.train import load_training_cases
+from iunet_nb.synth.generator import load_sample
 from iunet_nb.systems.autobox import box_recall, find_box
-from iunet_nb.train import load_training_cases
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -20,7 +20,7 @@ port, opens a notebook in headless Chromium and works like a user, with the mous
    **Segment** is the click to the first axial frame showing the mask, and whether the busy
    bar or a "running" status showed between the two;
 3. switches auto-refine on and draws ``--repeat`` scribbles with the mouse, each planned
-   by the simulated expert (:func:`iunet_nb.robot.plan_stroke`, axial view, the 3 mm brush,
+   by the simulated expert (:func:`iunet_nb.interactive.robot.plan_stroke`, axial view, the 3 mm brush,
    aimed at error a brush fits in) from the autosaved mask and the expert mask, after
    scrolling to its slice with the arrow keys; a 3 s pause (think time) follows each refined
    mask. Every second stroke is drawn while a refinement runs (key ``r`` pressed just
@@ -111,7 +111,7 @@ _REFINED = re.compile(r"last: refine: \d+ ms")
 # ----------------------------------------------------------------------------------------------
 def _cases(organ: str) -> dict[str, tuple[Path, Callable[[], Any], str]]:
     """name -> (DICOM folder, loader of the expert mask, what the mask is)."""
-    from iunet_nb.io import read_dicom_mask_series, read_mask
+    from iunet_nb.io.images import read_dicom_mask_series, read_mask
 
     ircadb = DATA / "ircadb" / "1.7"
     nih = DATA / "nih_pancreas_ct" / "PANCREAS_0002"
@@ -252,7 +252,7 @@ class _Run:
         self.page.wait_for_timeout(400)
 
     def scribbles(self, repeat: int, think_s: float) -> None:
-        from iunet_nb.robot import RobotConfig, plan_stroke
+        from iunet_nb.interactive.robot import RobotConfig, plan_stroke
 
         page = self.page
         page.get_by_text("auto-refine on stroke end", exact=True).click()
@@ -426,8 +426,8 @@ def run_case(name: str, ct_dir: Path, load_ref: Callable[[], Any], args: argpars
              work: Path) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
-    from iunet_nb.io import check_same_grid, read_image
-    from iunet_nb.predict import make_box
+    from iunet_nb.io.images import check_same_grid, read_image
+    from iunet_nb.model.predict import make_box
 
     ct = read_image(ct_dir)
     ref = load_ref()

@@ -1,4 +1,4 @@
-"""Cost of placing the boundary on the CT's edges (:func:`iunet_nb.edges.snap_to_edges`).
+"""Cost of placing the boundary on the CT's edges (:func:`iunet_nb.interactive.edges.snap_to_edges`).
 
 For each crop: the probability restored to the crop and thresholded (the plain mask) against
 the same plus :func:`snap_to_edges`, median of ``--repeats``, and their ratio in the same
@@ -24,12 +24,12 @@ import numpy as np
 from bench_preprocess import _median_ms  # benchmarks/ is on sys.path when run
 from scipy import ndimage
 
-from iunet_nb.checkpoint import load_bundled_model, machine_description
 from iunet_nb.demo import load_sample
-from iunet_nb.edges import EDGE_WEIGHT, snap_to_edges
-from iunet_nb.evaluate import dice
-from iunet_nb.predict import _working_probabilities, make_box
-from iunet_nb.preprocess import crop_mask, preprocess_image, restore_crop_probabilities
+from iunet_nb.interactive.edges import EDGE_WEIGHT, snap_to_edges
+from iunet_nb.model.checkpoint import load_bundled_model, machine_description
+from iunet_nb.model.evaluate import dice
+from iunet_nb.model.predict import _working_probabilities, make_box
+from iunet_nb.model.preprocess import crop_mask, preprocess_image, restore_crop_probabilities
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -65,7 +65,7 @@ def main() -> None:
     if not (SHARED / "ircadb").is_dir():
         print(f"(no {SHARED / 'ircadb'}: real crops skipped)")
         return
-    from iunet_nb.datasets import find_cases
+    from iunet_nb.io.datasets import find_cases
 
     for organ in ("spleen", "liver"):
         for case in find_cases(SHARED / "ircadb", structure=organ, layout="ircadb"):

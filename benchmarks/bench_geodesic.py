@@ -1,4 +1,4 @@
-"""Benchmark of iunet_nb.geodesic: numba raster scan vs its baselines.
+"""Benchmark of iunet_nb.interactive.geodesic: numba raster scan vs its baselines.
 
 Prints, for 24x64x64 and 48x128x128 volumes (and 128x256x256 with ``--large``):
 
@@ -35,8 +35,8 @@ import numba
 import numpy as np
 from scipy import ndimage
 
-from iunet_nb import geodesic as _geodesic
-from iunet_nb.geodesic import NORMALISATIONS, geodesic_distance, scribble_weight_map
+from iunet_nb.interactive import geodesic as _geodesic
+from iunet_nb.interactive.geodesic import NORMALISATIONS, geodesic_distance, scribble_weight_map
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SPACING_MM = (3.3, 1.5, 2.3)  # (z, y, x): a 64x64x24 working grid of a ~150x100x80 mm box
@@ -57,7 +57,7 @@ def _test_volume(shape: tuple[int, int, int], rng: np.random.Generator
 
 _FIRST_CALL = (
     "import time; t0 = time.perf_counter(); import numpy as np; "
-    "from iunet_nb.geodesic import geodesic_distance; t1 = time.perf_counter(); "
+    "from iunet_nb.interactive.geodesic import geodesic_distance; t1 = time.perf_counter(); "
     "img = np.zeros((4, 5, 6), np.float32); s = np.zeros(img.shape, np.uint8); s[0, 0, 0] = 1; "
     "geodesic_distance(img, s, backend='numba'); t2 = time.perf_counter(); "
     "print(f'{1e3 * (t1 - t0):.0f} {1e3 * (t2 - t1):.0f}')")
@@ -128,7 +128,7 @@ def _best_ms_interleaved(fns: list, repeat: int) -> list[float]:
 def bench(shapes: list[tuple[int, int, int]], repeat: int, iterations: int) -> None:
     imp, cold, warm = first_call_ms()
     print(f"numba first call in a fresh process: JIT compile {cold:.0f} ms, from cache "
-          f"{warm:.0f} ms (import of iunet_nb.geodesic: {imp:.0f} ms)")
+          f"{warm:.0f} ms (import of iunet_nb.interactive.geodesic: {imp:.0f} ms)")
     print(f"iterations={iterations}, spacing_mm={SPACING_MM}, best of {repeat}, interleaved; "
           "'x voxel': the voxel-by-voxel port's time over the shipped scan's")
     print(f"{'shape':>14} {'lam':>4} {'numba ms':>9} {'voxel ms':>9} {'x voxel':>8} "
@@ -166,7 +166,7 @@ _BTCV_HU = {0: -90.0, 1: 120.0, 2: 160.0, 3: 160.0, 4: 10.0, 5: 40.0, 6: 110.0, 
 
 
 def _btcv_pancreas_case(rng: np.random.Generator):
-    from iunet_nb.io import read_label_map
+    from iunet_nb.io.images import read_label_map
     labels = read_label_map(SHARED_DATA / "btcv_labels" / "0001.nii.gz")
     lut = np.array([_BTCV_HU[i] for i in range(14)], np.float32)
     ct = lut[np.clip(labels.array.astype(int), 0, 13)]
@@ -175,7 +175,7 @@ def _btcv_pancreas_case(rng: np.random.Generator):
 
 
 def _ircadb_spleen_case(rng: np.random.Generator):
-    from iunet_nb.io import read_dicom_mask_series, read_image
+    from iunet_nb.io.images import read_dicom_mask_series, read_image
     folder = SHARED_DATA / "ircadb" / "1.7"
     ct = read_image(folder / "PATIENT_DICOM")
     mask = read_dicom_mask_series(folder / "MASKS_DICOM.zip", "spleen")
@@ -183,7 +183,7 @@ def _ircadb_spleen_case(rng: np.random.Generator):
 
 
 def band(iterations: int) -> None:
-    from iunet_nb.preprocess import Box, PreprocessConfig, crop_mask, preprocess_image
+    from iunet_nb.model.preprocess import Box, PreprocessConfig, crop_mask, preprocess_image
     if not SHARED_DATA.is_dir():
         print(f"--band needs {SHARED_DATA}; skipped")
         return

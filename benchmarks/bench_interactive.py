@@ -16,12 +16,12 @@ Usage::
 * the same without the confidence gate, and with ``edge_weight=0`` (the probability
   thresholded alone, no edge snapping), interleaved, as ratios;
 * the same at a 48 x 128 x 128 working size;
-* one robot round per method of :data:`iunet_nb.compare.METHODS` (median apply time).
+* one robot round per method of :data:`iunet_nb.studies.compare.METHODS` (median apply time).
 
 Timings do not depend on the weights: without ``--model`` the bundled model is used when it
 exists, else a random 16-base iUnet.
 
-``compare`` runs :func:`iunet_nb.compare.compare_methods` and prints the summary as a
+``compare`` runs :func:`iunet_nb.studies.compare.compare_methods` and prints the summary as a
 markdown table; ``sweep`` runs refinement variants (lambda, iterations, lr, keep/reset
 weights, forcing scribbles) for choosing the improved default.
 """
@@ -38,33 +38,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iunet_nb.checkpoint import (
+from iunet_nb.errors import CheckpointError
+from iunet_nb.interactive.robot import RobotConfig, plan_stroke
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.model.checkpoint import (
     ModelCard,
     load_bundled_model,
     load_model,
     machine_description,
 )
-from iunet_nb.compare import (
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import Box, PreprocessConfig
+from iunet_nb.studies.compare import (
     METHODS,
     CompareCase,
     FullFineTuneNet,
     Method,
     compare_methods,
 )
-from iunet_nb.errors import CheckpointError
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
-from iunet_nb.robot import RobotConfig, plan_stroke
-from iunet_nb.session import RefineConfig, Session
-from iunet_nb.synth import make_phantom
+from iunet_nb.synth.phantom import make_phantom
 
 
 def _model(path: str | None) -> tuple[torch.nn.Module, ModelCard, str]:
     if path and Path(path).name.startswith("checkpoint"):
-        # a training checkpoint (iunet_nb.train): rebuild from its sidecar's TrainConfig
+        # a training checkpoint (iunet_nb.model.train): rebuild from its sidecar's TrainConfig
         import json
 
-        from iunet_nb.train import TrainConfig
+        from iunet_nb.model.train import TrainConfig
 
         side = json.loads(Path(path).with_suffix(".json").read_text())
         cfg = TrainConfig.from_dict(side["config"])
@@ -121,7 +121,7 @@ def _fmt(times: list[float]) -> str:
 
 
 def cmd_timing(args: argparse.Namespace) -> None:
-    from iunet_nb.compare import _apply_for
+    from iunet_nb.studies.compare import _apply_for
 
     model, card, which = _model(args.model)
     ct, ref = make_phantom(1000)
@@ -171,13 +171,13 @@ def _cases(spec: str, n: int) -> list[CompareCase]:
             out.append(CompareCase(f"phantom{1000 + i}", ct, ref))
         return out
     if spec.startswith("btcv-synth:"):
-        from iunet_nb.train import load_training_cases
+        from iunet_nb.model.train import load_training_cases
 
         root, structure = spec.split(":", 1)[1].rsplit(":", 1)
         cases, _ = load_training_cases(f"btcv-synth:{root}", structure=structure, seed=500)
         return [CompareCase(f"btcv{i}", ct, m) for i, (ct, m) in enumerate(cases[-n:])]
     if spec.startswith("ircadb:"):
-        from iunet_nb.datasets import find_cases
+        from iunet_nb.io.datasets import find_cases
 
         root = Path(__file__).resolve().parents[2] / "shared" / "data" / "ircadb"
         out = []

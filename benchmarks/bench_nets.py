@@ -29,8 +29,8 @@ from collections.abc import Callable
 
 import torch
 
-from iunet_nb.losses import interactive_loss, one_hot, soft_dice_loss
-from iunet_nb.nets import ARCHITECTURES, NetConfig, build_network, count_parameters
+from iunet_nb.model.losses import interactive_loss, one_hot, soft_dice_loss
+from iunet_nb.model.nets import ARCHITECTURES, NetConfig, build_network, count_parameters
 
 
 def _median_s(fn: Callable[[], object], repeats: int, device: torch.device) -> float:

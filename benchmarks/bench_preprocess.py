@@ -1,9 +1,9 @@
 """Benchmark: iUnet preprocessing and its inverse on a 512 x 512 x 119 CT.
 
 Times each stage (median of ``--repeats`` runs, milliseconds) of
-:func:`iunet_nb.preprocess.preprocess_image` and :func:`restore_mask` for a random int16 CT in
+:func:`iunet_nb.model.preprocess.preprocess_image` and :func:`restore_mask` for a random int16 CT in
 HU with a box of ~150 x 100 x 40 voxels (x, y, z), and compares smoothing only the padded
-crop with smoothing the whole volume. Also times :func:`iunet_nb.evaluate.evaluate_case` on
+crop with smoothing the whole volume. Also times :func:`iunet_nb.model.evaluate.evaluate_case` on
 512 x 512 x 150 masks of a pancreas-sized object.
 
 Run:  python benchmarks/bench_preprocess.py [--repeats 5] [--size 24 64 64]
@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from iunet_nb.evaluate import evaluate_case
-from iunet_nb.preprocess import (Box, PreprocessConfig, _resample, _smooth_crop, crop_mask,
+from iunet_nb.model.evaluate import evaluate_case
+from iunet_nb.model.preprocess import (Box, PreprocessConfig, _resample, _smooth_crop, crop_mask,
                                  preprocess_image, restore_mask, restore_probabilities)
 
 

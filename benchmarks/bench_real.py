@@ -49,14 +49,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from iunet_nb.checkpoint import load_bundled_model, load_model
-from iunet_nb.evaluate import dice, evaluate_case
-from iunet_nb.io import read_dicom_mask_series, read_image, read_mask
+from iunet_nb.interactive.robot import RobotConfig, run_robot
+from iunet_nb.interactive.session import Session
+from iunet_nb.io.images import read_dicom_mask_series, read_image, read_mask
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.checkpoint import load_bundled_model, load_model
+from iunet_nb.model.evaluate import dice, evaluate_case
+from iunet_nb.model.predict import make_box, segment
 from iunet_nb.plots import plot_overview
-from iunet_nb.predict import make_box, segment
-from iunet_nb.robot import RobotConfig, run_robot
-from iunet_nb.session import Session
-from iunet_nb.volume import Geometry, Volume
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NIH = DATA / "nih_pancreas_ct" / "PANCREAS_0002"
@@ -168,8 +168,8 @@ def main() -> None:
         for name, ct, ref in variants:
             results["rows"].append(run_case(name, ct, ref, model, card, min(args.rounds, 5), out))
     if "synthetic" in parts:
-        from iunet_nb.synth import load_sample
-        from iunet_nb.train import load_training_cases
+        from iunet_nb.model.train import load_training_cases
+        from iunet_nb.synth.generator import load_sample
 
         cases, _ = load_training_cases(f"btcv-synth:{DATA / 'btcv_labels'}", seed=2020)
         synthetic = [("sample", *load_sample())] + [

@@ -12,7 +12,7 @@ Measured, each as a median (after one warm-up, which also compiles the geodesic 
   mask out) at the paper's 24 x 64 x 64 (the issue's target) and at the shipped card's own
   working size when it differs (32 x 64 x 64), with ``RefineConfig()`` defaults; its parts
   (geodesic weight map, training loop) are timed separately;
-* ``iteration naive`` / ``iteration cached``: one step of :func:`iunet_nb.session.fine_tune`
+* ``iteration naive`` / ``iteration cached``: one step of :func:`iunet_nb.interactive.session.fine_tune`
   through ``forward`` vs ``decode_trainable(encode_frozen(x))``, interleaved in the same run;
 * ``undo`` / ``redo`` of a refine and of a stroke, with and without an autosave folder;
 * ``autosave``: the ``autosave_s`` the event log records per action kind;
@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from iunet_nb.checkpoint import ModelCard, load_bundled_model, machine_description
 from iunet_nb.errors import CheckpointError
-from iunet_nb.geodesic import scribble_weight_map
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
-from iunet_nb.session import RefineConfig, Session, fine_tune
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.interactive.geodesic import scribble_weight_map
+from iunet_nb.interactive.session import RefineConfig, Session, fine_tune
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.checkpoint import ModelCard, load_bundled_model, machine_description
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import Box, PreprocessConfig
 
 
 def synthetic_ct(shape=(119, 512, 512), seed: int = 0) -> tuple[Volume, Volume]:

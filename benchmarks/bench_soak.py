@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iunet_nb.checkpoint import ModelCard, machine_description
+from iunet_nb.interactive.robot import RobotConfig, run_robot
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.io.volume import Geometry, Volume
 from iunet_nb.memory import format_bytes, peak_rss_bytes, rss_bytes
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
-from iunet_nb.robot import RobotConfig, run_robot
-from iunet_nb.session import RefineConfig, Session
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.model.checkpoint import ModelCard, machine_description
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import Box, PreprocessConfig
 
 
 def _case(shape=(48, 96, 96), seed: int = 0) -> tuple[Volume, Volume]:

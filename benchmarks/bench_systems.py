@@ -7,10 +7,10 @@ Usage (from the repository root)::
     python benchmarks/bench_systems.py kloenne --k 3 --fold 0
 
 Each BTCV label map ``i`` (sorted) becomes a synthetic portal-venous CT with
-:func:`iunet_nb.synth.synthesize_ct` seeded ``i``; the CTs are cached as ``.npy`` in
+:func:`iunet_nb.synth.generator.synthesize_ct` seeded ``i``; the CTs are cached as ``.npy`` in
 ``--cache`` (default ``/tmp/iunet_nb_btcv_synth``; never inside the repository). Folds come
-from :func:`iunet_nb.datasets.make_folds` (seeded), the metrics from
-:func:`iunet_nb.evaluate.evaluate_case`, the same code the iUnet cross-validation uses.
+from :func:`iunet_nb.io.datasets.make_folds` (seeded), the metrics from
+:func:`iunet_nb.model.evaluate.evaluate_case`, the same code the iUnet cross-validation uses.
 For Zhou the script also reports how often :func:`iunet_nb.systems.detect_box` contains the
 whole pancreas (tight box, and with iUnet's 5 % crop margin).
 
@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iunet_nb import io, synth
-from iunet_nb.checkpoint import machine_description
-from iunet_nb.datasets import BTCV_LABELS, find_cases, make_folds
-from iunet_nb.evaluate import evaluate_case, summarize
-from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.volume import Volume
+from iunet_nb import synth
+from iunet_nb.io import images as io
+from iunet_nb.io.datasets import BTCV_LABELS, find_cases, make_folds
+from iunet_nb.io.volume import Volume
+from iunet_nb.model.checkpoint import machine_description
+from iunet_nb.model.evaluate import evaluate_case, summarize
+from iunet_nb.model.preprocess import PreprocessConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "btcv_labels"
 

@@ -41,12 +41,12 @@ import numpy as np
 import torch
 
 from bench_real import IRCADB, NIH, _ircadb, thick_slices
-from iunet_nb.checkpoint import load_bundled_model, load_model, machine_description
 from iunet_nb.errors import CheckpointError
-from iunet_nb.evaluate import evaluate_case
-from iunet_nb.io import read_dicom_mask_series, read_image, read_mask
-from iunet_nb.predict import make_box, segment
-from iunet_nb.volume import Volume
+from iunet_nb.io.images import read_dicom_mask_series, read_image, read_mask
+from iunet_nb.io.volume import Volume
+from iunet_nb.model.checkpoint import load_bundled_model, load_model, machine_description
+from iunet_nb.model.evaluate import evaluate_case
+from iunet_nb.model.predict import make_box, segment
 
 ASSETS = Path(__file__).resolve().parents[1] / "iunet_nb" / "assets"
 DEFAULTS = {"roth": "roth_multiorgan.pt", "zhou": "zhou_pancreas_detector.pt",

@@ -6,7 +6,7 @@ Usage::
     python benchmarks/bench_widgets.py --repeat 200 --json out.json
 
 Measured on a synthetic 512 x 512 x 40 int16 CT (0.7 x 0.7 x 2.5 mm) with a mask (a
-filled ellipse in every slice) and two scribbles, through a real :class:`~iunet_nb.session.Session`
+filled ellipse in every slice) and two scribbles, through a real :class:`~iunet_nb.interactive.session.Session`
 (random 16-base iUnet; the network is not run). Each a median (and 90th percentile) in ms:
 
 * ``compose``: window/level + overlay + scribbles -> RGBA (:func:`compose_slice`);
@@ -40,10 +40,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from iunet_nb.checkpoint import ModelCard, machine_description
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.session import RefineConfig, Session
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.checkpoint import ModelCard, machine_description
+from iunet_nb.model.nets import NetConfig, build_network
 from iunet_nb.widgets.render import compose_slice, encode_png
 from iunet_nb.widgets.slice_view import SliceView
 
@@ -138,8 +138,8 @@ def main() -> None:
 
 def _annotator_on(path: str, repeat: int) -> dict[str, tuple[float, float]]:
     """Mask-change and scroll times of the Annotator on a real CT, 3D view on and off."""
-    from iunet_nb.io import read_image
-    from iunet_nb.preprocess import Box
+    from iunet_nb.io.images import read_image
+    from iunet_nb.model.preprocess import Box
     from iunet_nb.widgets import Annotator, niivue_available
 
     ct = read_image(path)

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_interactive import _cases, _model, _print_summary
-from iunet_nb.compare import Method, compare_methods
-from iunet_nb.robot import RobotConfig
-from iunet_nb.session import RefineConfig
+from iunet_nb.interactive.robot import RobotConfig
+from iunet_nb.interactive.session import RefineConfig
+from iunet_nb.studies.compare import Method, compare_methods
 
 torch.set_num_threads(1)
 logging.basicConfig(level=logging.WARNING)

@@ -1,18 +1,39 @@
 """iunet-nb: interactive 3D segmentation of CT in Jupyter (iUnet, Boers et al. 2020).
 
-The engine is headless (no widget imports): ``io`` (read/write with geometry), ``preprocess``
-(window, smooth, crop, resample and inverse), ``nets``, ``losses``, ``augment``, ``train``,
-``predict``, ``evaluate``, ``geodesic``, ``datasets``, ``checkpoint``, ``synth`` (synthetic CT
-and the bundled sample), ``session`` (the interactive engine every front end drives),
-``robot`` (simulated annotator), ``crossval`` and ``study`` (Experiments 1 and 2), and
-``systems`` (the other papers' networks). The JupyterLab front end is ``iunet_nb.widgets``; it
-imports the engine, never the reverse.
+One headless engine, many faces. The engine (no widget imports):
+
+* :mod:`iunet_nb.io`: CT and masks with their geometry (NIfTI, NRRD, MHA, DICOM series,
+  DICOM-SEG), :class:`Volume`, safe output paths, case folders and folds;
+* :mod:`iunet_nb.model`: the networks, preprocessing (window, smooth, crop, resample and
+  inverse), augmentation, losses, training, checkpoints and model cards, automatic
+  segmentation, metrics;
+* :mod:`iunet_nb.interactive`: :class:`Session` (the engine every front end drives), one
+  refine round as a function, strokes, geodesic distances, the edge snapping, the autosave
+  folder and its lock, the simulated annotator;
+* :mod:`iunet_nb.studies`: reader studies (Experiment 2, real and simulated),
+  cross-validation (Experiment 1), the comparison of refinement methods;
+* :mod:`iunet_nb.synth`: synthetic CT from label maps, phantoms, contrast phases, the bundled
+  sample, realism against real CT;
+* :mod:`iunet_nb.systems`: the other papers' networks and the automatic box.
+
+The faces: :mod:`iunet_nb.cli` (``iunet-nb``), :mod:`iunet_nb.widgets` (the JupyterLab
+annotator; it imports the engine, never the reverse), the notebooks. Every public name below
+is importable from ``iunet_nb`` directly.
 """
 
-from .augment import AugmentConfig, augment_batch
-from .checkpoint import ModelCard, load_bundled_model, load_model, save_model
-from .crossval import CVConfig, merge_folds, run_cv, run_fold
-from .datasets import (
+from .errors import (
+                     CheckpointError,
+                     ConfigError,
+                     GeometryError,
+                     InputError,
+                     IunetError,
+                     SessionError,
+)
+from .interactive.geodesic import geodesic_distance, scribble_weight_map
+from .interactive.locking import FolderLock, break_lock
+from .interactive.robot import RobotConfig, RobotResult, run_robot
+from .interactive.session import RefineConfig, Session, stroke_to_voxels
+from .io.datasets import (
                      BTCV_DIRECTION,
                      BTCV_LABELS,
                      Case,
@@ -22,17 +43,24 @@ from .datasets import (
                      save_folds,
                      with_true_direction,
 )
-from .dicomseg import read_dicom_seg, write_dicom_seg
-from .distributed import DistContext, distributed, is_main
-from .errors import (
-                     CheckpointError,
-                     ConfigError,
-                     GeometryError,
-                     InputError,
-                     IunetError,
-                     SessionError,
+from .io.dicomseg import read_dicom_seg, write_dicom_seg
+from .io.images import (
+                     check_same_grid,
+                     list_dicom_mask_organs,
+                     read_dicom_mask_series,
+                     read_image,
+                     read_label_map,
+                     read_mask,
+                     write_image,
+                     write_mask,
 )
-from .evaluate import (
+from .io.paths import check_id, safe_join
+from .io.volume import Geometry, Volume
+from .memory import check_memory
+from .model.augment import AugmentConfig, augment_batch
+from .model.checkpoint import ModelCard, load_bundled_model, load_model, save_model
+from .model.distributed import DistContext, distributed, is_main
+from .model.evaluate import (
                      dice,
                      evaluate_case,
                      hausdorff95,
@@ -44,24 +72,10 @@ from .evaluate import (
                      volume_difference,
                      volume_ml,
 )
-from .geodesic import geodesic_distance, scribble_weight_map
-from .io import (
-                     check_same_grid,
-                     list_dicom_mask_organs,
-                     read_dicom_mask_series,
-                     read_image,
-                     read_label_map,
-                     read_mask,
-                     write_image,
-                     write_mask,
-)
-from .locking import FolderLock, break_lock
-from .losses import interactive_loss, soft_dice_loss, tanimoto_ce_loss
-from .memory import check_memory
-from .nets import NetConfig, build_network
-from .paths import check_id, safe_join
-from .predict import make_box, predict_probabilities, segment
-from .preprocess import (
+from .model.losses import interactive_loss, soft_dice_loss, tanimoto_ce_loss
+from .model.nets import NetConfig, build_network
+from .model.predict import make_box, predict_probabilities, segment
+from .model.preprocess import (
                      Box,
                      CropRecord,
                      PreprocessConfig,
@@ -73,12 +87,11 @@ from .preprocess import (
                      restore_mask,
                      restore_probabilities,
 )
-from .robot import RobotConfig, RobotResult, run_robot
-from .session import RefineConfig, Session, stroke_to_voxels
-from .study import StudyPlan, analyse_study, design_study, load_event_logs
-from .synth import SynthConfig, load_sample, make_phantom, synthesize_ct
-from .train import TrainConfig, prepare_cases, train
-from .volume import Geometry, Volume
+from .model.train import TrainConfig, prepare_cases, train
+from .studies.crossval import CVConfig, merge_folds, run_cv, run_fold
+from .studies.study import StudyPlan, analyse_study, design_study, load_event_logs
+from .synth.generator import SynthConfig, load_sample, synthesize_ct
+from .synth.phantom import make_phantom
 
 __version__ = "0.1.0"
 

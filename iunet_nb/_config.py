@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._atomic import atomic_write_text
 from .errors import ConfigError
+from .io._atomic import atomic_write_text
 
 __all__ = ["JsonConfig"]
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .edges import EDGE_WEIGHT
 from .errors import IunetError
+from .interactive.edges import EDGE_WEIGHT
 
 __all__ = ["main"]
 
@@ -19,8 +19,8 @@ logger = logging.getLogger("iunet_nb")
 
 # Modules that register their own subcommands with ``add_cli(subparsers)``; the logic stays in
 # the module, next to the functions the notebooks call.
-_CLI_MODULES: tuple[str, ...] = ("crossval", "study", "simstudy", "robot", "systems",
-                                 "session_cli")
+_CLI_MODULES: tuple[str, ...] = ("studies.crossval", "studies.study", "studies.simstudy",
+                                 "interactive.robot", "systems", "interactive.session_cli")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -40,11 +40,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train; under torchrun every process runs this and :func:`train` makes them one DDP job."""
-    from .augment import AugmentConfig
-    from .distributed import check_divisible, get_world_size, is_main
-    from .nets import NetConfig
-    from .preprocess import PreprocessConfig
-    from .train import TrainConfig, load_training_cases, prepare_cases, train
+    from .model.augment import AugmentConfig
+    from .model.distributed import check_divisible, get_world_size, is_main
+    from .model.nets import NetConfig
+    from .model.preprocess import PreprocessConfig
+    from .model.train import TrainConfig, load_training_cases, prepare_cases, train
 
     if not is_main():  # one voice per job: rank 0 logs and prints
         logging.getLogger("iunet_nb").setLevel(logging.WARNING)
@@ -69,16 +69,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .checkpoint import load_bundled_model, load_model
     from .errors import InputError
-    from .evaluate import evaluate_case
-    from .io import check_same_grid, hu_problem, read_image, read_mask, write_mask
-    from .paths import check_output
+    from .io.images import check_same_grid, hu_problem, read_image, read_mask, write_mask
+    from .io.paths import check_output
+    from .io.volume import Volume
+    from .model.checkpoint import load_bundled_model, load_model
+    from .model.evaluate import evaluate_case
+    from .model.predict import make_box, segment
+    from .model.preprocess import Box
     from .plots import plot_overview
-    from .predict import make_box, segment
-    from .preprocess import Box
     from .systems.autobox import find_box
-    from .volume import Volume
 
     inputs = {"CT": args.ct, "model": args.model, "--box-from mask": args.box_from,
               "reference mask": args.reference}
@@ -132,8 +132,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_case
-    from .io import check_same_grid, read_mask
+    from .io.images import check_same_grid, read_mask
+    from .model.evaluate import evaluate_case
 
     pred, ref = read_mask(args.prediction), read_mask(args.reference)
     check_same_grid(pred, ref, what="prediction")

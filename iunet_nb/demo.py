@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._atomic import atomic_write_text
-from .checkpoint import load_bundled_model
-from .evaluate import evaluate_case
-from .io import write_image, write_mask
+from .io._atomic import atomic_write_text
+from .io.images import write_image, write_mask
+from .model.checkpoint import load_bundled_model
+from .model.evaluate import evaluate_case
+from .model.predict import make_box, segment
 from .plots import plot_overview
-from .predict import make_box, segment
-from .synth import load_sample
+from .synth.generator import load_sample
 
 __all__ = ["run_demo"]
 

@@ -165,7 +165,7 @@ def _voxels(shape_zyx: Sequence[int]) -> int:
 
 
 def estimate_read_bytes(shape_zyx: Sequence[int], itemsize: int) -> int:
-    """Peak extra bytes of :func:`iunet_nb.io.read_image` for an image of ``shape_zyx``.
+    """Peak extra bytes of :func:`iunet_nb.io.images.read_image` for an image of ``shape_zyx``.
 
     SimpleITK's buffer and NumPy's copy (``itemsize`` each), a possible float32 conversion
     (4 bytes) and boolean temporaries of the finite-value and integer checks (2 bytes).
@@ -174,7 +174,7 @@ def estimate_read_bytes(shape_zyx: Sequence[int], itemsize: int) -> int:
 
 
 def estimate_session_bytes(shape_zyx: Sequence[int]) -> int:
-    """Peak extra bytes of a :class:`~iunet_nb.session.Session` on a CT of ``shape_zyx``.
+    """Peak extra bytes of a :class:`~iunet_nb.interactive.session.Session` on a CT of ``shape_zyx``.
 
     The mask and scribble maps (uint8), the new mask of an action, the replayed scribble
     map, the copy handed to the caller and a boolean difference map: 6 bytes per voxel.
@@ -188,7 +188,7 @@ def estimate_preprocess_bytes(crop_shape_zyx: Sequence[int],
 
     float32 padded crop, its smoothed copy, the finite-check temporaries and the restored
     probability map at crop resolution (about 14 bytes per crop voxel), the edge snapping's
-    smoothed HU and masks (:func:`iunet_nb.edges.snap_to_edges`, about 10 more), plus a few
+    smoothed HU and masks (:func:`iunet_nb.interactive.edges.snap_to_edges`, about 10 more), plus a few
     float32 working-grid arrays.
     """
     return _voxels(crop_shape_zyx) * 24 + _voxels(working_shape_zyx) * 16

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ._atomic import atomic_path
 from .errors import InputError
-from .volume import Geometry, Volume
+from .io._atomic import atomic_path
+from .io.volume import Geometry, Volume
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -71,7 +71,7 @@ def display_flips(geometry: Geometry | None, view: str) -> tuple[bool, bool]:
         InputError: unknown view.
 
     Example:
-        >>> from iunet_nb.volume import Geometry
+        >>> from iunet_nb.io.volume import Geometry
         >>> ras = Geometry(direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))   # NIfTI stored RAS
         >>> display_flips(ras, "axial")
         (True, True)

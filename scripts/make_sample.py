@@ -2,7 +2,7 @@
 """Write the bundled synthetic sample: iunet_nb/assets/sample_ct.nii.gz, sample_pancreas.nii.gz
 and sample.json.
 
-The sample is made from the procedural phantom (:func:`iunet_nb.synth.make_phantom`), not
+The sample is made from the procedural phantom (:func:`iunet_nb.synth.phantom.make_phantom`), not
 from a BTCV label map (those are research-only and must not be redistributed). Deterministic:
 the same seed and generator version give the same files. Usage::
 
@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from iunet_nb._atomic import atomic_path
-from iunet_nb.synth import GENERATOR_VERSION, make_phantom
+from iunet_nb.io._atomic import atomic_path
+from iunet_nb.synth.generator import GENERATOR_VERSION
+from iunet_nb.synth.phantom import make_phantom
 
 SEED = 20240601
 SHAPE_ZYX = (56, 192, 192)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
                             useCompression=True)
             tmp.chmod(0o644)   # package data: readable by everyone
     card = {"seed": args.seed, "generator_version": GENERATOR_VERSION,
-            "source": "iunet_nb.synth.make_phantom (procedural phantom; no patient or BTCV data)",
+            "source": "iunet_nb.synth.phantom.make_phantom (procedural phantom; no patient or BTCV data)",
             "shape_zyx": list(SHAPE_ZYX), "spacing_mm": list(SPACING_MM),
             "origin_mm": list(ct.geometry.origin_mm), "pancreas_ml": round(ml, 3),
             "ct_dtype": "int16 HU (rounded, clipped to [-1024, 3071])",

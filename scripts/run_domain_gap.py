@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from iunet_nb._atomic import atomic_write_text
-from iunet_nb.augment import AugmentConfig
-from iunet_nb.domain_gap import domain_gap
-from iunet_nb.nets import NetConfig
-from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.synth import SynthConfig
-from iunet_nb.train import TrainConfig
+from iunet_nb.io._atomic import atomic_write_text
+from iunet_nb.model.augment import AugmentConfig
+from iunet_nb.model.nets import NetConfig
+from iunet_nb.model.preprocess import PreprocessConfig
+from iunet_nb.model.train import TrainConfig
+from iunet_nb.synth.domain_gap import domain_gap
+from iunet_nb.synth.generator import SynthConfig
 
 logger = logging.getLogger("run_domain_gap")
 _SHARED = Path(__file__).resolve().parents[2] / "shared/data"
@@ -49,7 +49,7 @@ def main() -> None:
                     help="training noise sigma range in HU (default: AugmentConfig's, 0..3)")
     ap.add_argument("--liver-spleen-contact", type=float, default=0.0, metavar="P",
                     help="probability that a training map's liver is grown to touch the spleen "
-                         "(iunet_nb.synth.grow_liver_to_spleen; held-out maps unchanged)")
+                         "(iunet_nb.synth.phantom.grow_liver_to_spleen; held-out maps unchanged)")
     ap.add_argument("--liver-cover", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                     help="with --liver-spleen-contact: spread the grown liver over the spleen's "
                          "surface LOW-HIGH mm from the contact (default: the bridge alone)")

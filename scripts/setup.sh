@@ -36,7 +36,7 @@ fi
 # Compile the geodesic scan once now, into numba's on-disk cache, so that the first refinement
 # a user asks for loads it (about 0.5 s) instead of compiling it (2-3.5 s on 2 cores).
 "$py" -c "import numpy as np, torch, iunet_nb
-from iunet_nb.geodesic import geodesic_distance
+from iunet_nb.interactive.geodesic import geodesic_distance
 seeds = np.zeros((2, 2, 2), bool); seeds[0, 0, 0] = True
 geodesic_distance(np.zeros((2, 2, 2), np.float32), seeds, backend='numba')
 print(f'iunet-nb {iunet_nb.__version__} ready (torch {torch.__version__}, CUDA available: {torch.cuda.is_available()})')"

@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from iunet_nb.checkpoint import bundled_detector_path, bundled_model_path, file_sha256
-from iunet_nb.evaluate import dice
-from iunet_nb.predict import segment
-from iunet_nb.preprocess import Box
-from iunet_nb.synth import load_sample
+from iunet_nb.io.datasets import find_cases
+from iunet_nb.model.checkpoint import bundled_detector_path, bundled_model_path, file_sha256
+from iunet_nb.model.evaluate import dice
+from iunet_nb.model.predict import segment
+from iunet_nb.model.preprocess import Box
+from iunet_nb.model.train import load_training_cases, parse_phases, randomised_cases
+from iunet_nb.synth.generator import load_sample
 from iunet_nb.systems import ZhouConfig, detect_box, train_zhou
 from iunet_nb.systems.autobox import box_contains, box_recall
-from iunet_nb.datasets import find_cases
-from iunet_nb.train import load_training_cases, parse_phases, randomised_cases
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--phantoms", type=int, default=20)
     ap.add_argument("--syntheses", type=int, default=1,
                     help="syntheses per training map; above 1 (or with --phases) each case's "
-                         "contrast phase is drawn (iunet_nb.train.randomised_cases)")
+                         "contrast phase is drawn (iunet_nb.model.train.randomised_cases)")
     ap.add_argument("--phases", default=None,
                     help="e.g. portal_venous:0.4,arterial:0.2,delayed:0.2,non_contrast:0.2, with "
                          "wide noise/blur/slice ranges (default: the portal-venous generator)")
@@ -88,7 +88,7 @@ def main() -> None:
 
 def _containment(detector, val_btcv, args) -> dict:
     """Box containment and recall (and the bundled iUnet's DSC in that box) per test case."""
-    from iunet_nb.checkpoint import load_bundled_model
+    from iunet_nb.model.checkpoint import load_bundled_model
 
     model, card = load_bundled_model()
     tests = [(f"btcv-val-{i}", ct, m) for i, (ct, m) in enumerate(val_btcv)]

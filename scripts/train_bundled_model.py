@@ -3,7 +3,7 @@
 
 Training data: synthetic CT made from the BTCV label maps (all but the validation maps), each
 map synthesised ``--syntheses`` times with its own seed and a contrast phase drawn from
-``--phases`` (``iunet_nb.synth.phase_config``: organ and vessel HU of the unenhanced,
+``--phases`` (``iunet_nb.synth.phases.phase_config``: organ and vessel HU of the unenhanced,
 arterial, portal-venous or delayed phase) and, with ``--wide-quality``, wide noise, blur and
 slice-thickness ranges; plus procedural phantoms (seeds disjoint from the bundled sample's),
 phases drawn alike. The idea is SynthSeg's domain randomisation: a network that has seen many
@@ -43,17 +43,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iunet_nb import datasets, synth
-from iunet_nb.augment import AugmentConfig
-from iunet_nb.checkpoint import bundled_model_path, save_model
-from iunet_nb.evaluate import dice
-from iunet_nb.nets import NetConfig
-from iunet_nb.predict import make_box, segment
-from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.synth import load_sample
-from iunet_nb.train import (TrainConfig, load_training_cases, parse_phases, prepare_cases,
+from iunet_nb import synth
+from iunet_nb.io import datasets
+from iunet_nb.model.augment import AugmentConfig
+from iunet_nb.model.checkpoint import bundled_model_path, save_model
+from iunet_nb.model.evaluate import dice
+from iunet_nb.model.nets import NetConfig
+from iunet_nb.model.predict import make_box, segment
+from iunet_nb.model.preprocess import PreprocessConfig
+from iunet_nb.model.train import (TrainConfig, load_training_cases, parse_phases, prepare_cases,
+from iunet_nb.synth.generator import load_sample
                             randomised_cases, train)
-from iunet_nb.volume import Volume
+from iunet_nb.io.volume import Volume
 
 
 def _git_version() -> str:

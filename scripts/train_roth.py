@@ -4,7 +4,7 @@
 Training data: each of the 30 BTCV label maps (``../shared/data/btcv_labels``) synthesised
 ``--syntheses`` times (seed ``seed + 100 * (j + 1) + i`` for synthesis ``j`` of map ``i``), each
 time in a contrast phase drawn from ``--phases`` (draws from ``seed + 7``) with
-``iunet_nb.synth.phase_config`` and, with ``--wide-quality``, wide noise, blur and
+``iunet_nb.synth.phases.phase_config`` and, with ``--wide-quality``, wide noise, blur and
 slice-thickness ranges: the same domain randomisation as ``train.randomised_cases`` (which
 keeps one label; Roth needs the whole label map, so the cases are made here). Real CT is never
 used: ``benchmarks/bench_systems_real.py`` measures the result on 3D-IRCADb 1.7 / 1.17 and
@@ -48,10 +48,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iunet_nb import datasets, synth
+from iunet_nb import synth
+from iunet_nb.io import datasets
+from iunet_nb.io.volume import Volume
+from iunet_nb.model.train import parse_phases
 from iunet_nb.systems.roth import RothConfig, train_roth
-from iunet_nb.train import parse_phases
-from iunet_nb.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "iunet_nb" / "assets" / "roth_multiorgan.pt"

@@ -143,13 +143,13 @@ def stop_server(server: subprocess.Popen) -> None:
 
 def model_path(tmp: Path) -> str:
     """The bundled weights ("") when present, else a tiny net that predicts background."""
-    from iunet_nb.checkpoint import ModelCard, bundled_model_path, save_model
+    from iunet_nb.model.checkpoint import ModelCard, bundled_model_path, save_model
 
     if bundled_model_path().is_file():
         return ""
     import torch
 
-    from iunet_nb.nets import NetConfig, build_network
+    from iunet_nb.model.nets import NetConfig, build_network
 
     card = ModelCard(net=NetConfig(base_channels=4), notes="browser test: background net")
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def wait_state(folder: Path, pred: Callable[[dict], bool], timeout: float) -> di
 
 
 def saved_mask(folder: Path, state: dict) -> np.ndarray:
-    from iunet_nb.io import read_mask
+    from iunet_nb.io.images import read_mask
 
     return read_mask(folder / state["files"]["mask"]["name"]).array
 
@@ -214,8 +214,8 @@ def paint_axial_stroke(page: Any, canvas: Any) -> tuple[int, int, int]:
     on the axial slice the page shows, with the mouse; returns the stroke's middle voxel
     ``(z, y, x)``. The canvas positions come from the views' own mapping
     (:class:`~iunet_nb.widgets.render.SliceTransform`), scaled to the canvas's on-page size."""
-    from iunet_nb.preprocess import Box
-    from iunet_nb.synth import load_sample
+    from iunet_nb.model.preprocess import Box
+    from iunet_nb.synth.generator import load_sample
 
     ct, ref = load_sample()
     box = Box.from_mask(ref.array)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from iunet_nb.checkpoint import ModelCard
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.checkpoint import ModelCard
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import PreprocessConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

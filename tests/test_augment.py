@@ -1,4 +1,4 @@
-"""Tests of iunet_nb.augment: exact identity, exact integer shifts, rotation, noise, coupling."""
+"""Tests of iunet_nb.model.augment: exact identity, exact integer shifts, rotation, noise, coupling."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import make_ellipsoid
 
-from iunet_nb.augment import (
+from iunet_nb.errors import ConfigError, InputError
+from iunet_nb.model.augment import (
     AugmentConfig,
     AugmentParams,
     augment_batch,
     draw_augment_params,
     warp_batch,
 )
-from iunet_nb.errors import ConfigError, InputError
 
 SHAPE = (24, 64, 64)
 NO_AUG = AugmentConfig(translate_vox=0.0, rotate_deg=0.0, noise_sigma_hu=(0.0, 0.0))

@@ -7,11 +7,11 @@ import logging
 import numpy as np
 import pytest
 
-from iunet_nb import checkpoint
 from iunet_nb.cli import main
-from iunet_nb.io import read_mask, write_image
-from iunet_nb.preprocess import Box
-from iunet_nb.session import RefineConfig, Session
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.io.images import read_mask, write_image
+from iunet_nb.model import checkpoint
+from iunet_nb.model.preprocess import Box
 
 
 @pytest.fixture

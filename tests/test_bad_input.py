@@ -20,7 +20,6 @@ import SimpleITK as sitk
 import torch
 from conftest import make_ellipsoid
 
-from iunet_nb.checkpoint import ModelCard, load_model, save_model
 from iunet_nb.errors import (
     CheckpointError,
     ConfigError,
@@ -29,11 +28,12 @@ from iunet_nb.errors import (
     IunetError,
     SessionError,
 )
-from iunet_nb.io import read_image, read_mask, write_image, write_mask
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
-from iunet_nb.session import RefineConfig, Session
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.io.images import read_image, read_mask, write_image, write_mask
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.checkpoint import ModelCard, load_model, save_model
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import Box, PreprocessConfig
 
 SHAPE = (6, 10, 12)
 GEOM = Geometry(spacing_mm=(2.5, 0.8, 0.7), origin_mm=(-12.0, 3.5, 41.0))
@@ -312,37 +312,37 @@ def _refine_without_scribble() -> None:
 
 
 def _train_params(tmp: Path, **kw: Any) -> Any:
-    from iunet_nb.crossval import validate_train_parameters
+    from iunet_nb.studies.crossval import validate_train_parameters
 
     return validate_train_parameters(**{"data": "phantom:4", **kw})
 
 
 def _cv_params(**kw: Any) -> Any:
-    from iunet_nb.crossval import validate_cv_parameters
+    from iunet_nb.studies.crossval import validate_cv_parameters
 
     return validate_cv_parameters(**kw)
 
 
 def _design_params(**kw: Any) -> Any:
-    from iunet_nb.study import validate_design_parameters
+    from iunet_nb.studies.study import validate_design_parameters
 
     return validate_design_parameters(cases=["c1", "c2"], **kw)
 
 
 def _analysis_params(**kw: Any) -> Any:
-    from iunet_nb.study import validate_analysis_parameters
+    from iunet_nb.studies.study import validate_analysis_parameters
 
     return validate_analysis_parameters(**kw)
 
 
 def _check_id(value: str) -> Any:
-    from iunet_nb.paths import check_id
+    from iunet_nb.io.paths import check_id
 
     return check_id(value, "case id")
 
 
 def _safe_join(tmp: Path, reader: str) -> Any:
-    from iunet_nb.paths import safe_join
+    from iunet_nb.io.paths import safe_join
 
     return safe_join(tmp, reader, "case07", what="reader id")
 

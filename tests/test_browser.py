@@ -94,7 +94,7 @@ def test_annotate_notebook_in_jupyterlab(tmp_path):
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
-    from iunet_nb.synth import load_sample
+    from iunet_nb.synth.generator import load_sample
     from iunet_nb.widgets.lab import write_annotate_notebook
 
     ct, _ref = load_sample()

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from iunet_nb.checkpoint import ModelCard, save_model
 from iunet_nb.cli import main
-from iunet_nb.io import read_mask, write_image, write_mask
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import PreprocessConfig
+from iunet_nb.io.images import read_mask, write_image, write_mask
+from iunet_nb.model.checkpoint import ModelCard, save_model
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import PreprocessConfig
 
 
 @pytest.fixture
@@ -40,9 +40,9 @@ def test_predict_writes_a_mask_in_the_ct_geometry(files, capsys):
 
 def test_predict_edge_weight_zero_is_the_plain_threshold_and_bad_weights_are_refused(
         files, capsys):
-    from iunet_nb.checkpoint import load_model
-    from iunet_nb.io import read_image
-    from iunet_nb.predict import make_box, predict_probabilities
+    from iunet_nb.io.images import read_image
+    from iunet_nb.model.checkpoint import load_model
+    from iunet_nb.model.predict import make_box, predict_probabilities
 
     out = files["tmp"] / "plain.nii.gz"
     args = ["predict", str(files["ct"]), "--model", str(files["model"]), "--box-from",
@@ -89,8 +89,8 @@ def test_train_from_phantoms_then_predict(tmp_path, capsys):
 
 
 def test_predict_auto_box_segments_the_bundled_sample_without_a_box(tmp_path, capsys):
-    from iunet_nb.evaluate import dice
-    from iunet_nb.synth import load_sample
+    from iunet_nb.model.evaluate import dice
+    from iunet_nb.synth.generator import load_sample
 
     ct, ref = load_sample()
     ct_path = write_image(ct, tmp_path / "sample.nii.gz")

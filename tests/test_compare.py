@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from iunet_nb.compare import (
+from iunet_nb.errors import ConfigError, InputError
+from iunet_nb.interactive.edges import EDGE_WEIGHT
+from iunet_nb.interactive.robot import RobotConfig, plan_stroke, run_robot
+from iunet_nb.interactive.session import RefineConfig, Session, fine_tune
+from iunet_nb.model.nets import build_network
+from iunet_nb.model.preprocess import Box
+from iunet_nb.studies.compare import (
     IMPROVED_CONFIG,
     METHODS,
     PAPER_CONFIG,
@@ -20,12 +26,6 @@ from iunet_nb.compare import (
     random_walker_probability,
     random_walker_round,
 )
-from iunet_nb.edges import EDGE_WEIGHT
-from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.nets import build_network
-from iunet_nb.preprocess import Box
-from iunet_nb.robot import RobotConfig, plan_stroke, run_robot
-from iunet_nb.session import RefineConfig, Session, fine_tune
 
 
 # ------------------------------------------------------------------------------ random walker

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from iunet_nb.checkpoint import ModelCard
-from iunet_nb.io import read_mask, write_mask
-from iunet_nb.locking import LOCK_NAME
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
-from iunet_nb.session import RefineConfig, Session
-from iunet_nb.volume import Volume
+from iunet_nb.interactive.locking import LOCK_NAME
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.io.images import read_mask, write_mask
+from iunet_nb.io.volume import Volume
+from iunet_nb.model.checkpoint import ModelCard
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import Box, PreprocessConfig
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 
@@ -203,8 +203,8 @@ def test_sigkill_during_mask_export_leaves_a_whole_file(tmp_path, geometry, ext)
         pytest.importorskip("highdicom")
         from test_reliability_dicomseg import write_series
 
-        from iunet_nb.dicomseg import read_dicom_seg, write_dicom_seg
-        from iunet_nb.io import read_image
+        from iunet_nb.io.dicomseg import read_dicom_seg, write_dicom_seg
+        from iunet_nb.io.images import read_image
 
         write_series(tmp_path / "CT", np.zeros((9, 14, 12), np.int16))
         ct = read_image(tmp_path / "CT")

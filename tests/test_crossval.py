@@ -13,8 +13,12 @@ import pytest
 import torch
 from conftest import make_ellipsoid
 
-from iunet_nb.checkpoint import load_model
-from iunet_nb.crossval import (
+from iunet_nb.errors import ConfigError, InputError
+from iunet_nb.io.images import read_image, read_mask, write_image, write_mask
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.checkpoint import load_model
+from iunet_nb.model.predict import make_box, segment
+from iunet_nb.studies.crossval import (
     CVConfig,
     add_cli,
     case_ids,
@@ -28,10 +32,6 @@ from iunet_nb.crossval import (
     validate_train_parameters,
     write_cv_report,
 )
-from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.io import read_image, read_mask, write_image, write_mask
-from iunet_nb.predict import make_box, segment
-from iunet_nb.volume import Geometry, Volume
 
 TINY = {"iterations": 2, "batch_size": 2, "base_channels": 4, "size_zyx": (8, 16, 16)}
 

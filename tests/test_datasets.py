@@ -1,4 +1,4 @@
-"""Tests of iunet_nb.datasets: folder layouts, case loading, seeded folds."""
+"""Tests of iunet_nb.io.datasets: folder layouts, case loading, seeded folds."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from iunet_nb.datasets import (BTCV_DIRECTION, BTCV_LABELS, LAYOUTS, Case, find_cases, load_folds,
+from iunet_nb.io.datasets import (BTCV_DIRECTION, BTCV_LABELS, LAYOUTS, Case, find_cases, load_folds,
                                make_folds, save_folds, with_true_direction)
 from iunet_nb.errors import ConfigError, GeometryError, InputError
-from iunet_nb.io import write_image, write_mask
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.io.images import write_image, write_mask
+from iunet_nb.io.volume import Geometry, Volume
 
 from conftest import make_ellipsoid
 
@@ -267,7 +267,7 @@ def test_btcv_maps_are_read_in_their_true_orientation(tmp_path, caplog):
     labels = np.where(_labels(1) == 1, 11, 0).astype(np.uint8)
     header = _btcv_header_geometry()
     write_mask(Volume(labels, header), root / "0001.nii.gz")
-    with caplog.at_level("INFO", logger="iunet_nb.datasets"):
+    with caplog.at_level("INFO", logger="iunet_nb.io.datasets"):
         (case,) = find_cases(root)
     assert "instead of their header's" in caplog.text and "btcv_direction=None" in caplog.text
     assert case.direction == BTCV_DIRECTION == (1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)

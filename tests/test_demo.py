@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from iunet_nb.checkpoint import bundled_model_path, load_bundled_model
 from iunet_nb.cli import main
 from iunet_nb.demo import run_demo
-from iunet_nb.io import read_image, read_mask
-from iunet_nb.synth import load_sample
+from iunet_nb.io.images import read_image, read_mask
+from iunet_nb.model.checkpoint import bundled_model_path, load_bundled_model
+from iunet_nb.synth.generator import load_sample
 
 
 def test_bundled_assets_fit_the_size_budget():
@@ -47,8 +47,8 @@ def test_demo_writes_mask_in_the_ct_geometry_and_prints_dsc(tmp_path, capsys):
 def test_bundled_weights_with_another_hash_are_refused(tmp_path, monkeypatch):
     import shutil
 
-    from iunet_nb import checkpoint
     from iunet_nb.errors import CheckpointError
+    from iunet_nb.model import checkpoint
 
     copy = tmp_path / checkpoint.BUNDLED_MODEL
     shutil.copy(bundled_model_path(), copy)

@@ -26,13 +26,13 @@ import pytest
 import torch
 
 from iunet_nb import cli
-from iunet_nb.distributed import (DistContext, check_divisible, convert_sync_batchnorm,
+from iunet_nb.model.distributed import (DistContext, check_divisible, convert_sync_batchnorm,
                                   distributed, get_rank, get_world_size, init_distributed,
                                   is_main)
 from iunet_nb.errors import ConfigError
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.train import TrainConfig, _resume_payload, prepare_cases, train
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import PreprocessConfig
+from iunet_nb.model.train import TrainConfig, _resume_payload, prepare_cases, train
 
 ITERATIONS, LR, SEED = 4, 1e-3, 3
 LOSS_ATOL = 1e-5
@@ -156,7 +156,7 @@ def test_card_records_world_size_and_backend(ddp, single):
     assert "DistributedDataParallel" not in json.loads((single / "model.json").read_text())[
         "machine"]
     # the saved weights are a plain network's (no SyncBatchNorm leftovers)
-    from iunet_nb.checkpoint import load_model
+    from iunet_nb.model.checkpoint import load_model
 
     model, _ = load_model(ddp[0] / "model.pt")
     assert any(type(m) is torch.nn.BatchNorm3d for m in model.modules())

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from conftest import make_ellipsoid
 
-import iunet_nb.domain_gap as dg
+import iunet_nb.synth.domain_gap as dg
 from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.nets import NetConfig
-from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.train import TrainConfig
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.nets import NetConfig
+from iunet_nb.model.preprocess import PreprocessConfig
+from iunet_nb.model.train import TrainConfig
 
 TINY = TrainConfig(net=NetConfig(base_channels=4), preprocess=PreprocessConfig(size_zyx=(8, 16, 16)),
                    iterations=2, batch_size=2, lr=1e-3, seed=0, checkpoint_every=1,
@@ -123,9 +123,9 @@ def test_reorient_lps_flips_btcv_direction_and_keeps_physical_points():
 
 def test_btcv_direction_flips_only_y():
     # the shared BTCV maps run x right-to-left (as LPS) and y posterior-to-anterior (against
-    # LPS): read with their true direction (now set by iunet_nb.datasets, re-exported here),
+    # LPS): read with their true direction (now set by iunet_nb.io.datasets, re-exported here),
     # only y is reversed on the way to LPS
-    from iunet_nb.datasets import BTCV_DIRECTION, with_true_direction
+    from iunet_nb.io.datasets import BTCV_DIRECTION, with_true_direction
 
     assert dg.BTCV_DIRECTION is BTCV_DIRECTION
     header = Geometry(spacing_mm=(2.0, 2.0, 2.0), origin_mm=(0.0, 0.0, 0.0),
@@ -143,7 +143,7 @@ def test_domain_gap_reads_btcv_with_the_true_direction_unless_told_otherwise(
         monkeypatch, tmp_path, given, expected):
     # the reorientation workaround is gone: the direction goes to the BTCV readers, and the
     # synthetic cases reach domain_gap_from_cases as loaded (preprocess handles orientation)
-    import iunet_nb.datasets as ds
+    import iunet_nb.io.datasets as ds
 
     seen: dict = {}
     synthetic = [_case(i) for i in range(3)]

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from iunet_nb.edges import EDGE_WEIGHT, intensity_model, smooth_hu, snap_to_edges
 from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.evaluate import dice
-from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.refine import RefineConfig
-from iunet_nb.session import Session
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.interactive.edges import EDGE_WEIGHT, intensity_model, smooth_hu, snap_to_edges
+from iunet_nb.interactive.refine import RefineConfig
+from iunet_nb.interactive.session import Session
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.evaluate import dice
+from iunet_nb.model.preprocess import PreprocessConfig
 
 
 def _ball(shape, spacing, radius_mm, centre=None):
@@ -115,7 +115,7 @@ class _Blurry(torch.nn.Module):
 
 
 def test_segment_snaps_a_coarse_networks_boundary():
-    from iunet_nb.predict import make_box, segment
+    from iunet_nb.model.predict import make_box, segment
 
     spacing = (2.0, 0.8, 0.8)
     hu, _, ball = _organ(shape=(24, 64, 64), spacing=spacing, radius=10.0)
@@ -132,9 +132,9 @@ def test_segment_snaps_a_coarse_networks_boundary():
 def test_session_predicts_what_segment_does():
     """One way from probability to mask: the Session's predicted mask is segment()'s
     (bundled model on the bundled sample, box from its reference)."""
-    from iunet_nb.checkpoint import load_bundled_model
     from iunet_nb.demo import load_sample
-    from iunet_nb.predict import make_box, segment
+    from iunet_nb.model.checkpoint import load_bundled_model
+    from iunet_nb.model.predict import make_box, segment
 
     ct, ref = load_sample()
     model, card = load_bundled_model("cpu")

@@ -1,4 +1,4 @@
-"""Tests of iunet_nb.evaluate with golden values computed by hand or by brute force."""
+"""Tests of iunet_nb.model.evaluate with golden values computed by hand or by brute force."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from iunet_nb.errors import GeometryError, InputError
-from iunet_nb.evaluate import (dice, evaluate_case, hausdorff95, jaccard, precision, recall,
+from iunet_nb.model.evaluate import (dice, evaluate_case, hausdorff95, jaccard, precision, recall,
                                summarize, surface_dice, volume_difference, volume_ml)
 
 SPACING = (2.5, 0.8, 0.7)  # (z, y, x) mm, as the conftest geometry

@@ -1,4 +1,4 @@
-"""Tests of iunet_nb.geodesic: GeodisTK-exact raster scan, numpy fallback, iUnet weight map.
+"""Tests of iunet_nb.interactive.geodesic: GeodisTK-exact raster scan, numpy fallback, iUnet weight map.
 
 References are computed independently: a literal Python transcription of GeodisTK's C++ loop,
 an exact 26-neighbour Dijkstra (scipy.sparse.csgraph) with the same edge cost, and closed-form
@@ -16,9 +16,9 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from iunet_nb import geodesic as geo
 from iunet_nb.errors import ConfigError, GeometryError, InputError, IunetError
-from iunet_nb.geodesic import geodesic_distance, scribble_weight_map
+from iunet_nb.interactive import geodesic as geo
+from iunet_nb.interactive.geodesic import geodesic_distance, scribble_weight_map
 
 SPACING = (2.5, 0.8, 0.7)  # (z, y, x) mm, anisotropic and all different
 BACKENDS = ["numba", "numpy"]
@@ -242,7 +242,7 @@ def test_falls_back_to_numpy_with_a_warning_when_numba_is_missing(tiny_case, mon
     img, seeds = tiny_case
     monkeypatch.setattr(geo, "_HAVE_NUMBA", False)
     monkeypatch.setattr(geo, "_warned_no_numba", False)
-    with caplog.at_level(logging.WARNING, logger="iunet_nb.geodesic"):
+    with caplog.at_level(logging.WARNING, logger="iunet_nb.interactive.geodesic"):
         got = geodesic_distance(img, seeds, SPACING, iterations=2)
     assert any("numba cannot be imported" in r.getMessage() for r in caplog.records)
     expected = geodesic_distance(img, seeds, SPACING, iterations=2, backend="numpy")

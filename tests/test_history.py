@@ -1,17 +1,17 @@
-"""Tests of the undo/redo building blocks and their storage (iunet_nb._history)."""
+"""Tests of the undo/redo building blocks and their storage (iunet_nb.interactive._history)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from iunet_nb._history import (
+from iunet_nb.interactive._history import (
     _Diff,
     _Entry,
     _registry_from_bytes,
     _registry_to_bytes,
     _Scribble,
 )
-from iunet_nb.preprocess import Box
+from iunet_nb.model.preprocess import Box
 
 
 def _arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Tests of iunet_nb.io: geometry-preserving round trips, DICOM series, bad input."""
+"""Tests of iunet_nb.io.images: geometry-preserving round trips, DICOM series, bad input."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import SimpleITK as sitk
 
 from iunet_nb.errors import GeometryError, InputError, IunetError
-from iunet_nb.io import (WRITE_EXTENSIONS, check_same_grid, list_dicom_mask_organs,
+from iunet_nb.io.images import (WRITE_EXTENSIONS, check_same_grid, list_dicom_mask_organs,
                          read_dicom_mask_series, read_image, read_label_map, read_mask,
                          write_image, write_mask)
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.io.volume import Geometry, Volume
 
 from conftest import make_ellipsoid
 
@@ -335,7 +335,7 @@ def test_dicom_truncated_end_slice_is_named_in_a_warning(tmp_path, caplog):
     _write_dicom_series(tmp_path / "s", array, DICOM_GEOMETRY, "1.2.3.96")
     last = tmp_path / "s" / "image_6"
     last.write_bytes(last.read_bytes()[:500])   # no gap: the series just ends one slice early
-    with caplog.at_level("WARNING", logger="iunet_nb.io"):
+    with caplog.at_level("WARNING", logger="iunet_nb.io.images"):
         volume = read_image(tmp_path / "s")
     assert volume.shape == (6, 12, 10)
     assert "image_6 (500 bytes) in the series' folder cannot be read as DICOM" in caplog.text

@@ -1,4 +1,4 @@
-"""Tests of iunet_nb.losses against numbers computed by hand (plain Python / NumPy)."""
+"""Tests of iunet_nb.model.losses against numbers computed by hand (plain Python / NumPy)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from iunet_nb.errors import InputError
-from iunet_nb.losses import (
+from iunet_nb.model.losses import (
     interactive_loss,
     one_hot,
     scribble_cross_entropy,

@@ -1,4 +1,4 @@
-"""Tests of iunet_nb.nets: shapes, input checks, the refinement contract, (de)serialisation."""
+"""Tests of iunet_nb.model.nets: shapes, input checks, the refinement contract, (de)serialisation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.nets import (
+from iunet_nb.model.nets import (
     ARCHITECTURES,
     CicekUNet3D,
     DilatedFCN3D,
@@ -263,11 +263,11 @@ def test_instance_norm_variant_trains():
 
 def test_encode_frozen_in_training_mode_warns(caplog):
     net = _net("iunet").train()
-    with caplog.at_level("WARNING", logger="iunet_nb.nets"):
+    with caplog.at_level("WARNING", logger="iunet_nb.model.nets"):
         net.encode_frozen(torch.randn(1, 1, 8, 16, 16))
     assert "call model.eval()" in caplog.text
     caplog.clear()
     net.eval()
-    with caplog.at_level("WARNING", logger="iunet_nb.nets"):
+    with caplog.at_level("WARNING", logger="iunet_nb.model.nets"):
         net.encode_frozen(torch.randn(1, 1, 8, 16, 16))
     assert caplog.text == ""

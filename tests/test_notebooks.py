@@ -18,8 +18,8 @@ import pytest
 from test_crossval import _paired_dataset
 from test_study import known_study
 
-from iunet_nb.checkpoint import load_model
-from iunet_nb.study import StudyPlan, design_study
+from iunet_nb.model.checkpoint import load_model
+from iunet_nb.studies.study import StudyPlan, design_study
 
 papermill = pytest.importorskip("papermill")
 

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from iunet_nb.checkpoint import ModelCard, save_model
-from iunet_nb.io import read_mask
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.study import StudyPlan, design_study
-from iunet_nb.synth import load_sample
+from iunet_nb.io.images import read_mask
+from iunet_nb.model.checkpoint import ModelCard, save_model
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import PreprocessConfig
+from iunet_nb.studies.study import StudyPlan, design_study
+from iunet_nb.synth.generator import load_sample
 
 papermill = pytest.importorskip("papermill")
 

@@ -17,7 +17,9 @@ import SimpleITK as sitk
 from conftest import back_on, make_ellipsoid
 
 from iunet_nb.errors import InputError
-from iunet_nb.preprocess import (
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.preprocess import (
     Box,
     CropRecord,
     PreprocessConfig,
@@ -29,8 +31,6 @@ from iunet_nb.preprocess import (
     restore_mask,
     restore_probabilities,
 )
-from iunet_nb.session import RefineConfig, Session
-from iunet_nb.volume import Geometry, Volume
 
 CFG = PreprocessConfig(size_zyx=(8, 16, 16))
 
@@ -97,14 +97,14 @@ def test_oblique_direction_snaps_to_the_nearest_axes_with_a_warning(caplog):
     a = np.deg2rad(20.0)   # 20 degrees about z, then x and y index axes swapped
     rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     d = rot @ np.array([[0, 1, 0], [-1, 0, 0], [0, 0, 1]])
-    with caplog.at_level(logging.WARNING, logger="iunet_nb.preprocess"):
+    with caplog.at_level(logging.WARNING, logger="iunet_nb.model.preprocess"):
         axes, flips = lps_orientation(Geometry(direction=tuple(d.ravel())))
     # index x ~ -physical y, index y ~ +physical x: working y <- array x (flipped),
     # working x <- array y
     assert (axes, flips) == ((0, 2, 1), (False, True, False))
     assert "oblique direction" in caplog.text and "20.0 degrees" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="iunet_nb.preprocess"):
+    with caplog.at_level(logging.WARNING, logger="iunet_nb.model.preprocess"):
         lps_orientation(Geometry(direction=(1, 0, 0, 0, -1, 0, 0, 0, 1)))
     assert caplog.text == ""
 

@@ -8,9 +8,9 @@ import SimpleITK as sitk
 from conftest import make_ellipsoid
 
 from iunet_nb.errors import InputError
-from iunet_nb.io import read_image, read_mask, write_image
+from iunet_nb.io.images import read_image, read_mask, write_image
+from iunet_nb.io.volume import Geometry, Volume
 from iunet_nb.plots import display_slice, plot_loss, plot_overview
-from iunet_nb.volume import Geometry, Volume
 
 
 def test_overview_png_draws_both_contours(tmp_path, ellipsoid_case):

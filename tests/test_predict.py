@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from iunet_nb.errors import InputError
-from iunet_nb.predict import make_box, predict_probabilities, segment
-from iunet_nb.preprocess import Box, PreprocessConfig
+from iunet_nb.model.predict import make_box, predict_probabilities, segment
+from iunet_nb.model.preprocess import Box, PreprocessConfig
 
 CFG = PreprocessConfig(size_zyx=(8, 16, 16))
 
@@ -79,7 +79,7 @@ class _UpperRows(torch.nn.Module):
 def test_a_ct_stored_otherwise_gives_the_same_mask_in_physical_space(ellipsoid_case):
     import SimpleITK as sitk
 
-    from iunet_nb.volume import Volume
+    from iunet_nb.io.volume import Volume
 
     ct, ref = ellipsoid_case     # direction diag(1, -1, 1): y stored posterior-to-anterior
 

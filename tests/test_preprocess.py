@@ -1,4 +1,4 @@
-"""Tests of iunet_nb.preprocess: config, boxes, forward pipeline and its exact inverse."""
+"""Tests of iunet_nb.model.preprocess: config, boxes, forward pipeline and its exact inverse."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from scipy import ndimage
 
 from iunet_nb.errors import ConfigError, GeometryError, InputError, IunetError
-from iunet_nb.preprocess import (Box, CropRecord, PreprocessConfig, crop_mask,
+from iunet_nb.model.preprocess import (Box, CropRecord, PreprocessConfig, crop_mask,
                                  preprocess_image, restore_mask, restore_probabilities)
-from iunet_nb.volume import Geometry
+from iunet_nb.io.volume import Geometry
 
 from conftest import make_ellipsoid
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from iunet_nb.checkpoint import load_bundled_model
-from iunet_nb.io import read_image, read_mask
-from iunet_nb.predict import segment
+from iunet_nb.io.images import read_image, read_mask
+from iunet_nb.model.checkpoint import load_bundled_model
+from iunet_nb.model.predict import segment
 from iunet_nb.systems.autobox import box_recall, find_box
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iunet_nb.checkpoint import load_bundled_model
-from iunet_nb.evaluate import dice
-from iunet_nb.io import read_dicom_mask_series, read_image, read_mask
-from iunet_nb.predict import make_box, segment
-from iunet_nb.robot import RobotConfig, run_robot
-from iunet_nb.session import Session
+from iunet_nb.interactive.robot import RobotConfig, run_robot
+from iunet_nb.interactive.session import Session
+from iunet_nb.io.images import read_dicom_mask_series, read_image, read_mask
+from iunet_nb.model.checkpoint import load_bundled_model
+from iunet_nb.model.evaluate import dice
+from iunet_nb.model.predict import make_box, segment
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

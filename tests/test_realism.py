@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from iunet_nb.errors import ConfigError, GeometryError, InputError
-from iunet_nb.realism import (
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.synth.generator import synthesize
+from iunet_nb.synth.realism import (
     HIST_EDGES_HU,
     body_mask,
     compare,
@@ -20,8 +22,6 @@ from iunet_nb.realism import (
     tissue_masks,
     tissue_statistics,
 )
-from iunet_nb.synth import synthesize
-from iunet_nb.volume import Geometry, Volume
 
 GEOM = Geometry(spacing_mm=(2.0, 1.0, 1.0))
 
@@ -249,8 +249,8 @@ def test_synthetic_organ_edges_sit_where_the_real_references_put_theirs(shared_d
     """Half-way HU crossing relative to the mask (docs/realism.md, section 5)."""
     import SimpleITK as sitk
 
-    from iunet_nb.datasets import find_cases
-    from iunet_nb.synth import BTCV, SynthConfig
+    from iunet_nb.io.datasets import find_cases
+    from iunet_nb.synth.generator import BTCV, SynthConfig
 
     real = {}
     for organ in ("liver", "spleen"):

@@ -1,4 +1,4 @@
-"""Tests of the refinement helpers that need no Session (iunet_nb.refine)."""
+"""Tests of the refinement helpers that need no Session (iunet_nb.interactive.refine)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from iunet_nb.errors import ConfigError
-from iunet_nb.preprocess import Box
-from iunet_nb.refine import (
+from iunet_nb.interactive.refine import (
     RefineConfig,
     _beyond_stroke_confidence,
     _near_scribbles,
@@ -23,6 +22,7 @@ from iunet_nb.refine import (
     fine_tune,
     stroke_fill,
 )
+from iunet_nb.model.preprocess import Box
 
 
 def test_refine_target_sets_scribble_voxels_to_their_label_on_a_copy():
@@ -235,9 +235,9 @@ def test_background_side_keeps_what_the_mask_holds_away_from_the_stroke():
 def _round_inputs(case, model, card, config):
     """A refine round's inputs built by hand: the untrained network's mask, one foreground
     stroke of reference voxels the mask misses."""
-    from iunet_nb.predict import make_box
-    from iunet_nb.preprocess import crop_mask, preprocess_image
-    from iunet_nb.refine import RefineInput, network_output
+    from iunet_nb.interactive.refine import RefineInput, network_output
+    from iunet_nb.model.predict import make_box
+    from iunet_nb.model.preprocess import crop_mask, preprocess_image
 
     ct, ref = case
     x, record = preprocess_image(ct, make_box(ct, reference=ref), card.preprocess)
@@ -267,7 +267,7 @@ def _round_inputs(case, model, card, config):
 def test_refine_step_is_a_function_of_its_inputs(ellipsoid_case, model, card):
     import dataclasses
 
-    from iunet_nb.refine import refine_step
+    from iunet_nb.interactive.refine import refine_step
 
     # the untrained network's mask is empty; 20 steps at 1e-2 make it claim the stroke's
     # surroundings, of which local_mm keeps the nearest
@@ -292,7 +292,7 @@ def test_refine_step_is_a_function_of_its_inputs(ellipsoid_case, model, card):
 
 
 def test_refine_step_stops_when_asked(ellipsoid_case, model, card):
-    from iunet_nb.refine import refine_step
+    from iunet_nb.interactive.refine import refine_step
 
     config = RefineConfig()
     inp, _ = _round_inputs(ellipsoid_case, model, card, config)

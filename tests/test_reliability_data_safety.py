@@ -34,18 +34,18 @@ import SimpleITK as sitk
 import torch
 from test_bad_input import CARD, GEOM, SHAPE, _ct, _foreign_checkpoint, _model, _session
 
-import iunet_nb.io as io_mod
+import iunet_nb.io.images as io_mod
 from iunet_nb.cli import main
-from iunet_nb.checkpoint import load_model, save_model
 from iunet_nb.errors import CheckpointError, GeometryError, InputError, IunetError, SessionError
-from iunet_nb.io import read_dicom_mask_series, read_image, write_image, write_mask
-from iunet_nb.predict import make_box, segment
-from iunet_nb.preprocess import Box
-from iunet_nb.session import RefineConfig, Session
-from iunet_nb.strokes import check_scribble_size
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.interactive.strokes import check_scribble_size
+from iunet_nb.io.images import read_dicom_mask_series, read_image, write_image, write_mask
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.checkpoint import load_model, save_model
+from iunet_nb.model.predict import make_box, segment
+from iunet_nb.model.preprocess import Box
+from iunet_nb.model.train import TrainConfig, _load_checkpoint
 from iunet_nb.systems.zhou import ZhouConfig, ZhouModel, load_zhou
-from iunet_nb.train import TrainConfig, _load_checkpoint
-from iunet_nb.volume import Geometry, Volume
 
 _TINY_ZHOU = ZhouConfig(base_channels=2, depth=3)
 
@@ -534,7 +534,7 @@ def test_cli_predict_refuses_a_ct_not_in_hu(kind, match, cli_files, tmp_path):
 @pytest.mark.parametrize("kind, match", NOT_HU[:3], ids=[c[0] for c in NOT_HU[:3]])
 def test_read_image_warns_of_a_ct_not_in_hu(kind, match, tmp_path, caplog):
     path = write_image(Volume(_not_hu(kind), GEOM), tmp_path / "ct.nii.gz")
-    with caplog.at_level("WARNING", logger="iunet_nb.io"):
+    with caplog.at_level("WARNING", logger="iunet_nb.io.images"):
         read_image(path)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "\n" not in warnings[0]
@@ -542,7 +542,7 @@ def test_read_image_warns_of_a_ct_not_in_hu(kind, match, tmp_path, caplog):
 
 
 def test_read_image_of_real_hu_says_nothing(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="iunet_nb.io"):
+    with caplog.at_level("WARNING", logger="iunet_nb.io.images"):
         read_image(write_image(Volume(_ct(), GEOM), tmp_path / "ct.nii.gz"))
     assert not caplog.records
 
@@ -572,7 +572,7 @@ def test_a_damaged_event_line_costs_that_line_only(name, garbage, tmp_path, capl
     log = tmp_path / "s" / "events.jsonl"
     log.write_bytes(log.read_bytes() + garbage)
     before = log.read_bytes()
-    with caplog.at_level("WARNING", logger="iunet_nb.session"):
+    with caplog.at_level("WARNING", logger="iunet_nb.interactive.session"):
         again = Session.load(tmp_path / "s", s.volume, _model(), CARD)
     assert "is not a valid event (damaged or interrupted write?); skipped" in caplog.text
     assert again.history == ["predict", "paint"]
@@ -801,7 +801,7 @@ MODEL_CASES: list[Case] = [
                       r"\((posix|nt)\.system\), which could run code when loaded, so it is "
                       r"refused; save only the state dict"),
     ("a whole pickled module", lambda t, m: partial(load_model, _model_file(t, obj=_model())),
-     CheckpointError, r"holds Python objects other than tensors \(iunet_nb\.nets\.\w+"),
+     CheckpointError, r"holds Python objects other than tensors \(iunet_nb\.model\.nets\.\w+"),
     ("weights of another architecture", lambda t, m: partial(load_model, _foreign_checkpoint(t)),
      CheckpointError, r"^weights .*m\.pt do not match the architecture in .*m\.json \(iunet, "
                       r"base_channels=4\): \d+ of another shape \(e\.g\. [\w.]+: 8x\w+ in the "
@@ -862,7 +862,7 @@ def test_cli_predict_with_an_empty_model_file_is_one_line(cli_files, tmp_path):
 ])
 def test_an_oversized_scribble_is_refused_at_once(name, kwargs, match, tmp_path, monkeypatch):
     if "radius_vox" in kwargs:   # the sweep cap at the scale of the test image's 120-voxel slice
-        monkeypatch.setattr("iunet_nb.strokes.MAX_BRUSH_SWEEP_VOXELS", 100_000)
+        monkeypatch.setattr("iunet_nb.interactive.strokes.MAX_BRUSH_SWEEP_VOXELS", 100_000)
     s = _session(folder=tmp_path / "s")
     s.add_scribble("fg", [(4, 4)], view="axial", slice_index=3)
     before = (s.scribbles.array.copy(), s.history, _files(tmp_path / "s"))

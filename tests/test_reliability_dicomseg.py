@@ -15,10 +15,10 @@ import highdicom as hd
 import pydicom
 from conftest import make_ellipsoid
 
-from iunet_nb.dicomseg import is_dicom_ct, read_dicom_seg, write_dicom_seg
 from iunet_nb.errors import GeometryError, InputError
-from iunet_nb.io import read_image, write_image
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.io.dicomseg import is_dicom_ct, read_dicom_seg, write_dicom_seg
+from iunet_nb.io.images import read_image, write_image
+from iunet_nb.io.volume import Geometry, Volume
 
 # A proper rotation (DICOM is right-handed): y and z flipped; anisotropic; off-origin.
 GEOMETRY = Geometry(spacing_mm=(2.5, 0.8, 0.7), origin_mm=(-120.0, 35.5, 410.0),

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from iunet_nb import locking
-from iunet_nb.checkpoint import ModelCard
 from iunet_nb.errors import SessionError
-from iunet_nb.locking import LOCK_NAME, FolderLock, LockInfo, break_lock, read_lock
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import Box, PreprocessConfig
-from iunet_nb.session import RefineConfig, Session
+from iunet_nb.interactive import locking
+from iunet_nb.interactive.locking import LOCK_NAME, FolderLock, LockInfo, break_lock, read_lock
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.model.checkpoint import ModelCard
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import Box, PreprocessConfig
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 
@@ -70,7 +70,7 @@ def test_second_process_refused_then_dead_holder_taken_over(tmp_path, caplog):
             FolderLock(folder)
     finally:
         _kill(pid)
-    with caplog.at_level(logging.WARNING, logger="iunet_nb.locking"):
+    with caplog.at_level(logging.WARNING, logger="iunet_nb.interactive.locking"):
         lock = FolderLock(folder)
     assert f"pid {pid}" in caplog.text and "took over the stale lock" in caplog.text
     assert read_lock(folder).pid == os.getpid()
@@ -90,7 +90,7 @@ def test_without_flock_the_pid_decides(tmp_path, monkeypatch, caplog):
             FolderLock(folder)
     finally:
         _kill(pid)
-    with caplog.at_level(logging.WARNING, logger="iunet_nb.locking"):
+    with caplog.at_level(logging.WARNING, logger="iunet_nb.interactive.locking"):
         FolderLock(folder).release()
     assert "took over the stale lock" in caplog.text
 

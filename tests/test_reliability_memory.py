@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.io import read_image, write_image
+from iunet_nb.io.images import read_image, write_image
+from iunet_nb.io.volume import Volume
 from iunet_nb.memory import (
     ENV_LIMIT,
     available_bytes,
@@ -22,7 +23,6 @@ from iunet_nb.memory import (
     peak_rss_bytes,
     rss_bytes,
 )
-from iunet_nb.volume import Volume
 
 
 @pytest.mark.parametrize("text, n", [("6GiB", 6 * 2 ** 30), ("500MB", 500 * 10 ** 6),
@@ -91,10 +91,10 @@ def test_read_image_refuses_an_image_too_big(tmp_path, monkeypatch):
 def test_dicom_series_and_session_are_guarded(tmp_path, monkeypatch, ellipsoid_case):
     from test_reliability_dicomseg import write_series
 
-    from iunet_nb.checkpoint import ModelCard
-    from iunet_nb.nets import NetConfig, build_network
-    from iunet_nb.preprocess import Box, PreprocessConfig
-    from iunet_nb.session import RefineConfig, Session
+    from iunet_nb.interactive.session import RefineConfig, Session
+    from iunet_nb.model.checkpoint import ModelCard
+    from iunet_nb.model.nets import NetConfig, build_network
+    from iunet_nb.model.preprocess import Box, PreprocessConfig
 
     write_series(tmp_path / "CT", np.zeros((9, 14, 12), np.int16))
     monkeypatch.setattr("iunet_nb.memory.available_bytes", lambda: 1000)

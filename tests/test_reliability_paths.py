@@ -7,7 +7,7 @@ import os
 import pytest
 
 from iunet_nb.errors import ConfigError
-from iunet_nb.paths import MAX_ID_LENGTH, check_id, safe_join
+from iunet_nb.io.paths import MAX_ID_LENGTH, check_id, safe_join
 
 
 @pytest.mark.parametrize("good", ["case07", "reader_2", "r1.v2", "A-b_c.9", "0", "x" * MAX_ID_LENGTH])

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import make_ellipsoid
 
-import iunet_nb.refine as refine_mod
+import iunet_nb.interactive.refine as refine_mod
 from iunet_nb.errors import InputError
-from iunet_nb.io import read_image, read_mask
-from iunet_nb.preprocess import Box
-from iunet_nb.session import RefineConfig, Session
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.io.images import read_image, read_mask
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.preprocess import Box
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device")])]
@@ -51,7 +51,7 @@ def test_cuda_oom_in_refine_continues_on_cpu(ellipsoid_case, model, card, device
 
     s = _scribbled(ct, ref, model, card, device, folder=tmp_path / "s")
     monkeypatch.setattr(refine_mod, "fine_tune", flaky)
-    with caplog.at_level(logging.WARNING, logger="iunet_nb.session"):
+    with caplog.at_level(logging.WARNING, logger="iunet_nb.interactive.session"):
         mask = s.refine().array
     assert calls == [device, "cpu"]
     assert "GPU ran out of memory during refine" in caplog.text
@@ -87,7 +87,7 @@ def test_cuda_oom_in_predict_continues_on_cpu(ellipsoid_case, model, card, monke
 
     monkeypatch.setattr(Session, "_forward_on_device", flaky)
     s = Session(ct, model, card, Box.from_mask(ref.array), config=RefineConfig(device="cpu"))
-    with caplog.at_level(logging.WARNING, logger="iunet_nb.session"):
+    with caplog.at_level(logging.WARNING, logger="iunet_nb.interactive.session"):
         np.testing.assert_array_equal(s.predict().array, expected)
     assert "GPU ran out of memory during predict" in caplog.text and len(calls) == 2
 
@@ -96,7 +96,7 @@ def test_export_dcm_writes_dicom_seg_for_a_dicom_ct(tmp_path, model, card):
     pytest.importorskip("highdicom")
     from test_reliability_dicomseg import SERIES_UID, write_series
 
-    from iunet_nb.dicomseg import read_dicom_seg
+    from iunet_nb.io.dicomseg import read_dicom_seg
 
     shape = (9, 14, 12)
     organ = make_ellipsoid(shape, center=(4.0, 6.0, 5.0), radii=(2.5, 4.0, 3.0))

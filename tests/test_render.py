@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from iunet_nb.errors import InputError
-from iunet_nb.volume import Geometry
+from iunet_nb.io.volume import Geometry
 from iunet_nb.widgets.render import (
     BG_COLOR,
     FG_COLOR,
@@ -208,7 +208,7 @@ def test_slice_transform_rejects_bad_values():
 
 
 def test_orientation_letters_follow_the_direction_matrix():
-    from iunet_nb.volume import Geometry
+    from iunet_nb.io.volume import Geometry
     from iunet_nb.widgets.render import orientation_letters
 
     lps = Geometry()

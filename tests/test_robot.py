@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from iunet_nb.checkpoint import save_model
 from iunet_nb.errors import ConfigError, GeometryError, InputError
-from iunet_nb.evaluate import dice, hausdorff95, surface_dice
-from iunet_nb.io import write_image, write_mask
-from iunet_nb.preprocess import Box
-from iunet_nb.robot import (
+from iunet_nb.interactive.robot import (
     RobotConfig,
     add_cli,
     find_largest_error,
@@ -22,8 +18,12 @@ from iunet_nb.robot import (
     run_robot,
     summarize_rounds,
 )
-from iunet_nb.session import RefineConfig, Session, stroke_to_voxels
-from iunet_nb.volume import Volume
+from iunet_nb.interactive.session import RefineConfig, Session, stroke_to_voxels
+from iunet_nb.io.images import write_image, write_mask
+from iunet_nb.io.volume import Volume
+from iunet_nb.model.checkpoint import save_model
+from iunet_nb.model.evaluate import dice, hausdorff95, surface_dice
+from iunet_nb.model.preprocess import Box
 
 
 def _session(ct, model, card, ref, **kw) -> Session:

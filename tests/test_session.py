@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-import iunet_nb.autosave as autosave_mod
-import iunet_nb.refine as refine_mod
-import iunet_nb.session as session_mod
+import iunet_nb.interactive.autosave as autosave_mod
+import iunet_nb.interactive.refine as refine_mod
+import iunet_nb.interactive.session as session_mod
 from iunet_nb.errors import ConfigError, InputError, SessionError
-from iunet_nb.io import read_mask
-from iunet_nb.nets import build_network
-from iunet_nb.preprocess import Box
-from iunet_nb.refine import _near_scribbles
-from iunet_nb.session import RefineConfig, Session, stroke_to_voxels
-from iunet_nb.volume import Volume
+from iunet_nb.interactive.refine import _near_scribbles
+from iunet_nb.interactive.session import RefineConfig, Session, stroke_to_voxels
+from iunet_nb.io.images import read_mask
+from iunet_nb.io.volume import Volume
+from iunet_nb.model.nets import build_network
+from iunet_nb.model.preprocess import Box
 
 EVENT_FIELDS = {"t_monotonic", "t_wall", "session_id", "case_id", "reader_id", "event",
                 "duration_s", "dsc", "n_scribble_voxels", "details"}
@@ -765,9 +765,9 @@ def test_new_strokes_survive_undo_redo_and_load(case, model, card, tmp_path):
 
 
 def test_without_a_box_the_bundled_detector_finds_the_pancreas():
-    from iunet_nb.checkpoint import load_bundled_model
-    from iunet_nb.evaluate import dice
-    from iunet_nb.synth import load_sample
+    from iunet_nb.model.checkpoint import load_bundled_model
+    from iunet_nb.model.evaluate import dice
+    from iunet_nb.synth.generator import load_sample
 
     ct, ref = load_sample()
     model, card = load_bundled_model()

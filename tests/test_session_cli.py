@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from iunet_nb import cli
-from iunet_nb.checkpoint import save_model
 from iunet_nb.errors import InputError, SessionError
-from iunet_nb.evaluate import dice
-from iunet_nb.io import read_image, read_mask, write_image, write_mask
-from iunet_nb.predict import make_box
-from iunet_nb.session import RefineConfig, Session
-from iunet_nb.session_cli import _cmd_session, saved_mask, session_info
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.interactive.session_cli import _cmd_session, saved_mask, session_info
+from iunet_nb.io.images import read_image, read_mask, write_image, write_mask
+from iunet_nb.model.checkpoint import save_model
+from iunet_nb.model.evaluate import dice
+from iunet_nb.model.predict import make_box
 
 
 @pytest.fixture

@@ -11,21 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
-from iunet_nb.checkpoint import ModelCard
 from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.robot import RobotConfig
-from iunet_nb.session import RefineConfig
-from iunet_nb.simstudy import (
+from iunet_nb.interactive.robot import RobotConfig
+from iunet_nb.interactive.session import RefineConfig
+from iunet_nb.model.checkpoint import ModelCard
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import PreprocessConfig
+from iunet_nb.studies.simstudy import (
     add_cli,
     draw_think_s,
     outline_fill,
     simulate_study,
     validate_simulation_parameters,
 )
-from iunet_nb.study import analyse_study, case_times, design_study, load_event_logs
-from iunet_nb.synth import make_phantom
+from iunet_nb.studies.study import analyse_study, case_times, design_study, load_event_logs
+from iunet_nb.synth.phantom import make_phantom
 
 TINY_REFINE = RefineConfig(device="cpu", iterations=2)
 

@@ -1,7 +1,7 @@
 """Tests of the reader study: design, event-log timing, consensus, DSC tables, statistics.
 
 Event logs are written here with known times (``write_study_logs``, also used by the
-notebook tests); one test drives a real :class:`~iunet_nb.session.Session` to check that
+notebook tests); one test drives a real :class:`~iunet_nb.interactive.session.Session` to check that
 the analysis reads what the session writes.
 """
 
@@ -18,8 +18,9 @@ import pytest
 from conftest import make_ellipsoid
 
 from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.io import write_mask
-from iunet_nb.study import (
+from iunet_nb.io.images import write_mask
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.studies.study import (
     StudyPlan,
     analyse_study,
     case_times,
@@ -35,7 +36,6 @@ from iunet_nb.study import (
     validate_id,
     write_study_report,
 )
-from iunet_nb.volume import Geometry, Volume
 
 READERS = ["r1", "r2", "r3"]
 CASES = ["c1", "c2", "c3", "c4"]
@@ -458,10 +458,10 @@ def test_validate_analysis_parameters(tmp_path):
 def test_analysis_reads_a_real_session_folder(tmp_path, ellipsoid_case):
     import torch
 
-    from iunet_nb.checkpoint import ModelCard
-    from iunet_nb.nets import NetConfig, build_network
-    from iunet_nb.preprocess import Box, PreprocessConfig
-    from iunet_nb.session import RefineConfig, Session
+    from iunet_nb.interactive.session import RefineConfig, Session
+    from iunet_nb.model.checkpoint import ModelCard
+    from iunet_nb.model.nets import NetConfig, build_network
+    from iunet_nb.model.preprocess import Box, PreprocessConfig
 
     ct, ref = ellipsoid_case
     card = ModelCard(net=NetConfig(base_channels=4),
@@ -500,7 +500,7 @@ def test_analysis_reads_a_real_session_folder(tmp_path, ellipsoid_case):
 def test_cli_design_then_analyse(tmp_path, capsys):
     import argparse
 
-    from iunet_nb.study import add_cli
+    from iunet_nb.studies.study import add_cli
 
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command"))

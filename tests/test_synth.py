@@ -10,20 +10,18 @@ import pytest
 from scipy import ndimage as ndi
 
 from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.realism import noise_texture
-from iunet_nb.synth import (
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.synth.generator import (
     BTCV,
     PHANTOM_LABELS,
     TISSUE,
     SynthConfig,
-    grow_liver_to_spleen,
     load_sample,
-    make_phantom,
-    phantom_labels,
     synthesize,
     synthesize_ct,
 )
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.synth.phantom import grow_liver_to_spleen, make_phantom, phantom_labels
+from iunet_nb.synth.realism import noise_texture
 
 SMALL = {"shape_zyx": (24, 64, 64), "spacing_mm": (2.5, 2.0, 2.0)}
 
@@ -106,7 +104,7 @@ def _hankel_corr(peak: float, r_mm: float) -> float:
 
 @pytest.mark.parametrize("peak", [0.15, 0.25])
 def test_ct_noise_matches_its_spectrum_golden(peak):
-    from iunet_nb.synth import _ct_noise
+    from iunet_nb.synth.generator import _ct_noise
 
     sp = (1.6, 0.5, 0.5)        # fine grid: the spectrum is (almost) not aliased
     n = _ct_noise((24, 192, 192), sp, 12.0, peak, 0.9, np.random.default_rng(1))
@@ -134,7 +132,7 @@ def test_ct_noise_matches_its_spectrum_golden(peak):
 
 
 def test_smooth_labels_rounds_off_a_staircase():
-    from iunet_nb.synth import _smooth_labels
+    from iunet_nb.synth.generator import _smooth_labels
 
     # a slanted plane labelled on thick slices: steps of 3 voxels every 3 slices along z
     z, y, x = np.mgrid[:30, :24, :24]
@@ -377,7 +375,7 @@ def test_liver_lesions_darken_the_liver_inside_its_label_and_move_nothing_else(l
     np.testing.assert_array_equal(again.ct.array, on.ct.array)
     cfg = SynthConfig(liver_lesion_fraction=0.5)
     assert SynthConfig.from_json(cfg.to_json()) == cfg
-    from iunet_nb.train import _generator  # what a model card's data description says
+    from iunet_nb.model.train import _generator  # what a model card's data description says
 
     assert "liver lesions 0.5" in _generator(cfg) and "lesion" not in _generator(SynthConfig())
     for bad in (-0.1, 1.5, True, "0.5"):
@@ -386,7 +384,8 @@ def test_liver_lesions_darken_the_liver_inside_its_label_and_move_nothing_else(l
 
 
 def test_phase_config_changes_the_contrast_not_the_anatomy():
-    from iunet_nb.synth import PHASES, SynthConfig, phase_config
+    from iunet_nb.synth.generator import SynthConfig
+    from iunet_nb.synth.phases import PHASES, phase_config
 
     assert set(PHASES) == {"non_contrast", "arterial", "portal_venous", "delayed"}
     assert phase_config("portal_venous") == SynthConfig()

@@ -8,11 +8,11 @@ import torch
 from conftest import make_ellipsoid
 
 from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.preprocess import Box
+from iunet_nb.model.preprocess import Box
 from iunet_nb.systems import zhou
 from iunet_nb.systems.autobox import (BoxDetector, box_contains, box_recall, detect_box,
                                       settle_box)
-from iunet_nb.volume import Geometry, Volume
+from iunet_nb.io.volume import Geometry, Volume
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import torch
 from conftest import make_ellipsoid
 
 from iunet_nb.errors import ConfigError
-from iunet_nb.io import read_label_map, read_mask, write_image, write_mask
+from iunet_nb.io.images import read_label_map, read_mask, write_image, write_mask
+from iunet_nb.io.volume import Geometry, Volume
 from iunet_nb.systems import add_cli, zhou
 from iunet_nb.systems.kloenne import KloenneConfig, KloenneModel
 from iunet_nb.systems.roth import RothConfig, RothModel
-from iunet_nb.volume import Geometry, Volume
 
 
 
@@ -99,7 +99,7 @@ def test_train_system_kloenne_with_overrides(tmp_path, capsys, monkeypatch):
     g = Geometry(spacing_mm=(2.5, 0.8, 0.7))
     mask = make_ellipsoid((12, 24, 24), radii=(3, 6, 7))
     ct = Volume(np.where(mask > 0, 150.0, -80.0).astype(np.float32), g)
-    train_mod = importlib.import_module("iunet_nb.train")  # the package re-exports train()
+    train_mod = importlib.import_module("iunet_nb.model.train")  # the package re-exports train()
 
     monkeypatch.setattr(train_mod, "load_training_cases",
                         lambda data, **kw: ([(ct, Volume(mask, g))], "one ellipsoid"))

@@ -11,7 +11,11 @@ import pytest
 from conftest import make_ellipsoid
 from test_crossval import TINY, _paired_dataset
 
-from iunet_nb.crossval import (
+from iunet_nb.errors import ConfigError, InputError
+from iunet_nb.io.images import read_image, read_mask, write_mask
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.evaluate import evaluate_case
+from iunet_nb.studies.crossval import (
     CVConfig,
     add_cli,
     cv_tables,
@@ -20,9 +24,6 @@ from iunet_nb.crossval import (
     validate_cv_parameters,
     write_cv_report,
 )
-from iunet_nb.errors import ConfigError, InputError
-from iunet_nb.evaluate import evaluate_case
-from iunet_nb.io import read_image, read_mask, write_mask
 from iunet_nb.systems.cv import (
     SYSTEMS,
     check_system,
@@ -35,7 +36,6 @@ from iunet_nb.systems.cv import (
 from iunet_nb.systems.kloenne import KloenneConfig
 from iunet_nb.systems.roth import RothConfig, load_roth, predict_roth
 from iunet_nb.systems.zhou import ZhouConfig, load_zhou, predict_zhou
-from iunet_nb.volume import Geometry, Volume
 
 ZHOU_TINY = {"voxel_mm": None, "base_channels": 2, "depth": 3, "coarse_iterations": 2,
              "fine_iterations": 2, "batch_size": 2, "fine_margin_px": [1, 2],
@@ -143,7 +143,7 @@ def test_roth_trains_on_the_label_maps_and_scores_the_organ_asked_for(tmp_path):
         k: tuple(v) if isinstance(v, list) else v for k, v in ROTH_TINY.items()})
     # scored: the liver output (label 3) against the liver of the BTCV map (label 6)
     from iunet_nb import synth
-    from iunet_nb.datasets import BTCV_DIRECTION, find_cases
+    from iunet_nb.io.datasets import BTCV_DIRECTION, find_cases
     cid = rows.iloc[0]["case_id"]
     labels = {c.case_id: c for c in find_cases(root, "liver", layout="btcv")}[cid].read_labels()
     assert labels.geometry.direction == BTCV_DIRECTION  # the maps' true direction
@@ -328,5 +328,5 @@ def test_report_has_the_box_column_and_the_comparison(tmp_path):
 
 
 def test_every_system_is_named():
-    from iunet_nb.crossval import METHOD_NAMES
+    from iunet_nb.studies.crossval import METHOD_NAMES
     assert all(s in METHOD_NAMES for s in SYSTEMS)

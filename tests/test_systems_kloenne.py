@@ -11,6 +11,7 @@ import torch
 from conftest import back_on, make_ellipsoid, stored_otherwise
 
 from iunet_nb.errors import CheckpointError, ConfigError, InputError
+from iunet_nb.io.volume import Geometry, Volume
 from iunet_nb.systems import kloenne
 from iunet_nb.systems.kloenne import (
     KloenneConfig,
@@ -25,7 +26,6 @@ from iunet_nb.systems.kloenne import (
     slice_count_folds,
     train_kloenne,
 )
-from iunet_nb.volume import Geometry, Volume
 
 
 

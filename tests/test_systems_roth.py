@@ -12,8 +12,9 @@ from conftest import back_on, make_ellipsoid, stored_otherwise
 from torch import nn
 
 from iunet_nb.errors import CheckpointError, ConfigError, InputError
-from iunet_nb.losses import one_hot, soft_dice_loss
-from iunet_nb.nets import count_parameters
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.losses import one_hot, soft_dice_loss
+from iunet_nb.model.nets import count_parameters
 from iunet_nb.systems import roth
 from iunet_nb.systems.roth import (
     BTCV_TO_ROTH,
@@ -27,7 +28,6 @@ from iunet_nb.systems.roth import (
     train_roth,
     weighted_dice_loss,
 )
-from iunet_nb.volume import Geometry, Volume
 
 
 
@@ -65,7 +65,7 @@ def test_full_scale_network_has_the_seeds_19m_parameters():
     cfg = RothConfig()
     assert (cfg.patch_size, cfg.batch_size, cfg.iterations, cfg.lr) == ((64,) * 3, 3, 50000, 1e-2)
     assert (cfg.bspline_max_disp, cfg.bspline_spacing, cfg.downsample) == (4.0, 24, (4.0,) * 3)
-    from iunet_nb.nets import build_network
+    from iunet_nb.model.nets import build_network
     n = count_parameters(build_network(cfg.net_config))
     assert 18.5e6 < n < 19.5e6
 

@@ -11,10 +11,10 @@ from conftest import make_ellipsoid
 from torch import nn
 
 from iunet_nb.errors import CheckpointError, ConfigError, InputError
-from iunet_nb.evaluate import dice
+from iunet_nb.io.volume import Geometry, Volume
+from iunet_nb.model.evaluate import dice
 from iunet_nb.systems import zhou
 from iunet_nb.systems.zhou import FCN2D, ZhouConfig, ZhouModel, load_zhou, predict_zhou, train_zhou
-from iunet_nb.volume import Geometry, Volume
 
 
 

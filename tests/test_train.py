@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from iunet_nb.augment import AugmentConfig
-from iunet_nb.checkpoint import ModelCard, load_model, save_model
 from iunet_nb.errors import CheckpointError, ConfigError, InputError
-from iunet_nb.nets import NetConfig, build_network
-from iunet_nb.preprocess import PreprocessConfig
-from iunet_nb.train import TrainConfig, load_training_cases, prepare_cases, train
+from iunet_nb.model.augment import AugmentConfig
+from iunet_nb.model.checkpoint import ModelCard, load_model, save_model
+from iunet_nb.model.nets import NetConfig, build_network
+from iunet_nb.model.preprocess import PreprocessConfig
+from iunet_nb.model.train import TrainConfig, load_training_cases, prepare_cases, train
 
 TINY = TrainConfig(net=NetConfig(base_channels=4), preprocess=PreprocessConfig(size_zyx=(8, 16, 16)),
                    iterations=4, batch_size=2, lr=1e-3, seed=3, checkpoint_every=2)
@@ -192,7 +192,7 @@ def test_load_model_rejects_weights_of_another_architecture(tmp_path):
 def test_atomic_writes_respect_the_umask_and_keep_existing_modes(tmp_path):
     import os
 
-    from iunet_nb._atomic import atomic_write_text
+    from iunet_nb.io._atomic import atomic_write_text
 
     old = os.umask(0o022)
     try:
@@ -266,7 +266,7 @@ def test_init_from_starts_from_a_models_weights_with_a_fresh_optimizer(prepared,
 
 
 def test_parse_phases_and_randomised_cases_draw_phases_reproducibly():
-    from iunet_nb.train import parse_phases, randomised_cases
+    from iunet_nb.model.train import parse_phases, randomised_cases
 
     names, p = parse_phases("portal_venous:3,arterial")
     assert names == ["portal_venous", "arterial"] and p == pytest.approx([0.75, 0.25])

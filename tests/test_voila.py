@@ -59,7 +59,7 @@ def test_annotator_app_in_voila(tmp_path):
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
-    from iunet_nb.synth import load_sample
+    from iunet_nb.synth.generator import load_sample
 
     ct, _ref = load_sample()
     view3d = "niivue" if importlib.util.find_spec("ipyniivue") else "none"

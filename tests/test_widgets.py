@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iunet_nb.checkpoint import save_model
 from iunet_nb.errors import CheckpointError, InputError, SessionError
-from iunet_nb.preprocess import Box
-from iunet_nb.session import RefineConfig, Session
-from iunet_nb.volume import Volume
+from iunet_nb.interactive.session import RefineConfig, Session
+from iunet_nb.io.volume import Volume
+from iunet_nb.model.checkpoint import save_model
+from iunet_nb.model.preprocess import Box
 from iunet_nb.widgets import (
     Annotator,
     SliceView,
@@ -403,7 +403,7 @@ def test_annotate_notebook_in_repo_matches_the_generator():
 
 def test_annotate_notebook_code_runs(ellipsoid_case, model, card, tmp_path, monkeypatch):
     ct, ref = ellipsoid_case
-    from iunet_nb.io import write_image, write_mask
+    from iunet_nb.io.images import write_image, write_mask
 
     ct_path = write_image(ct, tmp_path / "ct.nii.gz")
     write_mask(ref, tmp_path / "ref.nii.gz")
@@ -442,9 +442,9 @@ def test_lab_command(tmp_path, monkeypatch):
 
 
 def test_segment_without_a_box_shows_the_detected_box():
-    from iunet_nb.checkpoint import load_bundled_model
-    from iunet_nb.evaluate import dice
-    from iunet_nb.synth import load_sample
+    from iunet_nb.model.checkpoint import load_bundled_model
+    from iunet_nb.model.evaluate import dice
+    from iunet_nb.synth.generator import load_sample
 
     ct, ref = load_sample()
     model, card = load_bundled_model()
@@ -692,7 +692,7 @@ def test_sigterm_reaches_the_server_process():
 
 # --------------------------------------------------------------------------- issue 23
 def test_downsample_for_the_3d_view_keeps_geometry_and_thin_structures():
-    from iunet_nb.volume import Geometry
+    from iunet_nb.io.volume import Geometry
     from iunet_nb.widgets.view3d import downsample_factors, downsample_volume
 
     # 64 voxels along 460.8 mm: 7.2 mm blocks, 7 voxels of 1.0 mm and 8 of 0.9 mm
@@ -972,7 +972,7 @@ def test_a_reload_resumes_the_case_once_the_old_kernel_lets_go(ellipsoid_case, m
     kernel, which is shutting down; it waits and resumes the same folder."""
     import multiprocessing as mp
 
-    from iunet_nb.locking import FolderLock
+    from iunet_nb.interactive.locking import FolderLock
 
     first = _app(ellipsoid_case, model, card, cfg, folder=tmp_path)
     first.tool_buttons.value = "paint"

@@ -2,14 +2,14 @@
 
 Private to :mod:`iunet_nb.systems`; every public name of a system lives in its own module.
 
-Grid convention (the same as :mod:`iunet_nb.preprocess`): resampling a ``(z, y, x)`` array of
+Grid convention (the same as :mod:`iunet_nb.model.preprocess`): resampling a ``(z, y, x)`` array of
 ``n`` voxels to ``m`` voxels uses ``torch.nn.functional.interpolate(..., align_corners=False)``
 with an explicit size, so the first and last voxel *edges* of both grids coincide and the
 inverse resampling maps every voxel centre back to the same physical point.
 
 Orientation: every system trains and predicts on volumes brought to patient (LPS) array order
 first (:func:`_lps` / :func:`_lps_pair`, exact transposes and flips from the direction matrix,
-:func:`iunet_nb.preprocess.reorient_to_lps`), and maps its outputs back to the CT's own array
+:func:`iunet_nb.model.preprocess.reorient_to_lps`), and maps its outputs back to the CT's own array
 order, so a CT stored in another axis order (a NIfTI stored right-to-left, a DICOM series,
 ...) is sliced along the same anatomical views and gives the same result in physical space.
 """
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._atomic import atomic_path, atomic_write_text
-from ..checkpoint import load_state_checked, machine_description, read_weights_file, select_device
 from ..errors import CheckpointError, ConfigError, InputError
-from ..preprocess import lps_orientation, reorient_to_lps
-from ..volume import Volume
+from ..io._atomic import atomic_path, atomic_write_text
+from ..io.volume import Volume
+from ..model.checkpoint import load_state_checked, machine_description, read_weights_file, select_device
+from ..model.preprocess import lps_orientation, reorient_to_lps
 
 __all__: list[str] = []
 

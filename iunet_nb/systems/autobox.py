@@ -59,8 +59,8 @@ import torch
 from scipy import ndimage
 
 from ..errors import ConfigError, InputError
-from ..preprocess import Box
-from ..volume import Volume
+from ..io.volume import Volume
+from ..model.preprocess import Box
 from ._common import _check_volume
 
 __all__ = ["BoxCheck", "BoxDetector", "BoxLimits", "automatic_box", "box_contains",
@@ -159,7 +159,7 @@ def detect_box(volume: Volume, detector: BoxDetector | Callable[[Volume], np.nda
         device: passed to the detector.
 
     Returns:
-        A :class:`~iunet_nb.preprocess.Box` inside the image (``hi`` exclusive).
+        A :class:`~iunet_nb.model.preprocess.Box` inside the image (``hi`` exclusive).
 
     Raises:
         InputError: the detector finds nothing (max probability < ``min_probability``), or
@@ -377,7 +377,7 @@ def find_box(volume: Volume, segment: Callable[[Box], np.ndarray], *,
     """
     _check_volume(volume, "volume")
     if detector is None:
-        from ..checkpoint import load_bundled_detector
+        from ..model.checkpoint import load_bundled_detector
 
         detector = load_bundled_detector()
     prob = _probability(volume, detector, device)

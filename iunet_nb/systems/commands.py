@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..volume import Volume
+from ..io.volume import Volume
 from .cv import SYSTEMS
 
 __all__ = ["SYSTEMS", "add_cli", "load_label_map_cases"]
@@ -36,14 +36,16 @@ def load_label_map_cases(data: str, *, limit: int | None = None, seed: int = 0,
     """``(CT, full label map)`` pairs for the multi-organ system, and a description.
 
     Sources: ``btcv-synth:<folder>`` (synthetic CT from each BTCV label map, case ``i``
-    seeded ``seed + i``) or a folder in a :func:`iunet_nb.datasets.find_cases` layout whose
+    seeded ``seed + i``) or a folder in a :func:`iunet_nb.io.datasets.find_cases` layout whose
     label maps carry BTCV label values. BTCV label maps are read in their true orientation
-    (:data:`iunet_nb.datasets.BTCV_DIRECTION`; their header mirrors x).
+    (:data:`iunet_nb.io.datasets.BTCV_DIRECTION`; their header mirrors x).
 
     Raises:
         InputError: no cases, or cases without images.
     """
-    from .. import datasets, io, synth
+    from .. import synth
+    from ..io import datasets
+    from ..io import images as io
 
     if data.startswith("btcv-synth:"):
         found = datasets.find_cases(data.split(":", 1)[1], "pancreas", layout="btcv")[:limit]
@@ -87,7 +89,7 @@ def _config(system: str, scale: str, overrides: str | None, seed: int) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..train import load_training_cases
+    from ..model.train import load_training_cases
 
     cfg = _config(args.system, args.scale, args.config, args.seed)
     if args.system == "roth":
@@ -118,15 +120,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_case
-    from ..io import read_image, read_mask, write_mask
+    from ..io.images import read_image, read_mask, write_mask
+    from ..model.evaluate import evaluate_case
 
     if args.model is None and args.system == "kloenne":
         raise InputError("no Kloenne model is shipped: give --model (train one with "
                          "`iunet-nb train-system kloenne`)")
     ct = read_image(args.ct)
     if args.system == "zhou":
-        from ..checkpoint import load_bundled_detector
+        from ..model.checkpoint import load_bundled_detector
         from .zhou import load_zhou, predict_zhou
 
         model_z = load_bundled_detector(args.device or "cpu") if args.model is None else \
@@ -155,7 +157,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect_box(args: argparse.Namespace) -> int:
-    from ..io import read_image
+    from ..io.images import read_image
     from .autobox import detect_box
 
     ct = read_image(args.ct)

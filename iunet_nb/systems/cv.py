@@ -1,6 +1,6 @@
 """The seed papers' systems as methods of Experiment 1 (same folds, same metrics as iUnet).
 
-:mod:`iunet_nb.crossval` trains iUnet, Cicek's 3D U-Net and the dilated FCN on a fold's
+:mod:`iunet_nb.studies.crossval` trains iUnet, Cicek's 3D U-Net and the dilated FCN on a fold's
 training cases and tests them inside the *reference* bounding box. This module lets the same
 fold train and test the other seed papers' systems, which are **fully automatic** (no box):
 
@@ -15,7 +15,7 @@ fold train and test the other seed papers' systems, which are **fully automatic*
 
 :func:`train_system` trains one of them on ``(CT, mask)`` pairs (``(CT, BTCV label map)`` for
 Roth) and returns a :class:`TrainedSystem` whose ``predict(ct) -> mask`` runs on the CT's own
-grid, so :func:`iunet_nb.evaluate.evaluate_case` scores it exactly like iUnet. Trained models
+grid, so :func:`iunet_nb.model.evaluate.evaluate_case` scores it exactly like iUnet. Trained models
 are written to ``out_dir`` and reloaded (not retrained) by a later call, so a preempted fold
 job resumes. The scale is ``"reduced"`` (each config's documented ``reduced()`` CPU scale)
 or ``"full"`` (the papers' settings, for GPUs); ``overrides`` change single fields.
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..volume import Volume
+from ..io.volume import Volume
 
 __all__ = [
     "PAPER_RESULTS",
@@ -85,7 +85,7 @@ SYSTEM_COVERAGE: dict[str, str] = {
             "structures: aorta (its artery), liver, spleen, stomach, gallbladder, pancreas",
     "kloenne": "any single structure (binary target; its paper: liver, kidney, kidney tumour)",
 }
-#: Structure name (as in :data:`iunet_nb.datasets.BTCV_LABELS`) -> the Roth organ scored.
+#: Structure name (as in :data:`iunet_nb.io.datasets.BTCV_LABELS`) -> the Roth organ scored.
 #: Roth's "vein" merges the IVC and the portal/splenic vein, so neither alone is covered.
 ROTH_STRUCTURES: dict[str, str] = {
     "aorta": "artery", "artery": "artery", "liver": "liver", "spleen": "spleen",
@@ -112,7 +112,7 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
 
 
 def _structure_name(structure: str | int) -> str:
-    from ..datasets import BTCV_LABELS
+    from ..io.datasets import BTCV_LABELS
 
     if isinstance(structure, (int, np.integer)) or str(structure).isdigit():
         by_value = {v: k for k, v in BTCV_LABELS.items()}
@@ -427,7 +427,7 @@ def validate_system_parameters(system: str, data: str, structure: str | int = "p
             cover; phantom data for Roth.
         InputError: a missing folder, an unknown structure, no cases.
     """
-    from ..crossval import case_ids
+    from ..studies.crossval import case_ids
 
     check_system(system, structure)
     if not isinstance(data, str) or not data:

@@ -20,7 +20,7 @@ Pipeline (Algorithm 1 of the seed):
    ``"msd"`` (Pelt & Sethian's mixed-scale dense net: every layer sees all earlier maps,
    3x3 convolutions dilated 1..10 cyclically, width 1, modified like the U-Net).
 5. **Loss** 0.6 Tanimoto (smooth 1e-5) + 0.4 cross-entropy
-   (:func:`iunet_nb.losses.tanimoto_ce_loss`), Adam (Kingma & Ba's defaults, lr 1e-3).
+   (:func:`iunet_nb.model.losses.tanimoto_ce_loss`), Adam (Kingma & Ba's defaults, lr 1e-3).
 6. **Stacked ensemble**: the top-``k`` models of each kind by validation DSC; their softmax
    outputs are averaged (:class:`KloenneEnsemble`).
 7. **Folds by slice count / thickness** (:func:`slice_count_folds`): cases sorted by number of
@@ -59,8 +59,8 @@ from torch import Tensor, nn
 
 from .._config import JsonConfig
 from ..errors import ConfigError, InputError
-from ..losses import tanimoto_ce_loss
-from ..volume import Volume
+from ..io.volume import Volume
+from ..model.losses import tanimoto_ce_loss
 from ._common import (_check_pair, _check_positive_int, _check_training, _check_version,
                       _check_volume, _device, _dice, _fit, _load_system, _lps, _lps_pair, _now,
                       _save_system, _seeded, _write_training)
@@ -610,7 +610,7 @@ def slice_count_folds(cases: Sequence[tuple[str, int, float]], k: int = 5
 
     Each test fold holds a contiguous range of slice counts, so it is unlike its training
     data (the seed's robustness validation). The format is that of
-    :func:`iunet_nb.datasets.make_folds`.
+    :func:`iunet_nb.io.datasets.make_folds`.
 
     Args:
         cases: ``(case_id, number of slices, slice thickness mm)`` per case.

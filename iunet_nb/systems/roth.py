@@ -5,7 +5,7 @@
   vein = IVC (9) + portal/splenic vein (10), liver 6, spleen 1, stomach 7, gallbladder 4,
   pancreas 11; the other BTCV structures (kidneys, adrenals, oesophagus) become background.
 * **Network**: a 3D U-Net-like FCN with same-size 3x3x3 convolutions and concatenation skips:
-  :class:`iunet_nb.nets.CicekUNet3D` with ``base_channels=32``, ``depth=4`` has 19.07 M
+  :class:`iunet_nb.model.nets.CicekUNet3D` with ``base_channels=32``, ``depth=4`` has 19.07 M
   parameters, the seed's "~19M".
 * **Grid**: images downsampled by 4 (``downsample``; the seed: 512 x 512 -> 128 x 128 and
   slices / 4), trilinear; predictions are resampled back to the CT's grid per class and the
@@ -51,8 +51,8 @@ from torch import Tensor, nn
 
 from .._config import JsonConfig
 from ..errors import CheckpointError, ConfigError, InputError
-from ..nets import NetConfig, build_network
-from ..volume import Volume
+from ..io.volume import Volume
+from ..model.nets import NetConfig, build_network
 from ._common import (_check_positive_int, _check_training, _check_version, _check_volume,
                       _check_window, _device, _fit, _load_system, _lps, _lps_pair, _now,
                       _resample, _save_system, _seeded, _window, _working_shape,
@@ -100,7 +100,7 @@ class RothConfig(JsonConfig):
         downsample: factor ``(z, y, x)`` by which the CT is downsampled (seed: 4, 4, 4).
         voxel_mm: if given, a fixed working voxel size ``(z, y, x)`` mm instead of
             ``downsample`` (for data sets with mixed resolutions).
-        base_channels: width of :class:`~iunet_nb.nets.CicekUNet3D` (32 = 19 M parameters).
+        base_channels: width of :class:`~iunet_nb.model.nets.CicekUNet3D` (32 = 19 M parameters).
         depth: U-Net levels (4 = 3 poolings; patch and tile sizes must be multiples of
             ``2**(depth-1)``).
         patch_size: training subvolume ``(z, y, x)`` (seed: 64^3).
@@ -188,7 +188,7 @@ class RothConfig(JsonConfig):
 
     @property
     def net_config(self) -> NetConfig:
-        """The :class:`~iunet_nb.nets.NetConfig` of the FCN (Cicek 3D U-Net, 8 classes)."""
+        """The :class:`~iunet_nb.model.nets.NetConfig` of the FCN (Cicek 3D U-Net, 8 classes)."""
         return NetConfig(arch="cicek", in_channels=1, n_classes=len(ROTH_ORGANS) + 1,
                          base_channels=self.base_channels, depth=self.depth, norm="batch")
 
@@ -252,7 +252,7 @@ def weighted_dice_loss(probs: Tensor, target: Tensor, weights: Sequence[float] |
     ``L_l = -(2 sum p r + eps) / (sum p + sum r + eps)`` per item (sums over its voxels),
     then the weighted mean over classes (divided by ``L``, not by the weights' sum, as in
     eq. 2) and the mean over items. With all weights 1 it equals
-    :func:`iunet_nb.losses.soft_dice_loss`.
+    :func:`iunet_nb.model.losses.soft_dice_loss`.
 
     Args:
         probs: float ``(N, L, *spatial)`` softmax probabilities.
@@ -390,7 +390,7 @@ def load_bundled_roth(device: str | torch.device | None = "cpu") -> RothModel:
     Raises:
         CheckpointError: the file is missing or not the one shipped.
     """
-    from ..checkpoint import file_sha256
+    from ..model.checkpoint import file_sha256
 
     path = bundled_roth_path()
     if not path.is_file():

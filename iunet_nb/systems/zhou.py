@@ -57,8 +57,8 @@ from torch import Tensor, nn
 
 from .._config import JsonConfig
 from ..errors import ConfigError, InputError
-from ..losses import soft_dice_loss
-from ..volume import Volume
+from ..io.volume import Volume
+from ..model.losses import soft_dice_loss
 from ._common import (_bbox, _check_pair, _check_positive_int, _check_training, _check_version,
                       _check_volume, _check_window, _device, _dice, _fit, _load_system, _lps,
                       _lps_pair, _now, _resample, _save_system, _seeded, _window, _working_shape,

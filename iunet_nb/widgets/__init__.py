@@ -1,7 +1,7 @@
 """Jupyter front ends of iunet_nb (ipywidgets + ipycanvas): slice views, annotator, 3D view.
 
 The engine never imports this package; these widgets only call a
-:class:`~iunet_nb.session.Session` and hold view state.
+:class:`~iunet_nb.interactive.session.Session` and hold view state.
 
 * :class:`Annotator`: the annotation app (three linked views, tools, Segment/Refine/...).
 * :class:`SliceView`: one view of a CT with overlays; canvas pixels <-> array indices.

@@ -6,7 +6,7 @@ One line in a notebook opens it::
     Annotator("ct.nii.gz", folder="sessions")          # bundled pancreas iUnet
     Annotator(None, box_from_reference=True, segment_on_open=True)   # the bundled sample
 
-Every button, key and mouse gesture becomes one :class:`~iunet_nb.session.Session` call
+Every button, key and mouse gesture becomes one :class:`~iunet_nb.interactive.session.Session` call
 (predict, add_scribble, erase_scribbles, paint, refine_async, undo, redo, reset, save,
 export) followed by a redraw from the Session's state; the app holds only view state. So a
 test (or the simulated reader) can drive exactly what a person drives, headless, by calling
@@ -20,7 +20,7 @@ a newer stroke supersedes a running refinement (the Session discards it).
 Errors never escape into the kernel log: every handler shows what went wrong in the app's
 message line (and keeps it in :attr:`Annotator.messages`); the current work is untouched.
 
-Case list mode: give a list of CTs (paths, Volumes, :class:`~iunet_nb.datasets.Case`) or a
+Case list mode: give a list of CTs (paths, Volumes, :class:`~iunet_nb.io.datasets.Case`) or a
 data-set folder; "Accept & next" saves and exports the mask, then opens the next case.
 Reader mode: ``reader="R1"`` writes the reader id into every event of the Session's event log
 (``events.jsonl``) and keeps each reader's sessions in ``folder/<reader>/<case>``; with
@@ -62,7 +62,7 @@ import numpy as np
 import traitlets as t
 
 from ..errors import CheckpointError, InputError, IunetError, SessionError
-from ..volume import Volume
+from ..io.volume import Volume
 from .render import WINDOW_PRESETS
 from .slice_view import TOOLS, SliceView
 from .view3d import View3D
@@ -71,7 +71,7 @@ __all__ = ["METHODS", "SHORTCUTS", "Annotator", "CaseSource"]
 
 logger = logging.getLogger(__name__)
 
-#: Reader-study arms (``iunet_nb.study.METHODS``).
+#: Reader-study arms (``iunet_nb.studies.study.METHODS``).
 METHODS: tuple[str, ...] = ("manual", "interactive")
 #: Keyboard shortcuts, active while the pointer is over the annotator (they never reach
 #: JupyterLab then). None of them is one of JupyterLab's destructive command-mode keys
@@ -106,7 +106,7 @@ class CaseSource:
 
 
 def _as_volume(x: Any, what: str) -> Volume:
-    from ..io import read_image, read_mask
+    from ..io.images import read_image, read_mask
 
     if isinstance(x, Volume):
         return x
@@ -171,10 +171,10 @@ def _case_id(path: Path) -> str:
 
 def _sources(ct: Any, reference: Any, case_ids: Sequence[str] | None) -> list[CaseSource]:
     """Normalise the annotator's input to a list of cases."""
-    from ..datasets import Case, find_cases
+    from ..io.datasets import Case, find_cases
 
     if ct is None or (isinstance(ct, str) and ct == ""):
-        from ..synth import load_sample
+        from ..synth.generator import load_sample
 
         def sample() -> tuple[Volume, Volume | None]:
             image, mask = load_sample()
@@ -195,7 +195,7 @@ def _sources(ct: Any, reference: Any, case_ids: Sequence[str] | None) -> list[Ca
         raise InputError("the case list is empty: give at least one CT")
     if reference is not None and len(items) > 1:
         raise InputError("reference= applies to a single CT; in case-list mode use "
-                         "iunet_nb.datasets Cases (each with its reference mask)")
+                         "iunet_nb.io.datasets Cases (each with its reference mask)")
     if case_ids is not None and len(case_ids) != len(items):
         raise InputError(f"{len(case_ids)} case_ids for {len(items)} cases")
     out = []
@@ -231,8 +231,8 @@ def _sources(ct: Any, reference: Any, case_ids: Sequence[str] | None) -> list[Ca
 
 
 def _resolve_model(model: Any, card: Any) -> tuple[Any, Any]:
-    from ..checkpoint import ModelCard, load_bundled_model, load_model
-    from ..nets import SegmentationNet
+    from ..model.checkpoint import ModelCard, load_bundled_model, load_model
+    from ..model.nets import SegmentationNet
 
     if model is None:
         return load_bundled_model("cpu")
@@ -254,8 +254,8 @@ class Annotator(w.VBox):
 
     Args:
         ct_path_or_volume: a CT file / DICOM folder path, a :class:`Volume`, a list of these
-            or of :class:`~iunet_nb.datasets.Case`, a data-set folder (any layout
-            :func:`~iunet_nb.datasets.find_cases` knows), or None / ``""`` for the bundled
+            or of :class:`~iunet_nb.io.datasets.Case`, a data-set folder (any layout
+            :func:`~iunet_nb.io.datasets.find_cases` knows), or None / ``""`` for the bundled
             sample (its pancreas mask is then the reference).
         model: None (the bundled pancreas iUnet), a ``.pt`` path with its ``.json`` card,
             ``(model, card)``, or a ``SegmentationNet`` with ``card=``.
@@ -266,8 +266,8 @@ class Annotator(w.VBox):
         folder: root of the session folders (autosave, event log, exported masks). None:
             nothing is written and Save explains how to enable it.
         card: the model card when ``model`` is a network object.
-        config: :class:`~iunet_nb.session.RefineConfig` of the sessions.
-        box: initial box (``iunet_nb.preprocess.Box``) of the first case.
+        config: :class:`~iunet_nb.interactive.session.RefineConfig` of the sessions.
+        box: initial box (``iunet_nb.model.preprocess.Box``) of the first case.
         box_from_reference: start each case with the reference mask's bounding box.
         segment_on_open: predict as soon as a case opens (when a box is known).
         study: study mode: the status line shows the running case time.
@@ -302,7 +302,7 @@ class Annotator(w.VBox):
                  view_size_px: int = 400, view3d: str = "auto",
                  clock: Callable[[], float] | None = None, tick_s: float = 1.0,
                  lock_wait_s: float = 8.0) -> None:
-        from ..refine import RefineConfig
+        from ..interactive.refine import RefineConfig
 
         if isinstance(tick_s, bool) or not isinstance(tick_s, (int, float)) \
                 or not np.isfinite(tick_s) or tick_s <= 0:
@@ -520,12 +520,12 @@ class Annotator(w.VBox):
 
     def _open_case(self, index: int, box: Any = None) -> None:
         """Load case ``index`` and its session (resumed from its folder when one exists)."""
-        from ..preprocess import Box
+        from ..model.preprocess import Box
 
         src = self.cases[index]
         image, ref = src.load()
         if ref is not None:
-            from ..io import check_same_grid
+            from ..io.images import check_same_grid
             check_same_grid(image, ref, f"reference mask of case {src.case_id}")
             if not np.any(ref.array):
                 ref = None
@@ -577,7 +577,7 @@ class Annotator(w.VBox):
         whose kernel is still shutting down) is waited for up to ``lock_wait_s``; after that
         the work goes to a new folder ``<case>-<n>`` and the note says so in plain words.
         """
-        from ..session import Session
+        from ..interactive.session import Session
 
         def new(at: Path | None) -> Any:
             return Session(image, self.model, self.card, config=self.config, folder=at,
@@ -680,12 +680,12 @@ class Annotator(w.VBox):
     # actions (each one Session call, then a redraw)
     # ===================================================================================
     def box(self) -> Any:
-        """The box drawn so far as a :class:`~iunet_nb.preprocess.Box`.
+        """The box drawn so far as a :class:`~iunet_nb.model.preprocess.Box`.
 
         Raises:
             SessionError: an axis is still missing (the box must be drawn on two views).
         """
-        from ..preprocess import Box
+        from ..model.preprocess import Box
 
         missing = [n for a, n in enumerate("zyx") if a not in self._box_ranges]
         if missing:
@@ -699,7 +699,7 @@ class Annotator(w.VBox):
         return Box(lo, hi)
 
     def set_box(self, box: Any) -> None:
-        """Set the box from a :class:`~iunet_nb.preprocess.Box` (e.g. from a detector)."""
+        """Set the box from a :class:`~iunet_nb.model.preprocess.Box` (e.g. from a detector)."""
         box.validate(self.volume.shape)  # type: ignore[union-attr]
         self._box_ranges = {a: (box.lo_zyx[a], box.hi_zyx[a]) for a in range(3)}
         self._box_doubt = None
@@ -1185,7 +1185,7 @@ def _locked_elsewhere(folder: Path) -> bool:
     """Whether ``folder``'s lock file names another process (it may be closing)."""
     import socket
 
-    from ..locking import read_lock
+    from ..interactive.locking import read_lock
 
     try:
         info = read_lock(folder)

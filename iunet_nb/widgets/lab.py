@@ -35,8 +35,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_write_text
 from ..errors import InputError
+from ..io._atomic import atomic_write_text
 
 __all__ = ["APP_CSP", "NOTEBOOK_NAME", "PARAMETER_NAMES", "annotate_notebook", "app_command",
            "app_parameters", "app_url",

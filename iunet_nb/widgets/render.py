@@ -13,7 +13,7 @@ pixels they show can be tested without a browser:
 * :class:`SliceTransform`: canvas pixels <-> ``(row, col)`` array indices through the view's
   flips, the voxel spacing (aspect ratio), zoom and pan.
 
-Conventions (``iunet_nb.session``): a 2D slice is ``(row, col)`` in array indices: axial
+Conventions (``iunet_nb.interactive.session``): a 2D slice is ``(row, col)`` in array indices: axial
 ``(y, x)``, coronal ``(z, x)``, sagittal ``(z, y)``. Display images are ``(rows, cols, 4)``
 uint8 RGBA after the display flips.
 """
@@ -66,7 +66,7 @@ ADDED_COLOR: tuple[int, int, int] = (255, 235, 0)
 REMOVED_COLOR: tuple[int, int, int] = (230, 0, 255)
 #: LPS letters of the +x, +y, +z physical directions and of their opposites.
 _LPS_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))
-#: view -> (row axis, col axis) in (z, y, x) (as iunet_nb.session.VIEWS).
+#: view -> (row axis, col axis) in (z, y, x) (as iunet_nb.interactive.session.VIEWS).
 _ROW_COL: dict[str, tuple[int, int]] = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}
 
 

@@ -1,7 +1,7 @@
 """One slice view of a CT: an ipycanvas Canvas, a slice slider, mouse and keyboard handling.
 
 A :class:`SliceView` shows one view (axial, coronal or sagittal) of a CT with the current
-mask and scribbles of a :class:`~iunet_nb.session.Session`. It owns only view state (slice,
+mask and scribbles of a :class:`~iunet_nb.interactive.session.Session`. It owns only view state (slice,
 zoom, pan, window/level, overlay style, crosshair: traitlets, so views can be linked) and
 turns mouse gestures into plain data for its owner: a brush stroke as ``(N, 2)`` ``(row, col)``
 array indices on one slice, a box as two index ranges. It never segments anything; the
@@ -38,7 +38,7 @@ import traitlets as t
 from ipycanvas import Canvas, hold_canvas
 
 from ..errors import InputError
-from ..volume import Volume
+from ..io.volume import Volume
 from .render import (
     BG_COLOR,
     FG_COLOR,

@@ -54,7 +54,7 @@ import ipywidgets as w
 import numpy as np
 
 from ..errors import InputError
-from ..volume import Volume
+from ..io.volume import Volume
 
 __all__ = ["BACKENDS", "MAX_SIDE", "SOFTWARE_RENDERERS", "View3D", "downsample_factors",
            "downsample_volume", "niivue_available", "software_webgl"]
@@ -377,7 +377,7 @@ class View3D(w.VBox):
 
     # -- data -----------------------------------------------------------------------------
     def _nifti(self, volume: Volume, name: str) -> Path:
-        from ..io import write_image, write_mask
+        from ..io.images import write_image, write_mask
 
         path = self._tmp / name
         if volume.array.dtype == np.uint8:
