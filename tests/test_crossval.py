@@ -22,16 +22,14 @@ from iunet_nb.studies.crossval import (
     CVConfig,
     add_cli,
     case_ids,
-    cv_tables,
     merge_folds,
-    paired_wilcoxon,
     run_cv,
     run_fold,
     select_folds,
     validate_cv_parameters,
     validate_train_parameters,
-    write_cv_report,
 )
+from iunet_nb.studies.cv_report import cv_tables, paired_wilcoxon, write_cv_report
 
 TINY = {"iterations": 2, "batch_size": 2, "base_channels": 4, "size_zyx": (8, 16, 16)}
 

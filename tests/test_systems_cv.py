@@ -18,12 +18,11 @@ from iunet_nb.model.evaluate import evaluate_case
 from iunet_nb.studies.crossval import (
     CVConfig,
     add_cli,
-    cv_tables,
     merge_folds,
     run_fold,
     validate_cv_parameters,
-    write_cv_report,
 )
+from iunet_nb.studies.cv_report import cv_tables, write_cv_report
 from iunet_nb.systems.cv import (
     SYSTEMS,
     check_system,
@@ -328,5 +327,5 @@ def test_report_has_the_box_column_and_the_comparison(tmp_path):
 
 
 def test_every_system_is_named():
-    from iunet_nb.studies.crossval import METHOD_NAMES
+    from iunet_nb.studies.cv_report import METHOD_NAMES
     assert all(s in METHOD_NAMES for s in SYSTEMS)

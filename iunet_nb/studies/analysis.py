@@ -50,7 +50,7 @@ import pandas as pd
 
 from ..errors import ConfigError, InputError
 from ..io.volume import Volume
-from .crossval import _json_ready, paired_wilcoxon
+from .cv_report import _json_ready, paired_wilcoxon
 from .design import METHODS, StudyPlan
 
 __all__ = [
@@ -505,7 +505,7 @@ def compare_methods(times: pd.DataFrame, dsc: pd.DataFrame | None = None,
         ``median_time_reduction_pct = 100 * (1 - median_time(b) / median_time(a))`` over all
         complete tasks; ``paired_median_time_reduction_pct``, the median over pairs of
         ``100 * (1 - t_b / t_a)``; ``wilcoxon_time`` and ``wilcoxon_dsc``
-        (:func:`iunet_nb.studies.crossval.paired_wilcoxon` of a - b, with ``paired_by``).
+        (:func:`iunet_nb.studies.cv_report.paired_wilcoxon` of a - b, with ``paired_by``).
     """
     out: dict[str, Any] = {"methods": [a, b], "per_method": {}}
     done = times[times["complete"].astype(bool)] if "complete" in times else times

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..io._atomic import atomic_path, atomic_write_text
 from .analysis import StudyResult
-from .crossval import _markdown_table
+from .cv_report import _markdown_table
 from .design import METHODS
 
 if TYPE_CHECKING:  # pragma: no cover
