@@ -126,6 +126,9 @@ def test_predict_system_without_model_uses_the_shipped_one(tmp_path, ct_files, c
     assert read_mask(tmp_path / "z.nii.gz").shape == (16, 24, 24)
     with pytest.raises(InputError, match="no Kloenne model is shipped"):
         _run(["predict-system", "kloenne", str(ct_path), "--out", str(tmp_path / "k.nii.gz")])
+    assert _run(["predict-system", "roth", str(ct_path), "--organ", "liver",
+                 "--out", str(tmp_path / "liver.nii.gz")]) == 0
+    assert read_mask(tmp_path / "liver.nii.gz").shape == (16, 24, 24)
     monkeypatch.setattr(roth, "bundled_roth_path", lambda: tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match="bundled Roth model .* is missing"):
         _run(["predict-system", "roth", str(ct_path), "--out", str(tmp_path / "r.nii.gz")])

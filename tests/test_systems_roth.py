@@ -311,3 +311,18 @@ def test_batch_dice_and_cross_entropy():
     cfg = dataclasses.replace(TINY, dice_over_batch=True, ce_weight=1.0)
     result = train_roth([_case(0), _case(1)], cfg, progress=False)
     assert np.isfinite(result.losses).all()
+
+
+def test_the_bundled_model_loads_checked_and_segments():
+    """The shipped multi-organ model: its hash is checked, its card states what it measures on
+    real CT, and it segments a CT on the CT's own grid."""
+    from iunet_nb.systems.roth import bundled_roth_path, load_bundled_roth
+
+    model = load_bundled_roth()
+    card = json.loads(bundled_roth_path().with_suffix(".json").read_text())
+    assert card["system"] == "roth" and card["date"] == "2026-12-07"
+    assert {"3D-IRCADb 1.7 liver", "PANCREAS_0002 pancreas"} <= set(card["real_ct"])
+    assert model.config.dice_over_batch and model.config.ce_weight == 1.0
+    ct, _ = _case(0, shape=(24, 40, 40))
+    pred = predict_roth(ct, model)
+    assert pred.labels.shape == ct.shape and pred.labels.geometry == ct.geometry
