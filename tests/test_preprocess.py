@@ -11,7 +11,7 @@ from scipy import ndimage
 from iunet_nb.errors import ConfigError, GeometryError, InputError, IunetError
 from iunet_nb.model.preprocess import (Box, CropRecord, PreprocessConfig, crop_mask,
                                  preprocess_image, restore_mask, restore_probabilities)
-from iunet_nb.io.volume import Geometry
+from iunet_nb.io.volume import Geometry, Volume
 
 from conftest import make_ellipsoid
 
@@ -359,6 +359,33 @@ def test_btcv_pancreas_masks_round_trip(shared_data):
     assert min(small) > 0.87 and np.median(small) > 0.9
     assert min(large) >= 0.97
     assert all(b > a for a, b in zip(small, large))
+
+
+def test_max_smooth_mm_caps_the_voxel_smoothing_of_thick_slices_only():
+    cfg = PreprocessConfig(size_zyx=(8, 16, 16), max_smooth_mm=1.5)
+    # 0.75 voxel of 5 mm would be 3.75 mm: capped at 1.5 mm = 0.3 voxel; 0.9 mm pixels not
+    assert cfg.sigma_zyx((10, 16, 16), spacing_mm=(5.0, 0.9, 0.9)) == pytest.approx(
+        (0.3, 0.75, 0.75))
+    assert cfg.sigma_zyx((10, 16, 16)) == (0.75, 0.75, 0.75)      # no geometry: no cap
+    assert PreprocessConfig().sigma_zyx((10, 16, 16), spacing_mm=(5.0, 1, 1)) == (0.75,) * 3
+    # the anti-aliasing prefilter is not capped: 64 / 16 = 4x in x -> 0.5 * 4 = 2 voxels;
+    # z is upsampled (4 / 8), so the capped 0.3 stands there
+    both = PreprocessConfig(size_zyx=(8, 16, 16), antialias=0.5, max_smooth_mm=1.5)
+    assert both.sigma_zyx((4, 16, 64), spacing_mm=(5.0, 0.9, 0.9)) == pytest.approx(
+        (0.3, 0.75, 2.0))
+    for bad in (-1, float("nan"), "1"):
+        with pytest.raises(ConfigError, match="max_smooth_mm"):
+            PreprocessConfig(max_smooth_mm=bad)
+    assert PreprocessConfig.from_dict({"sigma_vox": 0.75}).max_smooth_mm == 0.0  # older cards
+    # end to end: a 5 mm CT keeps more of its z detail with the cap
+    rng = np.random.default_rng(0)
+    arr = rng.normal(0, 40, (10, 32, 32)).astype(np.float32)
+    image = Volume(arr, Geometry(spacing_mm=(5.0, 0.9, 0.9), origin_mm=(0.0, 0.0, 0.0),
+                                 direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    box = Box((1, 2, 2), (9, 30, 30))
+    plain, _ = preprocess_image(image, box, PreprocessConfig(size_zyx=(8, 16, 16)))
+    capped, _ = preprocess_image(image, box, cfg)
+    assert capped.std() > 1.2 * plain.std()
 
 
 def test_antialias_smooths_each_axis_by_its_downsampling_factor():

@@ -6,7 +6,8 @@ The forward pipeline, in this order:
    the original grid, or, with ``antialias`` > 0, of ``max(sigma_vox, antialias * f)`` voxels
    along each axis where ``f`` is that axis's downsampling factor (crop voxels per working
    voxel): an anti-aliasing prefilter, so that the working image looks the same whether the CT
-   has 0.7 mm or 2 mm pixels and 1 mm or 5 mm slices. Only the crop padded by the filter
+   has 0.7 mm or 2 mm pixels and 1 mm or 5 mm slices; with ``max_smooth_mm`` > 0 the
+   ``sigma_vox`` part is at most that many mm along any axis. Only the crop padded by the filter
    radius is smoothed, which gives the same values inside the crop as smoothing the whole
    volume (the filter never reads further);
 2. **window**: clip HU to ``hu_window`` and rescale linearly to ``[-1, 1]``;
@@ -254,6 +255,13 @@ class PreprocessConfig(JsonConfig):
             noise and fine texture aliased, while a 2 mm CT barely changes: measured on NIH
             PANCREAS_0002 with a network trained on 2 mm synthetic CT, DSC 0.46 without,
             0.56 with 0.5 (``docs/report.md``).
+        max_smooth_mm: 0 (models before 2026-12-07): ``sigma_vox`` voxels along every axis.
+            Above 0, the ``sigma_vox`` smoothing along an axis is at most this many mm (the
+            ``antialias`` prefilter is not capped; an array without geometry is not capped).
+            ``sigma_vox`` is counted in voxels, so on thick slices it blurs along z far more
+            than the network saw in training, on top of the slice profile's own blur: 0.75
+            voxel of a 5 mm slice is 3.75 mm. 1.5 mm is 0.75 voxel of the 2 mm grid of the
+            synthetic training CT. Measured on NIH PANCREAS_0002 (``docs/report.md``).
 
     Raises:
         ConfigError: a value is out of range or of the wrong type.
@@ -265,6 +273,7 @@ class PreprocessConfig(JsonConfig):
     margin_frac: float = 0.05
     size_zyx: tuple[int, int, int] = (24, 64, 64)
     antialias: float = 0.0
+    max_smooth_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.version != 1:
@@ -289,6 +298,11 @@ class PreprocessConfig(JsonConfig):
         if not _is_real(self.antialias) or not 0 <= self.antialias <= 4:
             raise ConfigError(f"antialias must be a number in [0, 4] (0: off), "
                               f"got {self.antialias!r}")
+        if (not _is_real(self.max_smooth_mm) or not math.isfinite(self.max_smooth_mm)
+                or self.max_smooth_mm < 0):
+            raise ConfigError(f"max_smooth_mm must be a finite number >= 0 (mm; 0: no cap), "
+                              f"got {self.max_smooth_mm!r}")
+        object.__setattr__(self, "max_smooth_mm", float(self.max_smooth_mm))
         object.__setattr__(self, "antialias", float(self.antialias))
         object.__setattr__(self, "sigma_vox", float(self.sigma_vox))
         object.__setattr__(self, "hu_window", (float(window[0]), float(window[1])))
@@ -296,16 +310,19 @@ class PreprocessConfig(JsonConfig):
         object.__setattr__(self, "size_zyx", tuple(int(s) for s in size))
 
     def sigma_zyx(self, crop_shape: Sequence[int], axes_zyx: Sequence[int] = (0, 1, 2),
-                  ) -> tuple[float, float, float]:
+                  spacing_mm: Sequence[float] | None = None) -> tuple[float, float, float]:
         """Smoothing sigma in voxels along each array axis of a crop of ``crop_shape``.
 
         ``axes_zyx``: the array axis that becomes each working axis (:class:`CropRecord`).
+        ``spacing_mm``: the voxel size of each array axis (for ``max_smooth_mm``).
         """
         sigma = [self.sigma_vox] * 3
+        if self.max_smooth_mm > 0 and spacing_mm is not None:
+            sigma = [min(self.sigma_vox, self.max_smooth_mm / float(d)) for d in spacing_mm]
         if self.antialias > 0:
             for w, a in enumerate(axes_zyx):
                 factor = int(crop_shape[a]) / self.size_zyx[w]
-                sigma[a] = max(self.sigma_vox, self.antialias * factor)
+                sigma[a] = max(sigma[a], self.antialias * factor)
         return (sigma[0], sigma[1], sigma[2])
 
     def margin_zyx(self, shape: Sequence[int]) -> tuple[int, int, int]:
@@ -671,7 +688,8 @@ def preprocess_image(image: Volume | np.ndarray, box: Box,
     box.validate(arr.shape)
     crop = box.expand(cfg.margin_zyx(arr.shape)).clip(arr.shape)
     crop_shape = tuple(h - lo for lo, h in zip(crop.lo_zyx, crop.hi_zyx))
-    region = _smooth_crop(arr, crop, cfg.sigma_zyx(crop_shape, axes))
+    spacing = image.spacing_mm if isinstance(image, Volume) else None
+    region = _smooth_crop(arr, crop, cfg.sigma_zyx(crop_shape, axes, spacing))
     if not np.all(np.isfinite(region)):
         bad = int(np.size(region) - np.count_nonzero(np.isfinite(region)))
         raise InputError(f"the image holds {bad} NaN/infinite value(s) inside the crop "
