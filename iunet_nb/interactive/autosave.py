@@ -314,7 +314,8 @@ def read_folder(folder: Path, path: Path, hint: str, volume: Volume,
         if manifest.get("version") != FORMAT_VERSION:
             raise ValueError(f"version {manifest.get('version')!r}, expected {FORMAT_VERSION}")
         files = {k: (v["name"], v["sha256"]) for k, v in manifest["files"].items()}
-        manifest["state"]  # noqa: B018 - checked here, read by the session
+        if "state" not in manifest:  # read by the session; checked here with the rest
+            raise KeyError("state")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SessionError(f"{path} is corrupt or truncated ({exc}){hint}") from exc
     if manifest["ct"]["hash"] != array_hash(volume):
