@@ -4,9 +4,11 @@ Usage::
 
     python benchmarks/bench_real.py [--model runs/x/model.pt] [--parts pancreas,unseen,robust,synthetic]
                                     [--rounds 10] [--out runs/bench_real]
+                                    [--precision auto|float32|bfloat16]
 
 Every figure uses the shipped defaults (``RefineConfig()``, ``RobotConfig.preset("expert")``)
-and the box from the expert mask (the paper's Experiment 1 protocol). Parts:
+and the box from the expert mask (the paper's Experiment 1 protocol); ``--precision`` sets
+``RefineConfig.precision`` (the refinement's arithmetic; default ``auto``). Parts:
 
 ``pancreas``
     NIH Pancreas-CT case 0002 (``../shared/data/nih_pancreas_ct``), the project's real-pancreas
@@ -49,6 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from iunet_nb.interactive.refine import RefineConfig
 from iunet_nb.interactive.robot import RobotConfig, run_robot
 from iunet_nb.interactive.session import Session
 from iunet_nb.io.images import read_dicom_mask_series, read_image, read_mask
@@ -88,7 +91,7 @@ def with_noise(volume: Volume, sd_hu: float, seed: int = 0) -> Volume:
 
 
 def run_case(name: str, ct: Volume, ref: Volume, model: torch.nn.Module, card: Any,
-             rounds: int, out: Path) -> dict[str, Any]:
+             rounds: int, out: Path, config: RefineConfig | None = None) -> dict[str, Any]:
     """The automatic mask and ``rounds`` robot rounds of one case; prints as it goes."""
     box = make_box(ct, reference=ref)
     t0 = time.perf_counter()
@@ -101,8 +104,8 @@ def run_case(name: str, ct: Volume, ref: Volume, model: torch.nn.Module, card: A
           f"HD95 {row['auto']['hd95_mm']:.1f} mm) in {auto_s:.1f} s", flush=True)
     final = auto
     if rounds:
-        with Session(ct, model, card, box, case_id=name, reader_id="robot-expert",
-                     reference=ref) as session:
+        with Session(ct, model, card, box, config=config, case_id=name,
+                     reader_id="robot-expert", reference=ref) as session:
             result = run_robot(session, ref, RobotConfig.preset("expert", rounds=rounds, seed=0),
                                predict=True)
             final = session.mask
@@ -137,7 +140,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/bench_real")
+    ap.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="RefineConfig.precision of the refinement (default auto)")
     args = ap.parse_args()
+    config = RefineConfig(precision=args.precision)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     if not NIH.is_dir():
@@ -147,7 +153,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     results: dict[str, Any] = {"model": args.model or "bundled", "card_data": card.data,
-                               "torch_threads": args.threads, "rows": []}
+                               "torch_threads": args.threads, "precision": args.precision,
+                               "rows": []}
     print(f"model: {results['model']} ({card.data[:120]}...)")
     nih_ct = nih_ref = None
     if parts & {"pancreas", "robust"}:
@@ -155,18 +162,19 @@ def main() -> None:
         nih_ref = read_mask(NIH / "label0002.nii.gz")
     if "pancreas" in parts:
         results["rows"].append(run_case("PANCREAS_0002", nih_ct, nih_ref, model, card,
-                                        args.rounds, out))
+                                        args.rounds, out, config))
     if "unseen" in parts:
         for patient, organ in UNSEEN:
             ct, ref = _ircadb(patient, organ)
             results["rows"].append(run_case(f"IRCADb {patient} {organ}", ct, ref, model, card,
-                                            args.rounds, out))
+                                            args.rounds, out, config))
     if "robust" in parts:
         variants = [("PANCREAS_0002 slices 3 mm", thick_slices(nih_ct, 3), thick_slices(nih_ref, 3, mask=True)),
                     ("PANCREAS_0002 slices 5 mm", thick_slices(nih_ct, 5), thick_slices(nih_ref, 5, mask=True)),
                     ("PANCREAS_0002 noise +25 HU", with_noise(nih_ct, 25.0), nih_ref)]
         for name, ct, ref in variants:
-            results["rows"].append(run_case(name, ct, ref, model, card, min(args.rounds, 5), out))
+            results["rows"].append(run_case(name, ct, ref, model, card, min(args.rounds, 5), out,
+                                            config))
     if "synthetic" in parts:
         from iunet_nb.model.train import load_training_cases
         from iunet_nb.synth.generator import load_sample
@@ -176,7 +184,7 @@ def main() -> None:
             (f"BTCV-synthetic {i}", ct, ref) for i, (ct, ref) in enumerate(cases[-5:], start=25)]
         for name, ct, ref in synthetic:
             results["rows"].append(run_case(name, ct, ref, model, card, min(args.rounds, 5),
-                                            out))
+                                            out, config))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     rows = [{"case": r["case"], "round": i, "dsc": v} for r in results["rows"]
             for i, v in enumerate(r.get("rounds", []))]

@@ -75,6 +75,22 @@ def test_refine_config_rejects_an_unknown_normalisation():
         RefineConfig(normalisation="mean")
 
 
+def test_precision_auto_is_bfloat16_only_where_the_cpu_has_it(monkeypatch):
+    from iunet_nb.model import checkpoint
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert checkpoint.autocast_dtype(cpu, "auto") is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert checkpoint.autocast_dtype(cpu, "auto") is torch.bfloat16
+    assert checkpoint.autocast_dtype(cpu, "float32") is None
+    assert checkpoint.autocast_dtype(cuda, "auto") is None       # CUDA keeps float32
+    assert checkpoint.autocast_dtype(cuda, "bfloat16") is torch.bfloat16
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        RefineConfig(precision="half")
+
+
 def test_scribble_term_makes_the_network_learn_the_strokes(model):
     """Eq. 3 alone does not teach a small stroke; the scribble term does."""
     rng = np.random.default_rng(0)

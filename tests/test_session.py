@@ -238,12 +238,35 @@ def test_cached_and_naive_refinement_agree(case, model, card, cfg):
     import dataclasses
     masks, probs = [], []
     for cached in (True, False):
-        s = _session(case, model, card, dataclasses.replace(cfg, cached_encoder=cached))
+        s = _session(case, model, card, dataclasses.replace(cfg, cached_encoder=cached,
+                                                            precision="float32"))
         s.predict()
         s.add_scribble("fg", [(16, 10), (16, 20)], view="axial", slice_index=12, radius_mm=2)
         masks.append(s.refine().array)
         probs.append(s._prob)
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-5)
+
+
+def test_bfloat16_refinement_follows_float32(case, model, card, cfg):
+    # bfloat16 keeps about 3 significant digits: the refined probabilities move by far less
+    # than the refinement itself moves them, and the event log says which arithmetic ran
+    import dataclasses
+    # 24 x 32 x 32: the deepest level has 3 x 4 x 4 voxels (smaller grids run float32)
+    card = dataclasses.replace(card, preprocess=dataclasses.replace(card.preprocess,
+                                                                    size_zyx=(24, 32, 32)))
+    probs, events = [], []
+    for precision in ("float32", "bfloat16"):
+        s = _session(case, model, card, dataclasses.replace(cfg, precision=precision))
+        s.predict()
+        start = s._prob.copy()
+        s.add_scribble("fg", [(16, 10), (16, 20)], view="axial", slice_index=12, radius_mm=2)
+        s.refine()
+        probs.append(s._prob)
+        events.append([e for e in s.events if e["event"] == "refine"][-1]["details"])
+    moved = np.abs(probs[0] - start).max()
+    assert moved > 0.01
+    assert np.abs(probs[1] - probs[0]).max() < 0.1 * moved
+    assert [e["precision"] for e in events] == ["float32", "bfloat16"]
 
 
 # ----------------------------------------------------------------------------- undo / redo

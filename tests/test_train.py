@@ -280,3 +280,22 @@ def test_parse_phases_and_randomised_cases_draw_phases_reproducibly():
     assert counts == {"arterial": 1} and len(first) == 1
     np.testing.assert_array_equal(first[0][0].array, again[0][0].array)
     assert first[0][1].array.any()
+
+
+def test_bfloat16_training_learns_and_keeps_float32_weights(ellipsoid_case):
+    from iunet_nb.model.checkpoint import autocast_dtype
+
+    # 24 voxels a side: the deepest level of the depth-4 iUnet has 3 (smaller ones run float32)
+    cfg = dataclasses.replace(TINY, preprocess=PreprocessConfig(size_zyx=(24, 24, 24)),
+                              iterations=30, lr=1e-2, precision="bfloat16")
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "bfloat16", deepest_zyx=(3, 3, 3)) is torch.bfloat16
+    assert autocast_dtype(cpu, "bfloat16", deepest_zyx=(1, 2, 2)) is None
+    ct, mask = ellipsoid_case
+    result = train(*prepare_cases([(ct, mask), (ct, mask)], cfg.preprocess), cfg, None,
+                   progress=False)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert np.isfinite(result.losses).all()
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.05
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        TrainConfig(precision="float16")

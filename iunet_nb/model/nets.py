@@ -238,6 +238,11 @@ class SegmentationNet(nn.Module):
                              f"got {type(state).__name__}")
         return self._decode(state)
 
+    def deepest_zyx(self, size_zyx: Sequence[int]) -> tuple[int, int, int]:
+        """Size of the deepest feature map for an input of ``size_zyx`` voxels."""
+        m = self.cfg.size_multiple
+        return tuple(int(n) // m for n in size_zyx[-3:])  # type: ignore[return-value]
+
     def interactive_parameters(self) -> list[nn.Parameter]:
         """Weights and biases of the deep trainable layer, then of the last layer (4 tensors)."""
         deep, last = self._interactive_layers()

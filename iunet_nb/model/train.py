@@ -42,7 +42,8 @@ from .._config import JsonConfig
 from ..io._atomic import atomic_path, atomic_write_text
 from ..io.datasets import BTCV_DIRECTION
 from .augment import AugmentConfig, augment_batch
-from .checkpoint import ModelCard, load_model, machine_description, read_weights_file, save_model
+from .checkpoint import (PRECISIONS, ModelCard, autocast_dtype, load_model, machine_description,
+                         read_weights_file, save_model)
 from .distributed import (DistContext, check_divisible, convert_sync_batchnorm, distributed,
                           get_world_size, is_main)
 from ..errors import CheckpointError, ConfigError, InputError
@@ -84,6 +85,12 @@ class TrainConfig(JsonConfig):
             held-out synthetic DSC of all four up by 0-0.008; the last step's real DSC swings
             by up to 0.03 between checkpoints 25 steps apart. A cosine learning-rate decay
             instead gave 0.867 / 0.864 (seeds 1, 2).
+        precision: arithmetic of the forward and backward passes
+            (:func:`iunet_nb.model.checkpoint.autocast_dtype`): ``"float32"`` (default, the
+            same numbers on every machine), ``"bfloat16"`` (autocast; the weights, Adam's
+            state and the loss stay float32) or ``"auto"`` (bfloat16 on a CPU that has it in
+            hardware, float32 elsewhere). Measured on a 2-core AMD EPYC with AVX512-BF16:
+            an iUnet training step at 32 x 64 x 64, batch 4, 1 thread, 1.7-2.4 s -> 0.78 s.
     """
 
     version: int = 1
@@ -97,6 +104,7 @@ class TrainConfig(JsonConfig):
     checkpoint_every: int = 100
     structure: str = "pancreas"
     ema_decay: float = 0.99
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "checkpoint_every"):
@@ -108,6 +116,9 @@ class TrainConfig(JsonConfig):
         if not (_is_real(self.ema_decay) and 0 <= self.ema_decay < 1):
             raise ConfigError(f"TrainConfig.ema_decay must be in [0, 1) (0: no averaging), "
                               f"got {self.ema_decay!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"TrainConfig.precision must be one of {list(PRECISIONS)}, "
+                              f"got {self.precision!r}")
 
 
 @dataclass
@@ -268,6 +279,7 @@ def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
 
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     n = images.shape[0]
+    low = autocast_dtype(dev, config.precision, deepest_zyx=model.deepest_zyx(images.shape[2:]))
     model.train()
     t0 = time.perf_counter() - elapsed_before
     bar = tqdm(range(start, config.iterations), total=config.iterations, initial=start,
@@ -282,7 +294,12 @@ def _train(images: torch.Tensor, masks: torch.Tensor, config: TrainConfig,
             x, y = ctx.shard(x).to(dev), ctx.shard(y).to(dev)
             if y.ndim == 5:
                 y = y[:, 0]
-            probs = torch.softmax(net(x), dim=1)
+            if low is None:
+                logits = net(x)
+            else:
+                with torch.autocast(dev.type, dtype=low):
+                    logits = net(x).float()
+            probs = torch.softmax(logits, dim=1)
             loss = soft_dice_loss(probs, one_hot(y.long(), config.net.n_classes))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over the ranks
