@@ -84,6 +84,9 @@ def main() -> None:
                     help="AugmentConfig.scale: zoom each axis by 1 +- this (0: off)")
     ap.add_argument("--elastic", type=float, default=0.0,
                     help="AugmentConfig.elastic_vox: smooth random displacement (voxels, 0: off)")
+    ap.add_argument("--arch", default="iunet", choices=["iunet", "cicek", "dilated_fcn"],
+                    help="the network (cicek / dilated_fcn: the papers' box-from-mask peers on "
+                         "the same data; give --out and --work of their own)")
     ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "auto"],
                     help="TrainConfig.precision (auto: bfloat16 on a CPU that has it, "
                          "about 2-3x faster there; default float32)")
@@ -96,6 +99,9 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bundled")
     ap.add_argument("--out", default=str(bundled_model_path()))
     args = ap.parse_args()
+    if args.arch != "iunet" and Path(args.out).resolve() == bundled_model_path().resolve():
+        raise SystemExit(f"--arch {args.arch}: give --out (the bundled iUnet's file is "
+                         f"{bundled_model_path()})")
     logging.basicConfig(level=logging.INFO)
     torch.manual_seed(args.seed)
 
@@ -109,7 +115,8 @@ def main() -> None:
     for n, (iterations, size) in enumerate(stages):
         pre = PreprocessConfig(size_zyx=size, antialias=args.antialias)
         augment = AugmentConfig(scale=args.scale, elastic_vox=args.elastic)
-        cfg = TrainConfig(net=NetConfig(base_channels=16), preprocess=pre, augment=augment,
+        cfg = TrainConfig(net=NetConfig(arch=args.arch, base_channels=16), preprocess=pre,
+                          augment=augment,
                           iterations=iterations, batch_size=args.batch, lr=args.lr,
                           seed=args.seed, checkpoint_every=50, precision=args.precision)
         # the prepared cases depend only on the data arguments: kept beside the run, so a
