@@ -558,10 +558,11 @@ def test_local_config_defaults_and_validation():
     # a config saved before local_mm / one_way existed keeps the paper's behaviour on load
     legacy = json.loads(RefineConfig(lr=0.02).to_json())
     for name in ("local_mm", "one_way", "scribble_ce", "confidence_gate", "new_changes_only",
-                 "edge_weight"):
+                 "edge_weight", "precision"):
         del legacy[name]
     old = autosave_mod.config_from_saved(json.dumps(legacy))
     assert (old.local_mm, old.one_way, old.scribble_ce, old.lr) == (None, False, 0.0, 0.02)
+    assert old.precision == "float32" and RefineConfig().precision == "auto"
     assert old.edge_weight == 0.0 and RefineConfig().edge_weight == 0.5
     assert not old.confidence_gate and not old.new_changes_only
     assert autosave_mod.config_from_saved(RefineConfig().to_json()) == RefineConfig()

@@ -383,7 +383,8 @@ def config_from_saved(text: str) -> RefineConfig:
     written before ``scribble_ce`` existed refines without the scribble term, one written
     before ``confidence_gate``/``new_changes_only`` existed without those, and one written
     before ``edge_weight`` existed thresholds the probability alone, one written before
-    ``fill_below``/``geodesic_sides`` existed refines without them."""
+    ``fill_below``/``geodesic_sides`` existed refines without them, and one written before
+    ``precision`` existed refines in float32."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -391,7 +392,7 @@ def config_from_saved(text: str) -> RefineConfig:
     if isinstance(data, dict):
         data = {"local_mm": None, "one_way": False, "scribble_ce": 0.0,
                 "confidence_gate": False, "new_changes_only": False, "edge_weight": 0.0,
-                "fill_below": 0.0, "geodesic_sides": False, **data}
+                "fill_below": 0.0, "geodesic_sides": False, "precision": "float32", **data}
     return RefineConfig.from_dict(data)
 
 
