@@ -47,8 +47,8 @@ from scipy import ndimage
 
 from .._config import JsonConfig
 from ..errors import ConfigError
-from ..model.losses import interactive_loss, scribble_cross_entropy
 from ..model.checkpoint import PRECISIONS, autocast_dtype
+from ..model.losses import interactive_loss, scribble_cross_entropy
 from ..model.nets import EncodedFeatures, SegmentationNet
 from ..model.preprocess import Box, CropRecord, _is_int, _is_real, restore_crop_probabilities
 from .edges import EDGE_WEIGHT, snap_to_edges
