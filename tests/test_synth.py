@@ -387,7 +387,7 @@ def test_phase_config_changes_the_contrast_not_the_anatomy():
     from iunet_nb.synth.generator import SynthConfig
     from iunet_nb.synth.phases import PHASES, phase_config
 
-    assert set(PHASES) == {"non_contrast", "arterial", "portal_venous", "delayed"}
+    assert set(PHASES) == {"non_contrast", "arterial", "portal_venous", "delayed", "random"}
     assert phase_config("portal_venous") == SynthConfig()
     arterial, plain = phase_config("arterial"), phase_config("non_contrast")
     assert arterial.aorta_hu[0] > SynthConfig().aorta_hu[1]       # brighter than portal-venous
@@ -398,3 +398,8 @@ def test_phase_config_changes_the_contrast_not_the_anatomy():
     assert wide.slice_sigma_mm[1] > SynthConfig().slice_sigma_mm[1]
     with pytest.raises(ConfigError, match="unknown contrast phase"):
         phase_config("venous")
+    # random: every soft-tissue organ spans the others' ranges, so HU does not tell them apart
+    rnd = phase_config("random")
+    organs = [rnd.liver_hu, rnd.spleen_hu, rnd.pancreas_hu, rnd.bowel_wall_hu, rnd.stomach_wall_hu]
+    assert max(lo for lo, _ in organs) < min(hi for _, hi in organs) - 100
+    assert rnd.bowel_fraction == SynthConfig().bowel_fraction

@@ -39,6 +39,19 @@ _PHASE_HU: dict[str, dict[str, Range]] = {
         aorta_hu=(100.0, 140.0), ivc_hu=(100.0, 140.0), portal_vein_hu=(100.0, 140.0),
         liver_vessel_delta_hu=(5.0, 25.0), stomach_wall_hu=(60.0, 90.0),
         bowel_wall_hu=(50.0, 80.0), blood_pool_hu=(100.0, 140.0)),
+    # not a phase a scanner makes: every soft-tissue structure and vessel draws its HU from
+    # one wide range, independently, so a structure's brightness says nothing about what it
+    # is and a network must go by shape and context (SynthSeg's domain randomisation, here
+    # within CT's soft-tissue window)
+    "random": dict(
+        liver_hu=(20.0, 200.0), spleen_hu=(20.0, 200.0), pancreas_hu=(20.0, 200.0),
+        kidney_hu=(20.0, 260.0), kidney_medulla_drop_hu=(0.0, 120.0),
+        kidney_texture_sd_hu=(3.0, 18.0), aorta_hu=(30.0, 350.0), ivc_hu=(30.0, 300.0),
+        portal_vein_hu=(30.0, 300.0), liver_vessel_delta_hu=(-30.0, 80.0),
+        adrenal_hu=(10.0, 120.0), esophagus_hu=(20.0, 120.0), stomach_wall_hu=(20.0, 160.0),
+        gastric_content_hu=(-10.0, 60.0), bowel_wall_hu=(20.0, 160.0),
+        bowel_content_hu=(-20.0, 80.0), muscle_hu=(20.0, 90.0), fat_hu=(-140.0, -60.0),
+        blood_pool_hu=(30.0, 350.0), texture_sd_hu=(3.0, 15.0)),
 }
 
 PHASES: tuple[str, ...] = tuple(_PHASE_HU)
@@ -58,8 +71,9 @@ def phase_config(phase: str, *, wide_quality: bool = False,
 
     Args:
         phase: one of :data:`PHASES`: ``non_contrast``, ``arterial``, ``portal_venous`` (the
-            default config) or ``delayed``; the organ and vessel HU ranges change, the anatomy
-            and every other range stay.
+            default config), ``delayed``, or ``random`` (every soft-tissue structure and
+            vessel independently anywhere in 20-200 HU or so: appearance carries no label);
+            the organ and vessel HU ranges change, the anatomy and every other range stay.
         wide_quality: also widen noise, blur (PSF and slice profile) and texture ranges to
             cover low-dose, sharp-kernel and thick-slice scans.
         base: the config to start from (default :class:`SynthConfig`).
