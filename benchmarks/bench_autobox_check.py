@@ -10,6 +10,13 @@ sample and the last 5 BTCV-synthetic cases of ``load_training_cases(..., seed=20
 each it prints the signs of :func:`iunet_nb.systems.autobox.check_box` (detector peak and
 mean probability, box sizes in mm, mask volume, z border, how far the settled box moved),
 the final mask's volume in the settled box, and the reasons the default limits give.
+
+``variants`` (issue 25's last row): PANCREAS_0002 transformed, each with the expert mask
+carried along: ``upper abdomen`` (the slices from 60 mm above the pancreas's top to 30 mm
+below its bottom: a scan that stops under the pancreas), ``extended FOV`` (padded by 64
+voxels of air, -1000 HU, on each in-plane side: a 704 x 704 field), ``slices 3 mm`` / ``slices
+5 mm`` (``bench_real.thick_slices``). Prints the same signs, the settled box's recall and its
+volume against the expert box's.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from iunet_nb.io.images import read_image, read_mask
 from iunet_nb.model.checkpoint import load_bundled_model
 from iunet_nb.model.evaluate import dice
 from iunet_nb.model.predict import segment
+from iunet_nb.model.preprocess import Box
 from iunet_nb.model.train import load_training_cases
 from iunet_nb.synth.generator import load_sample
 from iunet_nb.systems.autobox import box_recall, find_box
@@ -40,6 +48,8 @@ def _cases(parts: set[str]):
         yield "PANCREAS_0002", read_image(nih / "dicom"), read_mask(nih / "label0002.nii.gz")
         for p in ("1.7", "1.17"):
             yield f"3D-IRCADb {p}", read_image(DATA / "ircadb" / p / "PATIENT_DICOM"), None
+    if "variants" in parts:
+        yield from _variants()
     if "synthetic" in parts:
         yield ("sample", *load_sample())
         btcv, _ = load_training_cases(f"btcv-synth:{DATA / 'btcv_labels'}", seed=2020)
@@ -47,9 +57,47 @@ def _cases(parts: set[str]):
             yield f"btcv-synth {i}", ct, m
 
 
+def _variants():
+    import sys
+
+    from iunet_nb.io.volume import Geometry, Volume
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_real import thick_slices
+
+    nih = DATA / "nih_pancreas_ct" / "PANCREAS_0002"
+    ct, ref = read_image(nih / "dicom"), read_mask(nih / "label0002.nii.gz")
+    g = ct.geometry
+    direction = np.asarray(g.direction, float).reshape(3, 3)  # columns: x, y, z axes
+
+    def cut(vol: Volume, z0: int, z1: int, pad: int = 0, fill: float = 0.0) -> Volume:
+        arr = np.asarray(vol.array)[z0:z1]
+        if pad:
+            arr = np.pad(arr, ((0, 0), (pad, pad), (pad, pad)), constant_values=fill)
+        sp_z, sp_y, sp_x = g.spacing_mm
+        origin = (np.asarray(g.origin_mm, float) + direction[:, 2] * sp_z * z0
+                  - (direction[:, 1] * sp_y + direction[:, 0] * sp_x) * pad)
+        return Volume(arr, Geometry(g.spacing_mm, tuple(origin), g.direction), dict(vol.meta))
+
+    z = np.nonzero(np.asarray(ref.array).any(axis=(1, 2)))[0]
+    dz = g.spacing_mm[0]
+    # array z runs along +direction[:, 2]; "above" is +z in LPS when that column's z is > 0
+    up = direction[2, 2] > 0
+    lo = int(z.min() - (30 if up else 60) / dz)
+    hi = int(z.max() + 1 + (60 if up else 30) / dz)
+    lo, hi = max(lo, 0), min(hi, ct.shape[0])
+    yield "PANCREAS_0002 upper abdomen", cut(ct, lo, hi), cut(ref, lo, hi)
+    n = ct.shape[0]
+    yield ("PANCREAS_0002 extended FOV", cut(ct, 0, n, 64, -1000.0),
+           cut(ref, 0, n, 64, 0))
+    for t in (3, 5):
+        yield f"PANCREAS_0002 slices {t} mm", thick_slices(ct, t), thick_slices(ref, t, mask=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="real,synthetic")
+    ap.add_argument("--parts", default="real,synthetic",
+                    help="comma-separated: real, variants, synthetic")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument("--detector", default=None, help="Zhou model.pt (default: the bundled one)")
@@ -79,6 +127,9 @@ def main() -> None:
             row["recall"] = round(box_recall(check.box, ref.array), 3)
             row["detected_recall"] = round(box_recall(check.detected, ref.array), 3)
             row["dsc"] = round(dice(final, ref.array), 3)
+            expert = Box.from_mask(np.asarray(ref.array))
+            row["volume_vs_expert_box"] = round(
+                float(np.prod(check.box.size)) / float(np.prod(expert.size)), 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
