@@ -11,18 +11,32 @@ within N mm of the new strokes; ``unlimited``: anywhere in the crop (still one-w
 ``_lr3``: lr 3e-3. Prints the mean DSC per round and every case's curve; writes the per-round
 table to runs/robot/.
 """
-import dataclasses, sys, time, logging
+import argparse
+import dataclasses
+import logging
+import sys
+import time
 from pathlib import Path
-import torch
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_interactive import _cases, _model, _print_summary
-from iunet_nb.interactive.robot import RobotConfig
-from iunet_nb.interactive.session import RefineConfig
-from iunet_nb.studies.compare import Method, compare_methods
 
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_interactive import _cases, _model, _print_summary  # noqa: E402
+
+from iunet_nb.interactive.robot import RobotConfig  # noqa: E402
+from iunet_nb.interactive.session import RefineConfig  # noqa: E402
+from iunet_nb.studies.compare import Method, compare_methods  # noqa: E402
+
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             epilog=__doc__.split("\n\n", 1)[1])
+ap.add_argument("spec", help="cases, e.g. ircadb:spleen (bench_interactive's case specs)")
+ap.add_argument("model", help="model.pt with its card")
+ap.add_argument("variants", help="comma-separated variant names (below)")
+args = ap.parse_args()
 torch.set_num_threads(1)
 logging.basicConfig(level=logging.WARNING)
-spec, model_path, names = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+spec, model_path, names = args.spec, args.model, args.variants.split(",")
 base = RefineConfig()
 variants = {
     "local15": base,
@@ -36,6 +50,9 @@ variants = {
     "local30_keep_it10": dataclasses.replace(base, local_mm=30.0, iterations=10, keep_weights_between_rounds=True),
     "local30_keep_lr3": dataclasses.replace(base, local_mm=30.0, lr=3e-3, keep_weights_between_rounds=True),
 }
+unknown = [n for n in names if n not in variants]
+if unknown:
+    ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(variants)}")
 model, card, which = _model(model_path)
 cases = _cases(spec, 3)
 robot = RobotConfig.preset("expert", rounds=5, seed=0)
