@@ -14,7 +14,7 @@ the final mask's volume in the settled box, and the reasons the default limits g
 ``variants`` (issue 25's last row): PANCREAS_0002 transformed, each with the expert mask
 carried along: ``upper abdomen`` (the slices from 60 mm above the pancreas's top to 30 mm
 below its bottom: a scan that stops under the pancreas), ``extended FOV`` (padded by 64
-voxels of air, -1000 HU, on each in-plane side: a 704 x 704 field), ``slices 3 mm`` / ``slices
+voxels of air, -1000 HU, on each in-plane side: a 640 x 640 field), ``slices 3 mm`` / ``slices
 5 mm`` (``bench_real.thick_slices``). Prints the same signs, the settled box's recall and its
 volume against the expert box's.
 """
