@@ -68,21 +68,19 @@ def _variants():
     nih = DATA / "nih_pancreas_ct" / "PANCREAS_0002"
     ct, ref = read_image(nih / "dicom"), read_mask(nih / "label0002.nii.gz")
     g = ct.geometry
-    direction = np.asarray(g.direction, float).reshape(3, 3)  # columns: x, y, z axes
 
     def cut(vol: Volume, z0: int, z1: int, pad: int = 0, fill: float = 0.0) -> Volume:
         arr = np.asarray(vol.array)[z0:z1]
         if pad:
             arr = np.pad(arr, ((0, 0), (pad, pad), (pad, pad)), constant_values=fill)
-        sp_z, sp_y, sp_x = g.spacing_mm
-        origin = (np.asarray(g.origin_mm, float) + direction[:, 2] * sp_z * z0
-                  - (direction[:, 1] * sp_y + direction[:, 0] * sp_x) * pad)
-        return Volume(arr, Geometry(g.spacing_mm, tuple(origin), g.direction), dict(vol.meta))
+        origin = g.index_to_physical((z0, -pad, -pad))   # the new first voxel's centre
+        return Volume(arr, Geometry(g.spacing_mm, tuple(float(v) for v in origin), g.direction),
+                      dict(vol.meta))
 
     z = np.nonzero(np.asarray(ref.array).any(axis=(1, 2)))[0]
     dz = g.spacing_mm[0]
-    # array z runs along +direction[:, 2]; "above" is +z in LPS when that column's z is > 0
-    up = direction[2, 2] > 0
+    # "above" is +z in LPS: does the array's z axis run that way?
+    up = g.index_to_physical((1, 0, 0))[2] > g.index_to_physical((0, 0, 0))[2]
     lo = int(z.min() - (30 if up else 60) / dz)
     hi = int(z.max() + 1 + (60 if up else 30) / dz)
     lo, hi = max(lo, 0), min(hi, ct.shape[0])

@@ -354,6 +354,14 @@ def warm_up() -> None:
     threading.Thread(target=work, name="iunet-warm-up", daemon=True).start()
 
 
+def refine_dtype(model: SegmentationNet, size_zyx: Sequence[int], config: RefineConfig,
+                 device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a refine round on a working grid of ``size_zyx`` (None: float32):
+    ``config.precision`` on ``device``, float32 where the grid is too small for bfloat16
+    (:func:`iunet_nb.model.checkpoint.autocast_dtype`)."""
+    return autocast_dtype(device, config.precision, deepest_zyx=model.deepest_zyx(size_zyx))
+
+
 def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
               weight: np.ndarray, config: RefineConfig, *,
               scribbles: np.ndarray | None = None,
@@ -417,7 +425,7 @@ def fine_tune(model: SegmentationNet, image: np.ndarray, target: np.ndarray,
     else:
         encoded = None
         forward = lambda: model(x)
-    low = autocast_dtype(dev, config.precision, deepest_zyx=model.deepest_zyx(image.shape))
+    low = refine_dtype(model, image.shape, config, dev)
 
     def run() -> torch.Tensor:
         if low is None:

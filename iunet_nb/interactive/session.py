@@ -50,7 +50,7 @@ import torch
 from ..errors import ConfigError, InputError, SessionError
 from ..io.volume import Volume, check_ct_spacing
 from ..memory import check_memory, estimate_preprocess_bytes, estimate_session_bytes
-from ..model.checkpoint import ModelCard, autocast_dtype, select_device
+from ..model.checkpoint import ModelCard, select_device
 from ..model.nets import EncodedFeatures, SegmentationNet
 from ..model.preprocess import (
     Box,
@@ -81,6 +81,7 @@ from .refine import (
     _stroke_direction,
     fine_tune,
     network_output,
+    refine_dtype,
     refine_step,
     warm_up,
 )
@@ -1128,10 +1129,8 @@ class Session:
             self._commit(entry, job["t0"], {
                 "round": job["round"], "seed": seed, "iterations": len(result.losses),
                 "extra_iterations": cfg.extra_iterations,
-                "precision": str(autocast_dtype(
-                    self._device, cfg.precision,
-                    deepest_zyx=self._model.deepest_zyx(self._card.preprocess.size_zyx))
-                    or torch.float32).removeprefix("torch."),
+                "precision": str(refine_dtype(self._model, record.size_zyx, cfg, self._device)
+                                 or torch.float32).removeprefix("torch."),
                 "losses": [round(v, 6) for v in result.losses],
                 "compute_s": round(compute_s, 4),
                 "n_changed": entry.mask.n if entry.mask else 0,
