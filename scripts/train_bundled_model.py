@@ -92,6 +92,9 @@ def main() -> None:
                          "about 2-3x faster there; default float32)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--pancreas-lobulation", type=float, default=0.0,
+                    help="SynthConfig.pancreas_lobulation_fraction: the chance that a case's "
+                         "pancreas has fat between its lobules (0: off)")
     ap.add_argument("--phantoms", type=int, default=20)
     ap.add_argument("--val", type=int, default=5, help="BTCV maps held out for validation")
     ap.add_argument("--limit", type=int, default=None, help="use at most this many maps (tests)")
@@ -122,7 +125,8 @@ def main() -> None:
         # the prepared cases depend only on the data arguments: kept beside the run, so a
         # resumed or repeated run skips the synthesis (10 min on 2 cores)
         key = json.dumps([args.btcv, args.limit, args.val, args.syntheses, args.phantoms,
-                          args.seed, args.phases, args.wide_quality, pre.to_dict()])
+                          args.seed, args.phases, args.wide_quality, pre.to_dict()]
+                         + ([args.pancreas_lobulation] if args.pancreas_lobulation else []))
         cache = Path(args.work) / f"prepared-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
         if cache.is_file():
             saved = torch.load(cache, weights_only=True)
@@ -131,7 +135,10 @@ def main() -> None:
             counts.clear()
             images, masks = prepare_cases(
                 randomised_cases(train_maps, args.syntheses, args.phantoms, args.seed, phases,
-                                 args.wide_quality, counts), cfg.preprocess)
+                                 args.wide_quality, counts,
+                                 synth.SynthConfig(
+                                     pancreas_lobulation_fraction=args.pancreas_lobulation)),
+                cfg.preprocess)
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"images": images, "masks": masks, "counts": counts}, cache)
         description = (
@@ -141,6 +148,8 @@ def main() -> None:
             f"procedural phantoms: {len(images)} cases; contrast phases drawn "
             f"{ {k: round(float(v), 2) for k, v in zip(*phases)} } (counts {counts})"
             + (", wide noise/blur/slice ranges" if args.wide_quality else "")
+            + (f", lobulated pancreas in {args.pancreas_lobulation:.0%} of the cases"
+               if args.pancreas_lobulation else "")
             + (f"; augmentation: zoom 1 +- {args.scale:g}, elastic {args.elastic:g} voxels"
                if args.scale or args.elastic else "")
             + f"; iterations up to {iterations} at working size {'x'.join(map(str, size))}"

@@ -383,6 +383,38 @@ def test_liver_lesions_darken_the_liver_inside_its_label_and_move_nothing_else(l
             SynthConfig(liver_lesion_fraction=bad)
 
 
+def test_lobulated_pancreas_puts_fat_inside_the_gland_and_moves_nothing_else(labels, case):
+    on = synthesize(labels, label_table=PHANTOM_LABELS, rng=3,
+                    config=SynthConfig(pancreas_lobulation_fraction=1.0))
+    assert SynthConfig().pancreas_lobulation_fraction == 0.0
+    assert "pancreas_fat_share" not in case.params
+    share = on.params.pop("pancreas_fat_share")
+    assert 0.05 <= share <= 0.40
+    assert on.params == case.params                       # its own stream: no draw moves
+    np.testing.assert_array_equal(on.tissue.array, case.tissue.array)
+    diff = case.ct.array - on.ct.array
+    pancreas = labels.array == PHANTOM_LABELS["pancreas"]
+    changed = np.abs(diff) > 1.0
+    assert diff.min() > -1e-3                             # fat only darkens the gland
+    sp = labels.spacing_mm
+    assert ndi.distance_transform_edt(~pancreas, sampling=sp)[changed].max() <= 4.0
+    # a share of the gland holds fat, most of the way to fat HU before the blur
+    darker = (diff > 60.0) & pancreas
+    assert 0.02 * pancreas.sum() < darker.sum() < 0.6 * pancreas.sum()
+    off = synthesize(labels, label_table=PHANTOM_LABELS, rng=3,
+                     config=SynthConfig(pancreas_lobulation_fraction=0.0))
+    np.testing.assert_array_equal(off.ct.array, case.ct.array)
+    cfg = SynthConfig(pancreas_lobulation_fraction=0.5)
+    assert SynthConfig.from_json(cfg.to_json()) == cfg
+    from iunet_nb.model.train import _generator
+
+    assert "lobulated pancreas 0.5" in _generator(cfg)
+    assert "lobulated" not in _generator(SynthConfig())
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ConfigError, match="pancreas_lobulation_fraction"):
+            SynthConfig(pancreas_lobulation_fraction=bad)
+
+
 def test_phase_config_changes_the_contrast_not_the_anatomy():
     from iunet_nb.synth.generator import SynthConfig
     from iunet_nb.synth.phases import PHASES, phase_config

@@ -432,13 +432,15 @@ def _generator(config: "SynthConfig") -> str:
     from .. import synth
 
     default = synth.SynthConfig()
-    named = ("organ_contact_fraction", "liver_lesion_fraction")
+    named = ("organ_contact_fraction", "liver_lesion_fraction", "pancreas_lobulation_fraction")
     changed = sorted(f for f in config.__dataclass_fields__ if f not in named
                      and getattr(config, f) != getattr(default, f))
     return (f"generator {synth.GENERATOR_VERSION}, soft tissue against the organs "
             f"{config.organ_contact_fraction:g}"
             + (f", liver lesions {config.liver_lesion_fraction:g}"
                if config.liver_lesion_fraction else "")
+            + (f", lobulated pancreas {config.pancreas_lobulation_fraction:g}"
+               if config.pancreas_lobulation_fraction else "")
             + (f", changed: {', '.join(changed)}" if changed else ""))
 
 
@@ -561,6 +563,7 @@ def parse_phases(text: str) -> tuple[list[str], np.ndarray]:
 def randomised_cases(maps: "list[Case]", syntheses: int, phantoms: int, seed: int,
                      phases: tuple[list[str], np.ndarray], wide_quality: bool,
                      counts: dict[str, int] | None = None,
+                     base: "SynthConfig | None" = None,
                      ) -> "Iterator[tuple[Volume, Volume]]":
     """Synthetic training cases ``(CT, mask)`` with randomised appearance, made one at a time.
 
@@ -568,7 +571,8 @@ def randomised_cases(maps: "list[Case]", syntheses: int, phantoms: int, seed: in
     synthesis ``j`` of map ``i``), then ``phantoms`` procedural phantoms (seeds ``seed + 1000
     + k``), each in a contrast phase drawn from ``phases`` (:func:`parse_phases`; the draws
     come from ``seed + 7``) with :func:`iunet_nb.synth.phases.phase_config` (``wide_quality``: wide
-    noise, blur and slice ranges). ``counts`` (if given) tallies the phases drawn.
+    noise, blur and slice ranges) on top of ``base`` (default ``SynthConfig()``: e.g. a
+    lobulated pancreas). ``counts`` (if given) tallies the phases drawn.
 
     Args:
         maps: BTCV label-map cases (:func:`iunet_nb.io.datasets.find_cases`, layout ``btcv``);
@@ -586,7 +590,7 @@ def randomised_cases(maps: "list[Case]", syntheses: int, phantoms: int, seed: in
         phase = names[rng.choice(len(names), p=p)]
         if counts is not None:
             counts[phase] = counts.get(phase, 0) + 1
-        cfg = synth.phase_config(phase, wide_quality=wide_quality)
+        cfg = synth.phase_config(phase, wide_quality=wide_quality, base=base)
         if kind == "phantom":
             yield synth.make_phantom(rng=seed + 1000 + i, config=cfg)
             continue
