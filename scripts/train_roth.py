@@ -129,6 +129,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2027)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--init-from", default=None,
+                    help="start from this saved Roth model's weights (e.g. the shipped one; "
+                         "same network and input settings), with a fresh schedule")
     ap.add_argument("--ship", action="store_true", help=f"copy the result to {ASSET}")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -159,8 +162,10 @@ def main() -> None:
             model.save(out / "snapshot.pt", data=data, iterations_done=i + 1,
                        elapsed_s=round(time.perf_counter() - t0, 1))
 
+    if args.init_from:
+        data += f"; started from {Path(args.init_from).name}"
     result = train_roth(cases, config, None, progress=True, data_description=data,
-                        on_step=snapshot)
+                        on_step=snapshot, init_from=args.init_from)
     elapsed = round(time.perf_counter() - t0, 1)
     cpu = round(time.process_time() - cpu0, 1)
     model = result.model

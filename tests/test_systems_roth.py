@@ -198,6 +198,23 @@ def test_train_seeded_save_load(tmp_path):
         load_zhou(tmp_path / "model.pt")
 
 
+def test_train_on_from_saved_weights(tmp_path):
+    cases = [_case(0), _case(1)]
+    first = train_roth(cases, TINY, tmp_path, progress=False)
+    zero = dataclasses.replace(TINY, lr=1e-12, lr_final=1e-12)   # a step that moves nothing
+    on = train_roth(cases, zero, None, progress=False, init_from=tmp_path / "model.pt")
+    fresh = train_roth(cases, zero, None, progress=False)
+    for (name, a), b, c in zip(first.model.state_dict().items(), on.model.state_dict().values(),
+                               fresh.model.state_dict().values()):
+        if a.is_floating_point() and "running" not in name:
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
+    assert not all(torch.equal(a, c) for a, c in zip(first.model.state_dict().values(),
+                                                     fresh.model.state_dict().values()))
+    with pytest.raises(ConfigError, match="base_channels"):
+        train_roth(cases, dataclasses.replace(TINY, base_channels=3), None, progress=False,
+                   init_from=tmp_path / "model.pt")
+
+
 def test_train_input_errors():
     ct, lab = _case()
     with pytest.raises(InputError, match="at least one"):

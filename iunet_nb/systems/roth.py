@@ -444,8 +444,10 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
                device: str | torch.device | None = None, progress: bool = True,
                data_description: str = "",
                on_step: Callable[[int, float, RothModel], None] | None = None,
+               init_from: str | os.PathLike | None = None,
                ) -> RothTrainResult:
-    """Train the multi-organ FCN from scratch on random augmented subvolumes.
+    """Train the multi-organ FCN from scratch (or on from saved weights) on random augmented
+    subvolumes.
 
     Args:
         cases: ``(CT in HU, label map)`` pairs on the same grid.
@@ -458,6 +460,9 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         data_description: recorded in the card.
         on_step: called as ``on_step(i, loss, model)`` after step ``i`` (0-based), the model
             in training mode, e.g. to save intermediate weights of a long run.
+        init_from: a saved Roth model (:func:`load_roth`) whose weights start the training
+            (its network settings must be ``config``'s; the learning-rate schedule, the
+            sampling and the augmentation start afresh from ``config``).
 
     Returns:
         :class:`RothTrainResult`.
@@ -486,6 +491,15 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         raise InputError("no case contains any of the Roth organs; check label_table")
     with _seeded(config.seed):
         model = RothModel(config)
+    if init_from is not None:
+        start = load_roth(init_from)
+        # the network and what it sees must be the same; schedule and augmentation may change
+        differ = [f for f in ("base_channels", "depth", "hu_window", "voxel_mm", "downsample")
+                  if getattr(start.config, f) != getattr(config, f)]
+        if differ:
+            raise ConfigError(f"init_from {init_from}: its {', '.join(differ)} differ from the "
+                              "config's; start from a model with the same network and input")
+        model.load_state_dict(start.state_dict())
     rng = np.random.default_rng(config.seed)
     n_classes = len(ROTH_ORGANS) + 1
 
