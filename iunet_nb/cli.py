@@ -49,19 +49,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not is_main():  # one voice per job: rank 0 logs and prints
         logging.getLogger("iunet_nb").setLevel(logging.WARNING)
     check_divisible(args.batch, get_world_size())  # before loading any data
+    init_from = None
+    if args.init_from is None:
+        net = NetConfig(arch=args.arch or "iunet", base_channels=args.base_channels or 16)
+        preprocess = PreprocessConfig(size_zyx=tuple(args.size or (24, 64, 64)))
+    else:
+        # fine-tuning: the network and the preprocessing are the start model's (its card), or
+        # the weights would meet another input than the one they learned
+        from .errors import ConfigError
+        from .model.checkpoint import bundled_model_path, load_model
+
+        given = [f"--{k.replace('_', '-')}" for k in ("arch", "base_channels", "size")
+                 if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"--init-from takes the network and working size from the start "
+                              f"model's card; drop {', '.join(given)}")
+        init_from = bundled_model_path() if args.init_from == "bundled" else Path(args.init_from)
+        _, card = load_model(init_from)
+        net, preprocess = card.net, card.preprocess
     cfg = TrainConfig(
-        net=NetConfig(arch=args.arch, base_channels=args.base_channels),
-        preprocess=PreprocessConfig(size_zyx=tuple(args.size)),
+        net=net, preprocess=preprocess,
         augment=AugmentConfig(), iterations=args.iterations, batch_size=args.batch,
         lr=args.lr, seed=args.seed, structure=str(args.structure),
-        checkpoint_every=min(args.checkpoint_every, args.iterations),
+        checkpoint_every=min(args.checkpoint_every, args.iterations), precision=args.precision,
         **({} if args.ema_decay is None else {"ema_decay": args.ema_decay}))
     cases, description = load_training_cases(args.data, structure=args.structure,
                                               layout=args.layout, limit=args.limit,
                                               seed=args.seed)
     images, masks = prepare_cases(cases, cfg.preprocess)
     result = train(images, masks, cfg, args.out, resume=args.resume, device=args.device,
-                   data_description=description)
+                   init_from=init_from, data_description=description)
     if is_main():
         print(f"trained {cfg.net.arch} for {cfg.iterations} iterations on {len(cases)} cases; "
               f"final loss {result.losses[-1]:.4f}; model in {Path(args.out) / 'model.pt'}")
@@ -177,10 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layout", default="auto", help="msd | paired | ircadb | auto")
     t.add_argument("--structure", default="pancreas", help="target structure, name or label value")
     t.add_argument("--out", required=True, help="output folder for checkpoints and model")
-    t.add_argument("--arch", default="iunet", choices=["iunet", "cicek", "dilated_fcn"])
-    t.add_argument("--base-channels", type=int, default=16)
-    t.add_argument("--size", type=int, nargs=3, default=[24, 64, 64], metavar=("Z", "Y", "X"),
+    t.add_argument("--arch", default=None, choices=["iunet", "cicek", "dilated_fcn"],
+                   help="the network (default iunet)")
+    t.add_argument("--base-channels", type=int, default=None, help="default 16")
+    t.add_argument("--size", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="working size (default: the paper's 24 64 64)")
+    t.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="fine-tune: start from this model.pt (with its card), or 'bundled' for "
+                        "the shipped pancreas model; its network and working size are used")
+    t.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "auto"],
+                   help="arithmetic of the training passes (auto: bfloat16 on a CPU that has it "
+                        "in hardware, 2-3x faster there; default float32)")
     t.add_argument("--iterations", type=int, default=2000)
     t.add_argument("--batch", type=int, default=8,
                    help="global batch size (split over the processes under torchrun)")

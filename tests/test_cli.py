@@ -88,6 +88,23 @@ def test_train_from_phantoms_then_predict(tmp_path, capsys):
     assert len((out / "loss.jsonl").read_text().splitlines()) == 2
 
 
+def test_train_init_from_fine_tunes_a_model_with_its_own_network_and_grid(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["train", "--data", "phantom:1", "--out", str(first), "--iterations", "1",
+                 "--batch", "1", "--base-channels", "4", "--size", "8", "16", "16"]) == 0
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--data", "phantom:1", "--out", str(tuned), "--iterations", "1",
+                 "--batch", "1", "--init-from", str(first / "model.pt"),
+                 "--precision", "bfloat16"]) == 0
+    card = json.loads((tuned / "model.json").read_text())
+    assert card["net"]["base_channels"] == 4 and card["preprocess"]["size_zyx"] == [8, 16, 16]
+    capsys.readouterr()
+    rc = main(["train", "--data", "phantom:1", "--out", str(tmp_path / "x"), "--iterations",
+               "1", "--init-from", str(first / "model.pt"), "--size", "8", "32", "32"])
+    assert rc == 2 and "--size" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "model.pt").exists()
+
+
 def test_predict_auto_box_segments_the_bundled_sample_without_a_box(tmp_path, capsys):
     from iunet_nb.model.evaluate import dice
     from iunet_nb.synth.generator import load_sample
