@@ -117,15 +117,26 @@ def test_train_system_kloenne_with_overrides(tmp_path, capsys, monkeypatch):
 
 def test_predict_system_without_model_uses_the_shipped_one(tmp_path, ct_files, capsys,
                                                            monkeypatch):
-    """zhou: the bundled detector; roth: the bundled multi-organ model; kloenne ships none."""
-    from iunet_nb.errors import CheckpointError, InputError
-    from iunet_nb.systems import roth
+    """zhou: the bundled detector; roth: the bundled multi-organ model; kloenne: the bundled
+    liver model."""
+    from iunet_nb.errors import CheckpointError
+    from iunet_nb.systems import kloenne, roth
 
     ct_path, _, _ = ct_files
     assert _run(["predict-system", "zhou", str(ct_path), "--out", str(tmp_path / "z.nii.gz")]) == 0
     assert read_mask(tmp_path / "z.nii.gz").shape == (16, 24, 24)
-    with pytest.raises(InputError, match="no Kloenne model is shipped"):
-        _run(["predict-system", "kloenne", str(ct_path), "--out", str(tmp_path / "k.nii.gz")])
+    assert _run(["predict-system", "kloenne", str(ct_path),
+                 "--out", str(tmp_path / "k.nii.gz")]) == 0
+    assert read_mask(tmp_path / "k.nii.gz").shape == (16, 24, 24)
+    with monkeypatch.context() as mp:
+        mp.setattr(kloenne, "bundled_kloenne_path", lambda: tmp_path / "missing.pt")
+        with pytest.raises(CheckpointError, match="bundled Kloenne liver model .* is missing"):
+            _run(["predict-system", "kloenne", str(ct_path), "--out", str(tmp_path / "k.nii.gz")])
+        KloenneModel(KloenneConfig.reduced(slice_size=16, base_channels=2, depth=2)).save(
+            tmp_path / "k_other.pt")
+        mp.setattr(kloenne, "bundled_kloenne_path", lambda: tmp_path / "k_other.pt")
+        with pytest.raises(CheckpointError, match="not the shipped Kloenne liver model"):
+            _run(["predict-system", "kloenne", str(ct_path), "--out", str(tmp_path / "k.nii.gz")])
     assert _run(["predict-system", "roth", str(ct_path), "--organ", "liver",
                  "--out", str(tmp_path / "liver.nii.gz")]) == 0
     assert read_mask(tmp_path / "liver.nii.gz").shape == (16, 24, 24)

@@ -284,3 +284,65 @@ def test_a_copy_stored_otherwise_gives_the_same_mask_in_physical_space(dims):
     m1, m2 = predict_kloenne(ct, model), predict_kloenne(copy, model)
     assert 0 < m1.array.sum() < m1.array.size and m2.geometry == copy.geometry
     np.testing.assert_array_equal(back_on(ct, m2), m1.array)
+
+
+def test_on_step_sees_every_step_with_its_loss_and_model():
+    cases = _cases(2)
+    seen = []
+    result = train_kloenne(cases, _tiny(iterations=3), None, progress=False,
+                           on_step=lambda i, loss, model: seen.append((i, loss, model)))
+    assert [s[0] for s in seen] == [0, 1, 2]
+    assert [s[1] for s in seen] == result.losses
+    assert all(s[2] is result.model for s in seen)
+
+
+def test_background_slices_share_and_the_seeds_default():
+    image = torch.arange(40, dtype=torch.float32)[:, None, None].expand(40, 4, 4).clone()
+    label = torch.zeros(40, 4, 4, dtype=torch.long)
+    label[10:20] = 1
+    vol = kloenne._Vol(image, label, np.arange(10, 20), np.r_[0:10, 20:40])
+    rng = np.random.default_rng(0)
+    cfg = _tiny(n_slices=16, background_slices=0.25)
+    drawn = np.concatenate([kloenne._draw_stack(vol, cfg, rng, False)[0][:, 0, 0].numpy()
+                            for _ in range(200)]).astype(int)
+    share = np.mean((drawn < 10) | (drawn >= 20))
+    assert 0.2 < share < 0.3                       # binomial(16, 0.25) per draw
+    x, _ = kloenne._draw_stack(vol, cfg, rng, False)
+    assert (np.diff(x[:, 0, 0].numpy()) >= 0).all()  # still sorted in z
+    seed_cfg = _tiny(n_slices=16)
+    assert seed_cfg.background_slices == 0.0
+    only = np.concatenate([kloenne._draw_stack(vol, seed_cfg, rng, False)[0][:, 0, 0].numpy()
+                           for _ in range(50)])
+    assert ((only >= 10) & (only < 20)).all()
+    with pytest.raises(ConfigError, match="background_slices"):
+        _tiny(background_slices=1.5)
+
+
+def test_init_fine_tunes_from_a_trained_model_and_keeps_its_statistics():
+    cases = _cases(2)
+    first = train_kloenne(cases, _tiny(iterations=2), None, progress=False).model
+    first.stats.copy_(torch.tensor([3.0, 7.0]))
+    tuned = train_kloenne(cases, _tiny(iterations=1, lr=1e-9), None, progress=False,
+                          init=first).model
+    torch.testing.assert_close(tuned.stats, first.stats)
+    for a, b in zip(tuned.net.parameters(), first.net.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)   # lr ~0: the weights stay
+    with pytest.raises(ConfigError, match="same network"):
+        train_kloenne(cases, _tiny(iterations=1, base_channels=4), None, progress=False,
+                      init=first)
+
+
+def test_the_bundled_liver_model_loads_checked_and_segments():
+    """The shipped liver model: its hash is checked, its card states what it measures on real
+    CT at each slice thickness, and it segments a CT on the CT's own grid."""
+    from iunet_nb.systems.kloenne import bundled_kloenne_path, load_bundled_kloenne
+
+    model = load_bundled_kloenne()
+    card = json.loads(bundled_kloenne_path().with_suffix(".json").read_text())
+    assert card["system"] == "kloenne" and card["date"] == "2026-12-07"
+    assert {f"3D-IRCADb {p} {t} mm liver" for p in ("1.7", "1.17")
+            for t in ("1.6", "3.2", "4.8")} == set(card["real_ct"])
+    assert "no real CT" in card["data"] and model.config.kind == "unet2d"
+    (ct, _), = _cases(1)
+    mask = predict_kloenne(ct, model)
+    assert mask.shape == ct.shape and mask.geometry == ct.geometry

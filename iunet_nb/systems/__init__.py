@@ -5,7 +5,8 @@
 * :mod:`.roth` — Roth et al. (seed 002): multi-organ 3D FCN (seven organs; a CPU-trained
   model ships, :func:`load_bundled_roth`);
 * :mod:`.kloenne` — Kloenne et al. (seed 003): CT-specific preprocessing and augmentation,
-  2D/3D nnU-Net-style U-Net and MS-D Net, stacked top-k ensemble, slice-count folds;
+  2D/3D nnU-Net-style U-Net and MS-D Net, stacked top-k ensemble, slice-count folds (a
+  CPU-trained liver model ships, :func:`load_bundled_kloenne`);
 * :mod:`.autobox` — an automatic bounding box for iUnet from a detector (:func:`detect_box`),
   with the signs that it is wrong (:func:`find_box`, :func:`check_box`);
 * :mod:`.commands` — ``add_cli(subparsers)``: ``train-system``, ``predict-system``,
@@ -28,6 +29,8 @@ from .kloenne import (
                       KloenneTrainResult,
                       MSDNet,
                       UNetND,
+                      bundled_kloenne_path,
+                      load_bundled_kloenne,
                       load_kloenne,
                       percentile_window,
                       predict_kloenne,
@@ -77,7 +80,8 @@ __all__ = [
     # Kloenne
     "KloenneConfig", "UNetND", "MSDNet", "KloenneModel", "KloenneEnsemble",
     "KloenneTrainResult", "percentile_window", "slice_count_folds", "train_kloenne",
-    "predict_kloenne", "select_top_k", "load_kloenne",
+    "predict_kloenne", "select_top_k", "load_kloenne", "load_bundled_kloenne",
+    "bundled_kloenne_path",
     # CLI
     "SYSTEMS", "add_cli", "load_label_map_cases",
 ]

@@ -5,6 +5,7 @@
     iunet-nb train-system zhou --data btcv-synth:../shared/data/btcv_labels --out runs/zhou
     iunet-nb predict-system zhou ct.nii.gz --model runs/zhou/model.pt --out mask.nii.gz
     iunet-nb predict-system roth ct.nii.gz --organ liver --out liver.nii.gz   # shipped model
+    iunet-nb predict-system kloenne ct.nii.gz --out liver.nii.gz   # shipped liver model
     iunet-nb detect-box ct.nii.gz --model runs/zhou/model.pt      # prints Z0 Y0 X0 Z1 Y1 X1
 
 ``--scale reduced`` (default) uses each system's documented CPU scale, ``--scale full`` the
@@ -123,9 +124,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..io.images import read_image, read_mask, write_mask
     from ..model.evaluate import evaluate_case
 
-    if args.model is None and args.system == "kloenne":
-        raise InputError("no Kloenne model is shipped: give --model (train one with "
-                         "`iunet-nb train-system kloenne`)")
     ct = read_image(args.ct)
     if args.system == "zhou":
         from ..model.checkpoint import load_bundled_detector
@@ -145,9 +143,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         pred_r = predict_roth(ct, model_r, device=args.device)
         mask = pred_r.labels if args.organ == "all" else pred_r.organ_mask(args.organ)
     else:
-        from .kloenne import load_kloenne, predict_kloenne
+        from .kloenne import load_bundled_kloenne, load_kloenne, predict_kloenne
 
-        mask = predict_kloenne(ct, load_kloenne(args.model, args.device), device=args.device)
+        model_k = load_bundled_kloenne(args.device) if args.model is None else \
+            load_kloenne(args.model, args.device)
+        mask = predict_kloenne(ct, model_k, device=args.device)
     out = write_mask(mask, args.out)
     print(f"mask written to {out} ({int(np.count_nonzero(mask.array))} voxels)")
     if args.reference:
@@ -202,7 +202,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("ct")
     p.add_argument("--model", default=None,
                    help="model.pt (with its model.json); default: the shipped model (roth: "
-                        "multi-organ, zhou: the pancreas box detector's coarse stage)")
+                        "multi-organ, zhou: the pancreas box detector's coarse stage, "
+                        "kloenne: the liver)")
     p.add_argument("--out", required=True, help="mask path (.nii.gz, .nrrd, .mha)")
     p.add_argument("--organ", default="pancreas",
                    help="roth: organ to write, or 'all' for the label map")

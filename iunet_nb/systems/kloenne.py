@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,8 @@ __all__ = [
     "KloenneTrainResult",
     "MSDNet",
     "UNetND",
+    "bundled_kloenne_path",
+    "load_bundled_kloenne",
     "load_kloenne",
     "percentile_window",
     "predict_kloenne",
@@ -83,6 +85,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 _SYSTEM = "kloenne"
 _ARCHS = ("unet", "msd")
+#: The shipped liver model (``scripts/train_kloenne.py``) and the SHA-256 it is checked against.
+BUNDLED_KLOENNE = "kloenne_liver.pt"
+BUNDLED_KLOENNE_SHA256 = "01a89b3125454e0b804de3bf735a07d5af0b2eb7cba5a014b829d8d4bc455b04"
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,10 @@ class KloenneConfig(JsonConfig):
         noise_sd: largest noise sd (z-score units).
         rotation_deg: largest in-plane rotation (16).
         seed: seeds weights, statistics sample, slice draws and augmentation.
+        background_slices: expected share of each draw's slices taken from slices WITHOUT
+            the target (each slice independently). The seed: 0 (target slices only, "since
+            these are also not considered in the test phase"); a whole CT segmented without
+            a slice range has such slices, and a model that never saw one marks some of them.
     """
 
     version: int = 1
@@ -136,6 +145,7 @@ class KloenneConfig(JsonConfig):
     noise_sd: float = 0.1
     rotation_deg: float = 16.0
     seed: int = 0
+    background_slices: float = 0.0
 
     def __post_init__(self) -> None:
         _check_version("KloenneConfig", self.version)
@@ -159,7 +169,7 @@ class KloenneConfig(JsonConfig):
         if not isinstance(self.batch_size, int) or self.batch_size < 0:
             raise ConfigError(f"KloenneConfig.batch_size must be >= 0 (0: the seed's), got "
                               f"{self.batch_size!r}")
-        for name in ("p_range_shift",):
+        for name in ("p_range_shift", "background_slices"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"KloenneConfig.{name} must be in [0, 1]")
         if self.p_augment > 1:
@@ -316,6 +326,36 @@ def load_kloenne(path: str | os.PathLike, device: str | torch.device | None = "c
     return _load_system(_SYSTEM, KloenneModel, KloenneConfig, path, device)
 
 
+def bundled_kloenne_path() -> Path:
+    """Path of the shipped liver model (``iunet_nb/assets``; its card says how it was trained
+    and what it measures on real CT)."""
+    from importlib import resources
+
+    return Path(str(resources.files("iunet_nb") / "assets" / BUNDLED_KLOENNE))
+
+
+def load_bundled_kloenne(device: str | torch.device | None = "cpu") -> KloenneModel:
+    """The shipped liver model, SHA-256-checked like the bundled iUnet (no download).
+
+    Raises:
+        CheckpointError: the file is missing or not the one shipped.
+    """
+    from ..errors import CheckpointError
+    from ..model.checkpoint import file_sha256
+
+    path = bundled_kloenne_path()
+    if not path.is_file():
+        raise CheckpointError(f"the bundled Kloenne liver model {path} is missing from this "
+                              "installation; reinstall iunet-nb or train one with `python "
+                              "scripts/train_kloenne.py` and give it with --model")
+    digest = file_sha256(path)
+    if digest != BUNDLED_KLOENNE_SHA256:
+        raise CheckpointError(f"{path} is not the shipped Kloenne liver model (SHA-256 "
+                              f"{digest[:12]}..., expected {BUNDLED_KLOENNE_SHA256[:12]}...); "
+                              "reinstall iunet-nb")
+    return load_kloenne(path, device)
+
+
 # ----------------------------------------------------------------------------------- preprocessing
 def percentile_window(array: np.ndarray, percentiles: Sequence[float] = (0.6, 0.99),
                       max_samples: int = 2_000_000) -> np.ndarray:
@@ -351,6 +391,7 @@ class _Vol:
     image: Tensor       # (Z, S, S) z-scored
     label: Tensor       # (Z, S, S) long
     fg: np.ndarray      # slice indices with target
+    bg: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # without target
 
 
 # ----------------------------------------------------------------------------------- sampling
@@ -370,11 +411,19 @@ def _rotate(x: Tensor, y: Tensor, angles_deg: Tensor) -> tuple[Tensor, Tensor]:
 
 def _draw_stack(vol: _Vol, cfg: KloenneConfig, rng: np.random.Generator, augment: bool
                 ) -> tuple[Tensor, Tensor]:
-    """16 random target slices of one volume, sorted in z, augmented: ``(n, S, S)`` each."""
+    """16 random target slices of one volume, sorted in z, augmented: ``(n, S, S)`` each.
+
+    With ``cfg.background_slices`` > 0, each slice comes from the slices without target with
+    that chance (when the volume has such slices)."""
     pool = vol.fg
     if augment and cfg.dims == 3 and rng.random() < 0.5 and len(pool) >= 2 * cfg.n_slices:
         pool = pool[int(rng.integers(2))::2]                      # slice skipping
-    idx = np.sort(rng.choice(pool, size=cfg.n_slices, replace=len(pool) < cfg.n_slices))
+    n_bg = int(rng.binomial(cfg.n_slices, cfg.background_slices)) \
+        if cfg.background_slices > 0 and len(vol.bg) else 0
+    idx = rng.choice(pool, size=cfg.n_slices - n_bg, replace=len(pool) < cfg.n_slices - n_bg)
+    if n_bg:
+        idx = np.concatenate([idx, rng.choice(vol.bg, size=n_bg, replace=len(vol.bg) < n_bg)])
+    idx = np.sort(idx)
     x, y = vol.image[idx].clone(), vol.label[idx].clone()
     if not augment:
         return x, y
@@ -433,7 +482,9 @@ def train_kloenne(cases: Sequence[tuple[Volume, Volume]], config: KloenneConfig 
                   out_dir: str | os.PathLike | None = None, *,
                   validation: Sequence[tuple[Volume, Volume]] = (),
                   device: str | torch.device | None = None, progress: bool = True,
-                  data_description: str = "") -> KloenneTrainResult:
+                  data_description: str = "",
+                  on_step: Callable[[int, float, KloenneModel], None] | None = None,
+                  init: KloenneModel | None = None) -> KloenneTrainResult:
     """Train one Kloenne model from scratch.
 
     Args:
@@ -445,11 +496,22 @@ def train_kloenne(cases: Sequence[tuple[Volume, Volume]], config: KloenneConfig 
         device: None for CUDA when available.
         progress: tqdm bar.
         data_description: recorded in the card.
+        on_step: called as ``on_step(i, loss, model)`` after step ``i`` (0-based), e.g. to
+            save intermediate weights (the model is in training mode on ``device``).
+        init: start from this trained model's weights and z-score statistics (fine-tuning)
+            instead of random weights; its network must be ``config``'s.
 
     Raises:
         InputError: no case, mismatched grids, or no target in any case.
+        ConfigError: ``init`` is not a KloenneModel with ``config``'s network.
     """
     _check_training(_SYSTEM, config, KloenneConfig, cases)
+    if init is not None:
+        net_fields = ("arch", "dims", "base_channels", "depth", "msd_layers", "msd_max_dilation")
+        if not isinstance(init, KloenneModel) or any(
+                getattr(init.config, f) != getattr(config, f) for f in net_fields):
+            raise ConfigError(f"init must be a KloenneModel with the same network as the config "
+                              f"(fields {list(net_fields)})")
     t0 = _now()
     dev = _device(device)
     rng = np.random.default_rng(config.seed)
@@ -460,22 +522,28 @@ def train_kloenne(cases: Sequence[tuple[Volume, Volume]], config: KloenneConfig 
         windowed.append(_prepare(ct, config))
         masks.append(np.asarray(mask.array) != 0)
     mean, sd = _zscore_stats(windowed, config, rng)
+    if init is not None:   # the statistics the weights were trained with
+        mean, sd = (float(v) for v in init.stats)
     vols = []
-    for w, m in zip(windowed, masks):
+    for k, (w, m) in enumerate(zip(windowed, masks)):
+        windowed[k] = masks[k] = None   # type: ignore[call-overload]  # the resized copy stays
         fg = np.flatnonzero(m.any(axis=(1, 2)))
         if fg.size == 0:
             continue
         image = _resize_slices((w - mean) / sd, config.slice_size, "bilinear")
         label = _resize_slices(m.astype(np.float32), config.slice_size, "nearest-exact").long()
-        vols.append(_Vol(image, label, fg))
+        vols.append(_Vol(image, label, fg, np.flatnonzero(~m.any(axis=(1, 2)))))
     if not vols:
         raise InputError("no training case has a target voxel; check the masks")
     with _seeded(config.seed):
         model = KloenneModel(config)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     model.stats.copy_(torch.tensor([mean, sd]))
     losses = _fit(model, lambda: _batch(vols, config, rng),
                   lambda x, y: tanimoto_ce_loss(model(x), y), config.iterations, config.lr, dev,
-                  f"Kloenne {config.kind}", progress)
+                  f"Kloenne {config.kind}", progress,
+                  on_step=None if on_step is None else lambda i, v: on_step(i, v, model))
     val = None
     if validation:
         val = float(np.mean([_dice(predict_kloenne(ct, model).array, m.array)
