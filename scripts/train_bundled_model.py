@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ import torch
 from iunet_nb import synth
 from iunet_nb.io import datasets
 from iunet_nb.model.augment import AugmentConfig
-from iunet_nb.model.checkpoint import bundled_model_path, save_model
+from iunet_nb.model.checkpoint import bundled_model_path, code_version, save_model
 from iunet_nb.model.evaluate import dice
 from iunet_nb.model.nets import NetConfig
 from iunet_nb.model.predict import make_box, segment
@@ -55,14 +54,6 @@ from iunet_nb.model.train import (TrainConfig, load_training_cases, parse_phases
                                   randomised_cases, train)
 from iunet_nb.synth.generator import load_sample
 from iunet_nb.io.volume import Volume
-
-
-def _git_version() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -154,7 +145,7 @@ def main() -> None:
                if args.scale or args.elastic else "")
             + f"; iterations up to {iterations} at working size {'x'.join(map(str, size))}"
             + (f", started from {Path(args.init_from).name}" if args.init_from and n == 0 else "")
-            + f"; code {_git_version()}")
+            + f"; code {code_version()}")
         work = Path(args.work) / "x".join(map(str, size))
         result = train(images, masks, cfg, work, resume=True, continue_from=previous,
                        init_from=args.init_from if n == 0 and previous is None else None,

@@ -55,13 +55,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import logging
-import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,19 +67,12 @@ from iunet_nb import synth
 from iunet_nb.io import datasets
 from iunet_nb.io.volume import Volume
 from iunet_nb.model.train import parse_phases
+from iunet_nb.systems._common import TrainingRun
 from iunet_nb.systems.kloenne import KloenneConfig, load_kloenne, train_kloenne
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "iunet_nb" / "assets" / "kloenne_liver.pt"
 AIR_HU = -1024.0
-
-
-def _git_version() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, check=True, cwd=ROOT).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def square_fov(ct: Volume, mask: Volume, side_mm: float, rng: np.random.Generator | int | None
@@ -275,38 +263,14 @@ def main() -> None:
             f"(synth.phase_config, wide_quality={args.wide_quality}), liver lesions in a "
             f"{args.lesions:g} share, square field {args.fov_mm[0]:g}-{args.fov_mm[1]:g} mm; "
             f"target: liver; no real CT")
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    started = datetime.datetime.now(datetime.timezone.utc)
-    commit = _git_version()   # the code that trains, before anyone can commit past it
-
-    def snapshot(i: int, _loss: float, model: torch.nn.Module) -> None:
-        if args.save_every and (i + 1) % args.save_every == 0 and i + 1 < config.iterations:
-            model.save(out / "snapshot.pt", data=data, iterations_done=i + 1,
-                       elapsed_s=round(time.perf_counter() - t0, 1))
-            print(f"step {i + 1}: {time.perf_counter() - t0:.0f} s, snapshot written",
-                  flush=True)
-
+    run = TrainingRun(out, "scripts/train_kloenne.py " + " ".join(sys.argv[1:]), data,
+                      args.threads, args.save_every)
     init = load_kloenne(args.init_from) if args.init_from else None
     result = train_kloenne(cases, config, None, device=args.device, progress=True,
-                           data_description=data, on_step=snapshot, init=init)
-    elapsed = round(time.perf_counter() - t0, 1)
-    cpu = round(time.process_time() - cpu0, 1)
-    provenance = dict(
-        data=data, date=started.date().isoformat(), commit=commit,
-        script="scripts/train_kloenne.py " + " ".join(sys.argv[1:]),
-        budget=f"{cpu / 60:.1f} CPU min ({elapsed / 60:.1f} min wall on a shared machine) of "
-               f"{args.threads} thread(s), synthesis included, {config.iterations} steps",
-        train_time_s=elapsed, train_cpu_s=cpu, cases=len(cases),
-        init_from=args.init_from)
-    result.model.save(out / "model.pt", **provenance)
-    (out / "losses.json").write_text(json.dumps(result.losses) + "\n")
-    print(f"trained {config.iterations} steps on {len(cases)} cases in {elapsed:.0f} s "
-          f"({cpu:.0f} CPU s); last 100 losses {np.mean(result.losses[-100:]):.4f}; "
-          f"written {out / 'model.pt'}")
-    if args.ship:
-        shutil.copyfile(out / "model.pt", ASSET)
-        shutil.copyfile(out / "model.json", ASSET.with_suffix(".json"))
-        print(f"shipped: {ASSET}")
+                           data_description=data, on_step=run.on_step(config.iterations),
+                           init=init)
+    run.finish(result.model, result.losses, config.iterations, len(cases),
+               ship_to=ASSET if args.ship else None, init_from=args.init_from)
 
 
 if __name__ == "__main__":

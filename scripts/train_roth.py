@@ -38,13 +38,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
 import sys
-import shutil
-import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,18 +50,11 @@ from iunet_nb import synth
 from iunet_nb.io import datasets
 from iunet_nb.io.volume import Volume
 from iunet_nb.model.train import parse_phases
+from iunet_nb.systems._common import TrainingRun
 from iunet_nb.systems.roth import RothConfig, train_roth
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "iunet_nb" / "assets" / "roth_multiorgan.pt"
-
-
-def _git_version() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, check=True, cwd=ROOT).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 class SynthCases(Sequence):
@@ -153,37 +141,14 @@ def main() -> None:
             f"({cases.maps[0].case_id}..{cases.maps[-1].case_id}), {args.syntheses} syntheses "
             f"each (seeds {args.seed}+100(j+1)+i), contrast phases {cases.phase_counts()} "
             f"(synth.phase_config, wide_quality={args.wide_quality}); no real CT")
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    started = datetime.datetime.now(datetime.timezone.utc)
-    commit = _git_version()   # the code that trains, before anyone can commit past it
-
-    def snapshot(i: int, _loss: float, model: torch.nn.Module) -> None:
-        if args.save_every and (i + 1) % args.save_every == 0 and i + 1 < config.iterations:
-            model.save(out / "snapshot.pt", data=data, iterations_done=i + 1,
-                       elapsed_s=round(time.perf_counter() - t0, 1))
-
     if args.init_from:
         data += f"; started from {Path(args.init_from).name}"
+    run = TrainingRun(out, "scripts/train_roth.py " + " ".join(sys.argv[1:]), data,
+                      args.threads, args.save_every)
     result = train_roth(cases, config, None, progress=True, data_description=data,
-                        on_step=snapshot, init_from=args.init_from)
-    elapsed = round(time.perf_counter() - t0, 1)
-    cpu = round(time.process_time() - cpu0, 1)
-    model = result.model
-    provenance = dict(
-        data=data, date=started.date().isoformat(), commit=commit,
-        script="scripts/train_roth.py " + " ".join(sys.argv[1:]),
-        budget=f"{cpu / 60:.1f} CPU min ({elapsed / 60:.1f} min wall on a shared machine) of "
-               f"{args.threads} thread(s), synthesis included, {config.iterations} steps",
-        train_time_s=elapsed, train_cpu_s=cpu, cases=len(cases))
-    model.save(out / "model.pt", **provenance)
-    (out / "losses.json").write_text(json.dumps(result.losses) + "\n")
-    print(f"trained {config.iterations} steps on {len(cases)} cases in {elapsed:.0f} s "
-          f"({cpu:.0f} CPU s); "
-          f"last 100 losses {np.mean(result.losses[-100:]):.4f}; written {out / 'model.pt'}")
-    if args.ship:
-        shutil.copyfile(out / "model.pt", ASSET)
-        shutil.copyfile(out / "model.json", ASSET.with_suffix(".json"))
-        print(f"shipped: {ASSET}")
+                        on_step=run.on_step(config.iterations), init_from=args.init_from)
+    run.finish(result.model, result.losses, config.iterations, len(cases),
+               ship_to=ASSET if args.ship else None)
 
 
 if __name__ == "__main__":

@@ -215,6 +215,27 @@ def test_train_on_from_saved_weights(tmp_path):
                    init_from=tmp_path / "model.pt")
 
 
+def test_training_run_snapshots_and_card(tmp_path):
+    from iunet_nb.systems._common import TrainingRun
+
+    run = TrainingRun(tmp_path / "run", "scripts/train_roth.py --x", "toy data", 1, save_every=2)
+    (tmp_path / "run").mkdir()
+    on_step = run.on_step(iterations=4)
+    result = train_roth([_case(0)], dataclasses.replace(TINY, iterations=4), None,
+                        progress=False, on_step=on_step)
+    snap = json.loads((tmp_path / "run" / "snapshot.json").read_text())
+    assert snap["iterations_done"] == 2          # step 4 is the last: no snapshot of it
+    shipped = tmp_path / "assets" / "roth.pt"
+    shipped.parent.mkdir()
+    path = run.finish(result.model, result.losses, 4, 1, ship_to=shipped, extra_key=7)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["script"] == "scripts/train_roth.py --x" and card["data"] == "toy data"
+    assert card["extra_key"] == 7 and card["commit"] and "4 steps" in card["budget"]
+    assert json.loads((tmp_path / "run" / "losses.json").read_text()) == result.losses
+    assert shipped.read_bytes() == path.read_bytes()
+    assert json.loads(shipped.with_suffix(".json").read_text()) == card
+
+
 def test_train_input_errors():
     ct, lab = _case()
     with pytest.raises(InputError, match="at least one"):

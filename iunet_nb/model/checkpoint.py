@@ -130,6 +130,19 @@ def machine_description() -> str:
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
 
 
+def code_version(folder: str | os.PathLike | None = None) -> str:
+    """``git describe --always --dirty`` of the checkout holding ``folder`` (default: this
+    package), for a training card: the code that trained a model. "unknown" outside git."""
+    import subprocess
+
+    where = Path(folder) if folder is not None else Path(__file__).resolve().parent
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, check=True, cwd=where).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def save_model(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
     """Write ``path`` (state dict) and ``path.with_suffix('.json')`` (the card), atomically."""
     path = Path(path)

@@ -301,3 +301,64 @@ def _write_training(model: Any, out_dir: str | os.PathLike | None, losses: Any,
     model.save(out / "model.pt", machine=machine_description(), **card)
     atomic_write_text(out / "losses.json", json.dumps(losses) + "\n")
     return out
+
+
+# ------------------------------------------------------------------- training scripts' runs
+class TrainingRun:
+    """What the systems' training scripts (``scripts/train_roth.py``, ``train_kloenne.py``)
+    record around :func:`train_roth` / :func:`train_kloenne`: the clock, the code version at
+    the start (before anyone can commit past it), periodic snapshots and the final card.
+
+    Args:
+        out: the run's folder (``model.pt``, ``model.json``, ``losses.json``, ``snapshot.pt``).
+        script: the command line as a user would type it again.
+        data: the training data's description (the card's ``data``).
+        threads: torch threads, for the card's budget line.
+        save_every: steps between snapshots (0: none).
+    """
+
+    def __init__(self, out: Path, script: str, data: str, threads: int, save_every: int) -> None:
+        import datetime
+
+        from ..model.checkpoint import code_version
+
+        self.out, self.script, self.data = Path(out), script, data
+        self.threads, self.save_every = threads, save_every
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self.commit = code_version()
+
+    def on_step(self, iterations: int) -> Callable[[int, float, torch.nn.Module], None]:
+        """The ``on_step`` callback: every ``save_every`` steps but the last, the model in
+        training is written to ``out/snapshot.pt`` with its card."""
+        def snapshot(i: int, _loss: float, model: torch.nn.Module) -> None:
+            if self.save_every and (i + 1) % self.save_every == 0 and i + 1 < iterations:
+                model.save(self.out / "snapshot.pt", data=self.data, iterations_done=i + 1,
+                           elapsed_s=round(time.perf_counter() - self.t0, 1))
+                print(f"step {i + 1}: {time.perf_counter() - self.t0:.0f} s, snapshot written",
+                      flush=True)
+        return snapshot
+
+    def finish(self, model: torch.nn.Module, losses: Sequence[float], iterations: int,
+               cases: int, ship_to: Path | None = None, **extra: Any) -> Path:
+        """Write ``model.pt`` with its card (data, date, code version, command, budget, times;
+        ``extra`` too) and ``losses.json``; with ``ship_to``, copy both files there. Returns
+        the model's path."""
+        import shutil
+
+        elapsed = round(time.perf_counter() - self.t0, 1)
+        cpu = round(time.process_time() - self.cpu0, 1)
+        _write_training(
+            model, self.out, list(losses), data=self.data,
+            date=self.started.date().isoformat(), commit=self.commit, script=self.script,
+            budget=f"{cpu / 60:.1f} CPU min ({elapsed / 60:.1f} min wall on a shared machine) "
+                   f"of {self.threads} thread(s), synthesis included, {iterations} steps",
+            train_time_s=elapsed, train_cpu_s=cpu, cases=cases, **extra)
+        path = self.out / "model.pt"
+        print(f"trained {iterations} steps on {cases} cases in {elapsed:.0f} s ({cpu:.0f} CPU "
+              f"s); last 100 losses {np.mean(losses[-100:]):.4f}; written {path}")
+        if ship_to is not None:
+            shutil.copyfile(path, ship_to)
+            shutil.copyfile(path.with_suffix(".json"), ship_to.with_suffix(".json"))
+            print(f"shipped: {ship_to}")
+        return path
