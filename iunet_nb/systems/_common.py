@@ -240,6 +240,31 @@ def _device(device: str | torch.device | None) -> torch.device:
     return select_device(device)
 
 
+def _bundled_asset(file_name: str) -> Path:
+    """Path of a shipped system's weights file in ``iunet_nb/assets``."""
+    from importlib import resources
+
+    return Path(str(resources.files("iunet_nb") / "assets" / file_name))
+
+
+def _checked_bundled(path: Path, sha256: str, what: str, remedy: str) -> Path:
+    """``path``, the shipped weights, SHA-256-checked like the bundled iUnet (no download).
+
+    Raises:
+        CheckpointError: the file is missing or not the one shipped.
+    """
+    from ..model.checkpoint import file_sha256
+
+    if not path.is_file():
+        raise CheckpointError(f"the bundled {what} {path} is missing from this installation; "
+                              f"reinstall iunet-nb or {remedy}")
+    digest = file_sha256(path)
+    if digest != sha256:
+        raise CheckpointError(f"{path} is not the shipped {what} (SHA-256 {digest[:12]}..., "
+                              f"expected {sha256[:12]}...); reinstall iunet-nb")
+    return path
+
+
 # ----------------------------------------------------------------------------------- training
 def _check_training(system: str, config: Any, config_type: type, cases: Sequence[Any],
                     what: str = "(CT, mask)") -> None:

@@ -61,7 +61,7 @@ from .._config import JsonConfig
 from ..errors import ConfigError, InputError
 from ..io.volume import Volume
 from ..model.losses import tanimoto_ce_loss
-from ._common import (_check_pair, _check_positive_int, _check_training, _check_version,
+from ._common import (_bundled_asset, _check_pair, _checked_bundled, _check_positive_int, _check_training, _check_version,
                       _check_volume, _device, _dice, _fit, _load_system, _lps, _lps_pair, _now,
                       _save_system, _seeded, _write_training)
 
@@ -329,9 +329,7 @@ def load_kloenne(path: str | os.PathLike, device: str | torch.device | None = "c
 def bundled_kloenne_path() -> Path:
     """Path of the shipped liver model (``iunet_nb/assets``; its card says how it was trained
     and what it measures on real CT)."""
-    from importlib import resources
-
-    return Path(str(resources.files("iunet_nb") / "assets" / BUNDLED_KLOENNE))
+    return _bundled_asset(BUNDLED_KLOENNE)
 
 
 def load_bundled_kloenne(device: str | torch.device | None = "cpu") -> KloenneModel:
@@ -340,19 +338,9 @@ def load_bundled_kloenne(device: str | torch.device | None = "cpu") -> KloenneMo
     Raises:
         CheckpointError: the file is missing or not the one shipped.
     """
-    from ..errors import CheckpointError
-    from ..model.checkpoint import file_sha256
-
-    path = bundled_kloenne_path()
-    if not path.is_file():
-        raise CheckpointError(f"the bundled Kloenne liver model {path} is missing from this "
-                              "installation; reinstall iunet-nb or train one with `python "
-                              "scripts/train_kloenne.py` and give it with --model")
-    digest = file_sha256(path)
-    if digest != BUNDLED_KLOENNE_SHA256:
-        raise CheckpointError(f"{path} is not the shipped Kloenne liver model (SHA-256 "
-                              f"{digest[:12]}..., expected {BUNDLED_KLOENNE_SHA256[:12]}...); "
-                              "reinstall iunet-nb")
+    path = _checked_bundled(bundled_kloenne_path(), BUNDLED_KLOENNE_SHA256, "Kloenne liver model",
+                            "train one with `python scripts/train_kloenne.py` and give it "
+                            "with --model")
     return load_kloenne(path, device)
 
 

@@ -53,7 +53,7 @@ from .._config import JsonConfig
 from ..errors import CheckpointError, ConfigError, InputError
 from ..io.volume import Volume
 from ..model.nets import NetConfig, build_network
-from ._common import (_check_positive_int, _check_training, _check_version, _check_volume,
+from ._common import (_bundled_asset, _check_positive_int, _checked_bundled, _check_training, _check_version, _check_volume,
                       _check_window, _device, _fit, _load_system, _lps, _lps_pair, _now,
                       _resample, _save_system, _seeded, _window, _working_shape,
                       _write_training)
@@ -379,9 +379,7 @@ class RothModel(nn.Module):
 def bundled_roth_path() -> Path:
     """Path of the shipped multi-organ model (``iunet_nb/assets``; its card says how it was
     trained and what it measures on real CT)."""
-    from importlib import resources
-
-    return Path(str(resources.files("iunet_nb") / "assets" / BUNDLED_ROTH))
+    return _bundled_asset(BUNDLED_ROTH)
 
 
 def load_bundled_roth(device: str | torch.device | None = "cpu") -> RothModel:
@@ -390,17 +388,8 @@ def load_bundled_roth(device: str | torch.device | None = "cpu") -> RothModel:
     Raises:
         CheckpointError: the file is missing or not the one shipped.
     """
-    from ..model.checkpoint import file_sha256
-
-    path = bundled_roth_path()
-    if not path.is_file():
-        raise CheckpointError(f"the bundled Roth model {path} is missing from this installation;"
-                              " reinstall iunet-nb or train one with `python "
-                              "scripts/train_roth.py`")
-    digest = file_sha256(path)
-    if digest != BUNDLED_ROTH_SHA256:
-        raise CheckpointError(f"{path} is not the shipped Roth model (SHA-256 {digest[:12]}..., "
-                              f"expected {BUNDLED_ROTH_SHA256[:12]}...); reinstall iunet-nb")
+    path = _checked_bundled(bundled_roth_path(), BUNDLED_ROTH_SHA256, "Roth model",
+                            "train one with `python scripts/train_roth.py`")
     return load_roth(path, device)
 
 
