@@ -87,7 +87,7 @@ BTCV_TO_ROTH: dict[str, tuple[int, ...]] = {
 _SYSTEM = "roth"
 #: The shipped model (``scripts/train_roth.py``) and the SHA-256 it is checked against.
 BUNDLED_ROTH = "roth_multiorgan.pt"
-BUNDLED_ROTH_SHA256 = "c6a0444a6d31c6f4aa5fb7116a46e62f4900d6b14dfeed55f4c91d771a9fbe8c"
+BUNDLED_ROTH_SHA256 = "4db73db46f0cc482dbbc58a45caabe5932afbd5cf2cb5110a95cac561df3fe33"
 
 
 @dataclass(frozen=True)
