@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 # measured with the bundled model of 2026-12-07 (bench_real.py): see benchmarks/RESULTS.md
 PANCREAS_AUTO_FLOOR = 0.62    # measured 0.649
 KIDNEY_ROUND1_FLOOR = 0.80    # measured 0.865 (start 0.164)
+DILATED_FCN_FLOOR = 0.60      # the shipped dilated FCN of 2026-12-07: measured 0.630
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,18 @@ def test_bundled_model_on_the_real_nih_pancreas_with_the_expert_box(pancreas_000
     mask = segment(ct, model, make_box(ct, reference=ref), card.preprocess)
     assert mask.geometry.is_close(ct.geometry)
     assert dice(mask.array, ref.array) >= PANCREAS_AUTO_FLOOR
+
+
+def test_shipped_dilated_fcn_on_the_real_nih_pancreas_with_the_expert_box(pancreas_0002):
+    from importlib import resources
+
+    from iunet_nb.model.checkpoint import load_model
+
+    ct, ref = pancreas_0002
+    model, card = load_model(resources.files("iunet_nb") / "assets" / "dilated_pancreas.pt")
+    assert card.net.arch == "dilated_fcn"
+    mask = segment(ct, model, make_box(ct, reference=ref), card.preprocess)
+    assert dice(mask.array, ref.array) >= DILATED_FCN_FLOOR
 
 
 def test_one_stroke_moves_the_pancreas_model_on_an_unseen_real_kidney(shared_data):
