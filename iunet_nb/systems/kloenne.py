@@ -61,9 +61,10 @@ from .._config import JsonConfig
 from ..errors import ConfigError, InputError
 from ..io.volume import Volume
 from ..model.losses import tanimoto_ce_loss
-from ._common import (_bundled_asset, _check_pair, _checked_bundled, _check_positive_int, _check_training, _check_version,
-                      _check_volume, _device, _dice, _fit, _load_system, _lps, _lps_pair, _now,
-                      _save_system, _seeded, _write_training)
+from ._common import (_bundled_asset, _check_pair, _check_positive_int, _check_training,
+                      _check_version, _check_volume, _checked_bundled, _device, _dice, _fit,
+                      _load_system, _lps, _lps_pair, _now, _save_system, _seeded,
+                      _write_training)
 
 __all__ = [
     "KloenneConfig",
@@ -473,7 +474,7 @@ def train_kloenne(cases: Sequence[tuple[Volume, Volume]], config: KloenneConfig 
                   data_description: str = "",
                   on_step: Callable[[int, float, KloenneModel], None] | None = None,
                   init: KloenneModel | None = None) -> KloenneTrainResult:
-    """Train one Kloenne model from scratch.
+    """Train one Kloenne model from scratch (or on from ``init``).
 
     Args:
         cases: ``(CT in HU, binary mask)`` pairs.

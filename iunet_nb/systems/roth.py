@@ -53,10 +53,10 @@ from .._config import JsonConfig
 from ..errors import CheckpointError, ConfigError, InputError
 from ..io.volume import Volume
 from ..model.nets import NetConfig, build_network
-from ._common import (_bundled_asset, _check_positive_int, _checked_bundled, _check_training, _check_version, _check_volume,
-                      _check_window, _device, _fit, _load_system, _lps, _lps_pair, _now,
-                      _resample, _save_system, _seeded, _window, _working_shape,
-                      _write_training)
+from ._common import (_bundled_asset, _check_positive_int, _check_training, _check_version,
+                      _check_volume, _check_window, _checked_bundled, _device, _fit,
+                      _load_system, _lps, _lps_pair, _now, _resample, _save_system, _seeded,
+                      _window, _working_shape, _write_training)
 
 __all__ = [
     "BTCV_TO_ROTH",
