@@ -87,7 +87,7 @@ BTCV_TO_ROTH: dict[str, tuple[int, ...]] = {
 _SYSTEM = "roth"
 #: The shipped model (``scripts/train_roth.py``) and the SHA-256 it is checked against.
 BUNDLED_ROTH = "roth_multiorgan.pt"
-BUNDLED_ROTH_SHA256 = "4db73db46f0cc482dbbc58a45caabe5932afbd5cf2cb5110a95cac561df3fe33"
+BUNDLED_ROTH_SHA256 = "40d52138b653985e78b32426aa6276d4c243a7f8230005512276d3459087a768"
 
 
 @dataclass(frozen=True)
