@@ -51,8 +51,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     check_divisible(args.batch, get_world_size())  # before loading any data
     init_from = None
     if args.init_from is None:
-        net = NetConfig(arch=args.arch or "iunet", base_channels=args.base_channels or 16)
-        preprocess = PreprocessConfig(size_zyx=tuple(args.size or (24, 64, 64)))
+        net = NetConfig(arch=args.arch if args.arch is not None else "iunet",
+                        base_channels=16 if args.base_channels is None else args.base_channels)
+        preprocess = PreprocessConfig(size_zyx=(24, 64, 64) if args.size is None
+                                      else tuple(args.size))
     else:
         # fine-tuning: the network and the preprocessing are the start model's (its card), or
         # the weights would meet another input than the one they learned
