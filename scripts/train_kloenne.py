@@ -57,6 +57,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -189,10 +190,7 @@ class SynthLiverCases(Sequence):
                                margins_mm=margins, label_value=case.label_value)
 
     def phase_counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for _, _, phase, _, _ in self.jobs:
-            out[phase] = out.get(phase, 0) + 1
-        return out
+        return dict(Counter(job[2] for job in self.jobs))   # in order of first draw
 
 
 def build_config(args: argparse.Namespace) -> KloenneConfig:

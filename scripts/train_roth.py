@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,10 +83,7 @@ class SynthCases(Sequence):
         return ct, labels
 
     def phase_counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for _, _, phase in self.jobs:
-            out[phase] = out.get(phase, 0) + 1
-        return out
+        return dict(Counter(job[2] for job in self.jobs))   # in order of first draw
 
 
 def _triple(text: str) -> tuple[int, int, int]:

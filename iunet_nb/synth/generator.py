@@ -646,8 +646,9 @@ def synthesize(labels: Volume, *, label_table: Mapping[str, int] = BTCV,
         n_lesions = _paint_liver_lesions(ct, liver, sp, p, config.liver_lesion_fraction)
     else:
         n_lesions = 0
-    lobulated = _paint_pancreas_lobules(ct, organ("pancreas"), sp, p,
-                                        config.pancreas_lobulation_fraction)
+    lobulated = (_paint_pancreas_lobules(ct, organ("pancreas"), sp, p,
+                                         config.pancreas_lobulation_fraction)
+                 if config.pancreas_lobulation_fraction > 0 else 0.0)   # off: no mask made
     for kname in ("right_kidney", "left_kidney"):
         k = organ(kname)
         if k.any():
