@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 PANCREAS_AUTO_FLOOR = 0.62    # measured 0.649
 KIDNEY_ROUND1_FLOOR = 0.80    # measured 0.865 (start 0.164)
 DILATED_FCN_FLOOR = 0.60      # the shipped dilated FCN of 2026-12-07: measured 0.630
+KLOENNE_LIVER_FLOOR = 0.89    # the shipped Kloenne U-Net, 3D-IRCADb 1.17, automatic: 0.910
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,15 @@ def test_one_stroke_moves_the_pancreas_model_on_an_unseen_real_kidney(shared_dat
     assert dsc[0] < 0.3                       # the network alone misses it
     assert dsc[1] >= KIDNEY_ROUND1_FLOOR
     assert np.isfinite(result.table["hd95_mm"].iloc[1])
+
+
+def test_shipped_kloenne_finds_the_real_liver_of_3d_ircadb_1_17_without_a_box(shared_data):
+    """Kloenne's system is automatic: every slice of the CT, no box (issue 27's goal 0.90)."""
+    from iunet_nb.systems.kloenne import load_bundled_kloenne, predict_kloenne
+
+    folder = shared_data / "ircadb" / "1.17"
+    ct = read_image(folder / "PATIENT_DICOM")
+    ref = read_dicom_mask_series(folder / "MASKS_DICOM.zip", "liver")
+    mask = predict_kloenne(ct, load_bundled_kloenne())
+    assert mask.geometry.is_close(ct.geometry)
+    assert dice(mask.array, ref.array) >= KLOENNE_LIVER_FLOOR

@@ -132,9 +132,10 @@ class SynthConfig(JsonConfig):
     ``liver_lesion_fraction`` (a number in [0, 1]; 0 = off, the default) is the chance that a
     case's liver holds 1-4 hypodense lesions (radius 5-25 mm, 25-70 HU below the liver, a
     2 mm soft edge, kept inside the liver and deeper than 8 mm at their centre), painted
-    inside the liver label, so the target includes them: the 3D-IRCADb liver masks include
-    their tumours (patient 1.17: 186 000 tumour voxels, 8.8 % of the liver, median 68 HU
-    against the liver's 103), and a network that never saw one leaves most of them out
+    inside the liver label, so the target includes them, as the LiTS challenge's liver label
+    and 3D-IRCADb 1.17's liver mask do (186 000 tumour voxels, 8.8 % of the liver, median
+    68 HU against the liver's 103; 3D-IRCADb 1.7's liver mask leaves its 669 mL tumour out),
+    and a network that never saw one leaves most of them out
     (``docs/realism.md`` section 11). Its own stream, seeded by the case's drawn
     parameters, like ``organ_contact_fraction``.
 
