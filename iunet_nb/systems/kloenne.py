@@ -88,7 +88,7 @@ _SYSTEM = "kloenne"
 _ARCHS = ("unet", "msd")
 #: The shipped liver model (``scripts/train_kloenne.py``) and the SHA-256 it is checked against.
 BUNDLED_KLOENNE = "kloenne_liver.pt"
-BUNDLED_KLOENNE_SHA256 = "01a89b3125454e0b804de3bf735a07d5af0b2eb7cba5a014b829d8d4bc455b04"
+BUNDLED_KLOENNE_SHA256 = "aed8be47634736fd58ae1bc4865c48b1c67ba5c530caf88e92880a55f3bef9c5"
 
 
 @dataclass(frozen=True)
