@@ -24,6 +24,7 @@ PANCREAS_AUTO_FLOOR = 0.62    # measured 0.649
 KIDNEY_ROUND1_FLOOR = 0.80    # measured 0.865 (start 0.164)
 DILATED_FCN_FLOOR = 0.60      # the shipped dilated FCN of 2026-12-07: measured 0.630
 KLOENNE_LIVER_FLOOR = 0.90    # the shipped Kloenne U-Net, 3D-IRCADb 1.17, automatic: 0.922
+ROTH_FLOORS = {"liver": 0.85, "spleen": 0.72}  # the shipped Roth FCN, 3D-IRCADb 1.7: 0.871, 0.755
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,18 @@ def test_shipped_kloenne_finds_the_real_liver_of_3d_ircadb_1_17_without_a_box(sh
     mask = predict_kloenne(ct, load_bundled_kloenne())
     assert mask.geometry.is_close(ct.geometry)
     assert dice(mask.array, ref.array) >= KLOENNE_LIVER_FLOOR
+
+
+def test_shipped_roth_finds_the_real_liver_and_spleen_of_3d_ircadb_1_7_without_a_box(shared_data):
+    """Roth's multi-organ FCN, automatic on the whole CT (issue 27's goals 0.90 / 0.85 are not
+    reached; these floors keep what the shipped weights do)."""
+    from iunet_nb.systems.roth import load_bundled_roth, predict_roth
+
+    folder = shared_data / "ircadb" / "1.7"
+    ct = read_image(folder / "PATIENT_DICOM")
+    pred = predict_roth(ct, load_bundled_roth())
+    for organ, floor in ROTH_FLOORS.items():
+        ref = read_dicom_mask_series(folder / "MASKS_DICOM.zip", organ)
+        mask = pred.organ_mask(organ)
+        assert mask.geometry.is_close(ct.geometry)
+        assert dice(mask.array, ref.array) >= floor, organ

@@ -87,7 +87,7 @@ BTCV_TO_ROTH: dict[str, tuple[int, ...]] = {
 _SYSTEM = "roth"
 #: The shipped model (``scripts/train_roth.py``) and the SHA-256 it is checked against.
 BUNDLED_ROTH = "roth_multiorgan.pt"
-BUNDLED_ROTH_SHA256 = "40d52138b653985e78b32426aa6276d4c243a7f8230005512276d3459087a768"
+BUNDLED_ROTH_SHA256 = "d23031dd967c7dc9b69b8be68426898332e0a3c77b9d3b60c3ec9c9909314aea"
 
 
 @dataclass(frozen=True)
