@@ -62,11 +62,40 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "iunet_nb" / "assets" / "roth_multiorgan.pt"
 
 
+#: 3D-IRCADb mask names -> BTCV label values (the table train_roth maps to Roth's organs);
+#: tumour masks inside the liver mask join the liver, as in 1.17; 1.7's ``tumor`` lies outside
+#: its liver mask and stays background, as its experts drew it.
+IRCADB_TO_BTCV = {"artery": 8, "venoussystem": 9, "portalvein": 10, "liver": 6, "spleen": 1}
+
+
+def ircadb_case(folder: Path) -> tuple[Volume, Volume, tuple[str, ...]]:
+    """A 3D-IRCADb patient: (CT, BTCV-valued label map of its masks, the Roth organs it does
+    not draw, for ``train_roth(unlabelled=)``)."""
+    import zipfile
+
+    from iunet_nb.io.images import read_dicom_mask_series, read_image
+
+    ct = read_image(folder / "PATIENT_DICOM")
+    with zipfile.ZipFile(folder / "MASKS_DICOM.zip") as z:
+        have = {n.split("/")[1] for n in z.namelist() if n.count("/") > 1}
+    labels = np.zeros(ct.shape, np.uint8)
+    for name, value in IRCADB_TO_BTCV.items():      # vessels first: organs drawn over them
+        if name in have:
+            mask = read_dicom_mask_series(folder / "MASKS_DICOM.zip", name).array != 0
+            labels[mask] = value
+    unlabelled = ("stomach", "gallbladder", "pancreas") + (() if "spleen" in have else
+                                                           ("spleen",))
+    return ct, Volume(labels, ct.geometry, {"source": f"3D-IRCADb {folder.name} masks"}), \
+        unlabelled
+
+
 class SynthCases(Sequence):
-    """``(synthetic CT, BTCV label map)`` pairs made on demand (see the module docstring)."""
+    """``(synthetic CT, BTCV label map)`` pairs made on demand (see the module docstring),
+    then ``real`` cases (CT, label map) as they are."""
 
     def __init__(self, btcv: Path, syntheses: int, seed: int, phases: str, wide_quality: bool,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None,
+                 real: Sequence[tuple[Volume, Volume]] = ()) -> None:
         self.maps = datasets.find_cases(btcv, "pancreas", layout="btcv")[:limit]
         if not self.maps:
             raise SystemExit(f"no BTCV label maps under {btcv}")
@@ -74,12 +103,14 @@ class SynthCases(Sequence):
         rng = np.random.default_rng(seed + 7)
         self.jobs = [(i, j, names[rng.choice(len(names), p=p)])
                      for j in range(syntheses) for i in range(len(self.maps))]
-        self.seed, self.wide_quality = seed, wide_quality
+        self.seed, self.wide_quality, self.real = seed, wide_quality, list(real)
 
     def __len__(self) -> int:
-        return len(self.jobs)
+        return len(self.jobs) + len(self.real)
 
     def __getitem__(self, k: int) -> tuple[Volume, Volume]:  # type: ignore[override]
+        if k >= len(self.jobs):
+            return self.real[k - len(self.jobs)]
         i, j, phase = self.jobs[k]
         labels = self.maps[i].read_labels()
         cfg = synth.phase_config(phase, wide_quality=self.wide_quality)
@@ -122,6 +153,12 @@ def main() -> None:
     ap.add_argument("--init-from", default=None,
                     help="start from this saved Roth model's weights (e.g. the shipped one; "
                          "same network and input settings), with a fresh schedule")
+    ap.add_argument("--ircadb", default=None,
+                    help="also train on this real 3D-IRCADb patient folder (its masks of "
+                         "liver, spleen and vessels; the organs it does not draw by the "
+                         "marginal loss)")
+    ap.add_argument("--real-repeat", type=int, default=45,
+                    help="how many times the real case is listed among the synthetic ones")
     ap.add_argument("--ship", action="store_true", help=f"copy the result to {ASSET}")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -135,20 +172,30 @@ def main() -> None:
         ce_weight=args.ce_weight, bspline_spacing=int(round(12 * scale)),
         bspline_max_disp=2.0 * scale, translation_vox=8.0 * scale,
         tile_z=max(32, patch[0]), seed=args.seed)
+    real, unlabelled, real_note = [], None, "no real CT"
+    if args.ircadb:
+        ct, labels, missing = ircadb_case(Path(args.ircadb))
+        real = [(ct, labels)] * args.real_repeat
+        real_note = (f"real 3D-IRCADb {Path(args.ircadb).name} listed {args.real_repeat} times "
+                     f"(masks of liver, spleen and vessels; {', '.join(missing)} unlabelled, "
+                     f"marginal loss)")
     cases = SynthCases(Path(args.btcv), args.syntheses, args.seed, args.phases,
-                       args.wide_quality, args.maps)
+                       args.wide_quality, args.maps, real)
+    if real:
+        unlabelled = [()] * len(cases.jobs) + [missing] * len(real)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = (f"synthetic CT from {len(cases.maps)} BTCV label maps "
             f"({cases.maps[0].case_id}..{cases.maps[-1].case_id}), {args.syntheses} syntheses "
             f"each (seeds {args.seed}+100(j+1)+i), contrast phases {cases.phase_counts()} "
-            f"(synth.phase_config, wide_quality={args.wide_quality}); no real CT")
+            f"(synth.phase_config, wide_quality={args.wide_quality}); {real_note}")
     if args.init_from:
         data += f"; started from {Path(args.init_from).name}"
     run = TrainingRun(out, "scripts/train_roth.py " + " ".join(sys.argv[1:]), data,
                       args.threads, args.save_every)
     result = train_roth(cases, config, None, progress=True, data_description=data,
-                        on_step=run.on_step(config.iterations), init_from=args.init_from)
+                        on_step=run.on_step(config.iterations), init_from=args.init_from,
+                        unlabelled=unlabelled)
     run.finish(result.model, result.losses, config.iterations, len(cases),
                ship_to=ASSET if args.ship else None)
 

@@ -364,3 +364,45 @@ def test_the_bundled_model_loads_checked_and_segments():
     ct, _ = _case(0, shape=(24, 40, 40))
     pred = predict_roth(ct, model)
     assert pred.labels.shape == ct.shape and pred.labels.geometry == ct.geometry
+
+
+def test_marginal_loss_for_organs_a_case_does_not_label():
+    """A -1 channel marks an organ the subvolume's case does not draw: predicting it where the
+    label map says background costs nothing (it may be that organ), unlike in a fully labelled
+    case; with every organ labelled the loss is unchanged."""
+    cfg = dataclasses.replace(RothConfig(), dice_over_batch=True, ce_weight=1.0)
+    target = torch.zeros(2, 8, 4, 4, 4)
+    target[:, 0] = 1
+    target[:, 3, :2], target[:, 0, :2] = 1, 0              # liver in the top half
+    logits = torch.full_like(target, -10.0)
+    logits[:, 3, :2] = 10.0                                # liver found ...
+    logits[:, 7, 2:] = 10.0                                # ... and "pancreas" below it
+    full = roth._loss(logits, target, cfg)
+    partial = target.clone()
+    partial[:, 7] = -1.0                                   # the pancreas is not drawn
+    marginal = roth._loss(logits, partial, cfg)
+    assert marginal < full - 1.0
+    ideal = logits.clone()                                 # background where it is drawn
+    ideal[:, 7, 2:], ideal[:, 0, 2:] = -10.0, 10.0
+    assert marginal <= roth._loss(ideal, target, cfg) + 1e-3    # as good as the ideal
+    logits.requires_grad_(True)
+    roth._loss(logits, partial, cfg).backward()
+    assert torch.isfinite(logits.grad).all()
+    # a labelled organ the network misses still costs in the partial case
+    missed = logits.detach().clone()
+    missed[:, 3, :2] = -10.0
+    missed[:, 0, :2] = 10.0
+    assert roth._loss(missed, partial, cfg) > marginal + 0.3
+
+
+def test_train_with_unlabelled_organs():
+    ct, lab = _case()
+    result = train_roth([(ct, lab), (ct, lab)], TINY, progress=False,
+                        unlabelled=[(), ("pancreas", "stomach")])
+    assert np.isfinite(result.losses).all()
+    with pytest.raises(InputError, match="2 cases"):
+        train_roth([(ct, lab), (ct, lab)], TINY, progress=False, unlabelled=[()])
+    with pytest.raises(InputError, match="Roth organs"):
+        train_roth([(ct, lab)], TINY, progress=False, unlabelled=[("kidney",)])
+    with pytest.raises(InputError, match="Roth organs"):
+        train_roth([(ct, lab)], TINY, progress=False, unlabelled=["pancreas"])

@@ -17,6 +17,9 @@
   -20..+20 voxels per axis, all in one resampling (image trilinear, labels nearest).
   Loss: multi-class soft Dice ``L = 1/L sum_l w_l L_l`` with per-class weights
   ``class_weights`` (seed: all 1). Adam, lr 1e-2, 50,000 iterations (seed).
+  Cases that draw only some organs (real CT with masks of a few organs) train with
+  ``train_roth(unlabelled=)``: their unlabelled organs' probabilities join the background's
+  (the marginal loss of Shi et al., 2021; not in the seed, whose data label all seven).
 * **Inference**: the whole in-plane extent at once, overlapping tiles along z
   (``tile_z`` slices, ``tile_overlap`` fraction), softmax averaged where tiles overlap.
 
@@ -278,16 +281,33 @@ def weighted_dice_loss(probs: Tensor, target: Tensor, weights: Sequence[float] |
 
 def _loss(logits: Tensor, target: Tensor, cfg: RothConfig) -> Tensor:
     """The training loss of :func:`train_roth`: the weighted soft Dice, per subvolume (seed)
-    or over the batch (``dice_over_batch``), plus ``ce_weight`` x cross-entropy."""
+    or over the batch (``dice_over_batch``), plus ``ce_weight`` x cross-entropy.
+
+    ``target`` is one-hot ``(N, L, *spatial)``; a channel filled with -1 marks an organ that
+    subvolume's case does not label (``train_roth(unlabelled=)``). For such a subvolume the
+    loss is the marginal loss of Shi et al. (2021): the probabilities of its unlabelled organs
+    are added to the background's (what its label map calls background may be any of them),
+    and those organs' Dice terms leave it out.
+    """
+    known = (target.flatten(2)[:, :, :1] >= 0).to(logits.dtype)          # (N, L, 1)
+    known = known.reshape(*known.shape[:2], *([1] * (logits.ndim - 2)))
+    target = target.clamp(min=0.0)
     probs = torch.softmax(logits, 1)
+    if bool((known == 0).any()):
+        unknown = 1.0 - known
+        background = probs[:, :1] + (probs * unknown).sum(1, keepdim=True)
+        probs = torch.cat([background, probs[:, 1:]], 1) * known
+        logp = torch.log(probs.clamp_min(1e-8))
+    else:
+        logp = torch.log_softmax(logits, 1)
     if cfg.dice_over_batch:
-        probs = probs.movedim(0, 1).flatten(1)[None]
+        flat_p = probs.movedim(0, 1).flatten(1)[None]
         flat = target.movedim(0, 1).flatten(1)[None]
-        loss = weighted_dice_loss(probs, flat, cfg.class_weights)
+        loss = weighted_dice_loss(flat_p, flat, cfg.class_weights)
     else:
         loss = weighted_dice_loss(probs, target, cfg.class_weights)
     if cfg.ce_weight > 0:
-        loss = loss + cfg.ce_weight * F.cross_entropy(logits, target.argmax(1))
+        loss = loss + cfg.ce_weight * F.nll_loss(logp, target.argmax(1))
     return loss
 
 
@@ -434,6 +454,7 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
                data_description: str = "",
                on_step: Callable[[int, float, RothModel], None] | None = None,
                init_from: str | os.PathLike | None = None,
+               unlabelled: Sequence[Sequence[str]] | None = None,
                ) -> RothTrainResult:
     """Train the multi-organ FCN from scratch (or on from saved weights) on random augmented
     subvolumes.
@@ -452,14 +473,31 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         init_from: a saved Roth model (:func:`load_roth`) whose weights start the training
             (its network settings must be ``config``'s; the learning-rate schedule, the
             sampling and the augmentation start afresh from ``config``).
+        unlabelled: per case, the Roth organs its label map does not draw (a real CT with
+            masks of some organs only, e.g. 3D-IRCADb without stomach, gallbladder and
+            pancreas); their voxels count as "background or one of these" (the marginal
+            loss, see :func:`_loss`). None: every case draws all seven.
 
     Returns:
         :class:`RothTrainResult`.
 
     Raises:
-        InputError: no cases, mismatched grids, or label maps without any Roth organ.
+        InputError: no cases, mismatched grids, label maps without any Roth organ, or
+            ``unlabelled`` not one entry of Roth organs per case.
     """
     _check_training(_SYSTEM, config, RothConfig, cases, "(CT, label map)")
+    n_classes = len(ROTH_ORGANS) + 1
+    known = torch.ones(len(cases), n_classes)
+    if unlabelled is not None:
+        if len(unlabelled) != len(cases):
+            raise InputError(f"unlabelled has {len(unlabelled)} entries for {len(cases)} cases")
+        for i, organs in enumerate(unlabelled):
+            wrong = sorted(set(organs) - set(ROTH_ORGANS))
+            if wrong or isinstance(organs, str):
+                raise InputError(f"unlabelled[{i}]: {organs!r} must be a list of Roth organs "
+                                 f"{list(ROTH_ORGANS)}")
+            for organ in organs:
+                known[i, ROTH_ORGANS.index(organ) + 1] = 0.0
     t0 = _now()
     dev = _device(device)
     images, labels = [], []
@@ -490,7 +528,6 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
                               "config's; start from a model with the same network and input")
         model.load_state_dict(start.state_dict())
     rng = np.random.default_rng(config.seed)
-    n_classes = len(ROTH_ORGANS) + 1
 
     def batch() -> tuple[Tensor, Tensor]:
         n = len(images)
@@ -498,7 +535,9 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         pairs = [_sample(images[c], labels[c], _patch_grid(images[c].shape, config, rng))
                  for c in who]
         x = torch.stack([p[0] for p in pairs])[:, None]
-        return x, F.one_hot(torch.stack([p[1] for p in pairs]), n_classes).movedim(-1, 1).float()
+        y = F.one_hot(torch.stack([p[1] for p in pairs]), n_classes).movedim(-1, 1).float()
+        mark = known[torch.as_tensor(who)].reshape(len(who), n_classes, *([1] * (y.ndim - 2)))
+        return x, torch.where(mark > 0, y, torch.full_like(y, -1.0))   # -1: not labelled
 
     losses = _fit(model, batch, lambda x, y: _loss(model(x), y, config),
                   config.iterations, config.lr, dev, "Roth FCN", progress,
