@@ -62,9 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "iunet_nb" / "assets" / "roth_multiorgan.pt"
 
 
-#: 3D-IRCADb mask names -> BTCV label values (the table train_roth maps to Roth's organs);
-#: tumour masks inside the liver mask join the liver, as in 1.17; 1.7's ``tumor`` lies outside
-#: its liver mask and stays background, as its experts drew it.
+#: 3D-IRCADb mask names -> BTCV label values (the table train_roth maps to Roth's organs).
+#: The liver is its mask as drawn: 1.17's holds its tumours, 1.7's leaves its tumour out, so
+#: that stays background.
 IRCADB_TO_BTCV = {"artery": 8, "venoussystem": 9, "portalvein": 10, "liver": 6, "spleen": 1}
 
 

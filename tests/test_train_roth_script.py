@@ -1,0 +1,41 @@
+"""scripts/train_roth.py: a real 3D-IRCADb patient as a partly labelled training case."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iunet_nb.io.images import read_dicom_mask_series
+from iunet_nb.systems.roth import BTCV_TO_ROTH, map_labels
+
+_PATH = Path(__file__).resolve().parents[1] / "scripts" / "train_roth.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("train_roth_script", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_a_3d_ircadb_patient_is_a_partly_labelled_roth_case(script, shared_data):
+    folder = shared_data / "ircadb" / "1.17"
+    ct, labels, unlabelled = script.ircadb_case(folder)
+    assert labels.shape == ct.shape and labels.geometry.is_close(ct.geometry)
+    # 1.17 has no spleen mask: its spleen, like every stomach, gallbladder and pancreas, is
+    # not drawn, so the marginal loss must not call it background
+    assert set(unlabelled) == {"stomach", "gallbladder", "pancreas", "spleen"}
+    roth = map_labels(labels.array, BTCV_TO_ROTH)
+    liver = read_dicom_mask_series(folder / "MASKS_DICOM.zip", "liver").array != 0
+    assert np.array_equal(roth == 3, liver)                # the liver over the vessels in it
+    assert (roth == 1).any() and (roth == 2).any()         # artery, veins
+    assert not np.isin(roth, [4, 5, 6, 7]).any()
