@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import locale
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -99,3 +103,15 @@ def back_on(reference: Volume, moved: Volume) -> np.ndarray:
     img = moved.to_sitk()
     return sitk.GetArrayFromImage(sitk.Resample(img, reference.to_sitk(), sitk.Transform(),
                                                 sitk.sitkNearestNeighbor, 0, img.GetPixelID()))
+
+
+def load_script(name: str) -> Iterator[ModuleType]:
+    """``scripts/<name>.py`` imported as a module (for a module-scoped fixture: yield from it);
+    removed from ``sys.modules`` afterwards."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)

@@ -4,30 +4,20 @@ the configuration it trains."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_ellipsoid
+from conftest import load_script, make_ellipsoid
 
 from iunet_nb.errors import InputError
 from iunet_nb.io.images import write_mask
 from iunet_nb.io.volume import Geometry, Volume
 from iunet_nb.systems.kloenne import KloenneConfig
 
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "train_kloenne.py"
-
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_kloenne_script", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_script("train_kloenne")
 
 
 def _pair(shape=(10, 12, 16), spacing=(2.0, 2.0, 2.0)):

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import load_script
 
 from iunet_nb.io.images import read_dicom_mask_series
 from iunet_nb.systems.roth import BTCV_TO_ROTH, map_labels
 
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "train_roth.py"
-
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_roth_script", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_script("train_roth")
 
 
 @pytest.mark.realdata
