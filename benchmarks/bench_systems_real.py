@@ -14,7 +14,7 @@ shipped asset (``iunet_nb/assets``: ``roth_multiorgan.pt``, ``zhou_pancreas_dete
 
 * **Roth** (automatic, one prediction per CT): 3D-IRCADb 1.7 liver, spleen, right and left
   kidney; 3D-IRCADb 1.17 liver; NIH PANCREAS_0002 pancreas. The kidneys are not among the
-  paper's seven organs, so the row says so.
+  paper's seven organs (issue 27 adds them); a model without them gets a row that says so.
 * **Zhou** (automatic): PANCREAS_0002, the coarse fusion (S0) and the coarse-to-fine result.
 * **Kloenne** (automatic): the 3D-IRCADb livers (1.7, 1.17) at their own 1.6 mm slices and
   with 2 and 3 consecutive slices averaged into one (3.2 and 4.8 mm slices, the thick-slice
@@ -99,7 +99,7 @@ def _untrained(system: str, cases: list[tuple[str, str]], why: str,
 
 
 def run_roth(path: Path | None) -> list[dict[str, Any]]:
-    from iunet_nb.systems.roth import ROTH_ORGANS, load_roth, predict_roth
+    from iunet_nb.systems.roth import load_roth, predict_roth
 
     plan = [("3D-IRCADb 1.7", "liver"), ("3D-IRCADb 1.7", "spleen"),
             ("3D-IRCADb 1.7", "rightkidney"), ("3D-IRCADb 1.7", "leftkidney"),
@@ -111,10 +111,11 @@ def run_roth(path: Path | None) -> list[dict[str, Any]]:
     cts: dict[str, tuple[Volume, Any, float]] = {}
     for case, organ in plan:
         name = _NAMES.get(organ, organ)
-        if organ not in ROTH_ORGANS:
+        output = {"rightkidney": "right_kidney", "leftkidney": "left_kidney"}.get(organ, organ)
+        if output not in model.config.organs:
             ref = read_dicom_mask_series(IRCADB / "1.7" / "MASKS_DICOM.zip", organ)
             rows.append(_row("roth", case, name, None, ref, None,
-                             "no output: kidneys are not among the paper's seven organs",
+                             f"no output: the model's organs are {list(model.config.organs)}",
                              GOALS[("roth", organ)]))
             continue
         if case not in cts:
@@ -126,7 +127,7 @@ def run_roth(path: Path | None) -> list[dict[str, Any]]:
         ct, pred, seconds = cts[case]
         ref = read_mask(NIH / "label0002.nii.gz") if case == "PANCREAS_0002" else \
             read_dicom_mask_series(IRCADB / case.split()[-1] / "MASKS_DICOM.zip", organ)
-        rows.append(_row("roth", case, name, pred.organ_mask(organ).array, ref, seconds,
+        rows.append(_row("roth", case, name, pred.organ_mask(output).array, ref, seconds,
                          path.name, GOALS[("roth", organ)]))
         if case == "3D-IRCADb 1.7" and organ == "liver":
             rows.append(_row("roth", case, WITH_TUMOUR, pred.organ_mask(organ).array,

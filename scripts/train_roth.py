@@ -65,7 +65,8 @@ ASSET = ROOT / "iunet_nb" / "assets" / "roth_multiorgan.pt"
 #: 3D-IRCADb mask names -> BTCV label values (the table train_roth maps to Roth's organs).
 #: The liver is its mask as drawn: 1.17's holds its tumours, 1.7's leaves its tumour out, so
 #: that stays background.
-IRCADB_TO_BTCV = {"artery": 8, "venoussystem": 9, "portalvein": 10, "liver": 6, "spleen": 1}
+IRCADB_TO_BTCV = {"artery": 8, "venoussystem": 9, "portalvein": 10, "liver": 6, "spleen": 1,
+                  "rightkidney": 2, "leftkidney": 3}
 
 
 def ircadb_case(folder: Path) -> tuple[Volume, Volume, tuple[str, ...]]:
@@ -83,8 +84,9 @@ def ircadb_case(folder: Path) -> tuple[Volume, Volume, tuple[str, ...]]:
         if name in have:
             mask = read_dicom_mask_series(folder / "MASKS_DICOM.zip", name).array != 0
             labels[mask] = value
-    unlabelled = ("stomach", "gallbladder", "pancreas") + (() if "spleen" in have else
-                                                           ("spleen",))
+    drawn = {"spleen": "spleen", "rightkidney": "right_kidney", "leftkidney": "left_kidney"}
+    unlabelled = ("stomach", "gallbladder", "pancreas") + tuple(
+        organ for name, organ in drawn.items() if name not in have)
     return ct, Volume(labels, ct.geometry, {"source": f"3D-IRCADb {folder.name} masks"}), \
         unlabelled
 

@@ -19,6 +19,7 @@ from iunet_nb.systems import roth
 from iunet_nb.systems.roth import (
     BTCV_TO_ROTH,
     ROTH_ORGANS,
+    SEED_ORGANS,
     RothConfig,
     RothModel,
     bspline_displacement,
@@ -52,9 +53,16 @@ def test_btcv_mapping_is_the_issue_table():
     lab = np.arange(14, dtype=np.int16).reshape(1, 1, 14)
     out = map_labels(lab)[0, 0]
     #          bg sp rk lk gb es li st ao ivc pv pa ra la
-    expected = [0, 4, 0, 0, 6, 0, 3, 5, 1, 2, 2, 7, 0, 0]
+    expected = [0, 4, 8, 9, 6, 0, 3, 5, 1, 2, 2, 7, 0, 0]
     assert out.tolist() == expected
     assert ROTH_ORGANS[out[11] - 1] == "pancreas" and BTCV_TO_ROTH["vein"] == (9, 10)
+    assert ROTH_ORGANS[out[3] - 1] == "left_kidney" and ROTH_ORGANS[:7] == SEED_ORGANS
+    # a network with the seed's seven organs: the kidneys are background
+    seven = map_labels(lab, organs=SEED_ORGANS)[0, 0]
+    assert seven.tolist() == [0, 4, 0, 0, 6, 0, 3, 5, 1, 2, 2, 7, 0, 0]
+    # a network of two organs numbers them 1, 2
+    assert map_labels(lab, organs=("liver", "pancreas"))[0, 0].tolist() == \
+        [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0, 0]
     with pytest.raises(InputError, match="unknown organ"):
         map_labels(lab, {"kidney": (2,)})
     with pytest.raises(InputError, match="integer"):
@@ -73,7 +81,12 @@ def test_full_scale_network_has_the_seeds_19m_parameters():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(patch_size=(60, 64, 64)), "multiples of 8"),
     (dict(tile_z=36), "tile_z must be a multiple of 8"),
-    (dict(class_weights=(1.0, 1.0)), "8 non-negative weights"),
+    (dict(class_weights=(1.0, 1.0)), "None or 10 non-negative weights"),
+    (dict(organs=SEED_ORGANS, class_weights=(1.0,) * 10), "None or 8 non-negative"),
+    (dict(organs=("kidney",)), "distinct organs of"),
+    (dict(organs=("pancreas", "liver")), "in that order"),
+    (dict(organs=()), "distinct organs of"),
+    (dict(organs="liver"), "distinct organs of"),
     (dict(tile_overlap=1.0), "tile_overlap"),
     (dict(rotation_deg=-1.0), "rotation_deg"),
 ])
@@ -144,7 +157,7 @@ class _Const(nn.Module):
 
     def forward(self, x):
         # class 3 (liver) where bright, else background; other classes very unlikely
-        out = torch.full((x.shape[0], 8, *x.shape[2:]), -20.0)
+        out = torch.full((x.shape[0], 10, *x.shape[2:]), -20.0)
         out[:, 0] = torch.where(x[:, 0] > 0.5, -20.0, 20.0)
         out[:, 3] = torch.where(x[:, 0] > 0.5, 20.0, -20.0)
         return out
@@ -165,6 +178,16 @@ def test_predict_tiles_and_restores_the_grid():
     assert prob.shape == ct.shape and prob[liver].min() > 0.99
     with pytest.raises(ConfigError, match="organ must be one of"):
         pred.organ_mask("kidney")
+    assert pred.organs == ROTH_ORGANS and pred.labels.meta["organs"] == list(ROTH_ORGANS)
+    seven = RothModel(dataclasses.replace(cfg, organs=SEED_ORGANS))
+    seven.net = _Const()
+    seven.net.forward = lambda x: _Const.forward(seven.net, x)[:, :8]
+    pred7 = predict_roth(ct, seven)
+    np.testing.assert_array_equal(pred7.organ_mask("liver").array, liver.astype(np.uint8))
+    with pytest.raises(ConfigError, match="no 'left_kidney' output"):
+        pred7.organ_mask("left_kidney")
+    with pytest.raises(ConfigError, match="no 'right_kidney' output"):
+        seven.organ_probability(ct, organ="right_kidney")
 
 
 def test_predict_on_a_downsampled_grid():
@@ -215,6 +238,37 @@ def test_train_on_from_saved_weights(tmp_path):
                    init_from=tmp_path / "model.pt")
 
 
+def test_a_card_from_before_the_kidneys_loads_and_trains_on_with_them(tmp_path):
+    """A model card without ``organs`` (the seed's seven, as written before the kidneys were
+    added) loads as seven organs; training on from it into the nine-organ network carries
+    every weight and the seven organs' output rows, and the kidneys' rows start fresh."""
+    seven = dataclasses.replace(TINY, organs=SEED_ORGANS)
+    cases = [_case(0), _case(1)]
+    train_roth(cases, seven, tmp_path, progress=False)
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["config"].pop("organs") == list(SEED_ORGANS)
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    old = load_roth(tmp_path / "model.pt")
+    assert old.config.organs == SEED_ORGANS and old.net.head.out_channels == 8
+    zero = dataclasses.replace(TINY, lr=1e-12, lr_final=1e-12)
+    nine = train_roth(cases, zero, None, progress=False, init_from=tmp_path / "model.pt").model
+    with roth._seeded(zero.seed):                  # as train_roth makes its network
+        fresh = RothModel(zero)
+    assert nine.net.head.out_channels == 10
+    for (name, a), b in zip(old.state_dict().items(), nine.state_dict().values()):
+        if name.startswith("net.head."):
+            torch.testing.assert_close(b[:8], a, atol=1e-6, rtol=0)     # bg + the seven
+            torch.testing.assert_close(b[8:], fresh.state_dict()[name][8:], atol=1e-6, rtol=0)
+        elif a.is_floating_point() and "running" not in name:
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
+    # a network of fewer organs takes the rows of those it keeps
+    two = dataclasses.replace(zero, organs=("liver", "pancreas"))
+    small = train_roth(cases, two, None, progress=False, init_from=tmp_path / "model.pt").model
+    rows = [0, SEED_ORGANS.index("liver") + 1, SEED_ORGANS.index("pancreas") + 1]
+    torch.testing.assert_close(small.state_dict()["net.head.bias"],
+                               old.state_dict()["net.head.bias"][rows], atol=1e-6, rtol=0)
+
+
 def test_training_run_snapshots_and_card(tmp_path):
     from iunet_nb.systems._common import TrainingRun
 
@@ -241,9 +295,9 @@ def test_train_input_errors():
     with pytest.raises(InputError, match="at least one"):
         train_roth([], TINY, progress=False)
     with pytest.raises(InputError, match="none of|any of the Roth organs"):
-        train_roth([(ct, lab.with_array(np.full(lab.shape, 2, np.int16)))], TINY,
+        train_roth([(ct, lab.with_array(np.full(lab.shape, 5, np.int16)))], TINY,
                    progress=False)
-    with pytest.raises(InputError, match="labels above 7"):
+    with pytest.raises(InputError, match="labels above 9"):
         train_roth([(ct, lab)], TINY, label_table=None, progress=False)
     with pytest.raises(InputError, match="RothModel"):
         predict_roth(ct, nn.Linear(1, 1))
@@ -253,7 +307,8 @@ def test_train_input_errors():
 def test_training_reduces_the_loss():
     cases = [_case(i, shape=(16, 24, 24)) for i in range(2)]
     cfg = RothConfig(**{**TINY.to_dict(), "iterations": 60, "base_channels": 4,
-                        "patch_size": (8, 16, 16), "lr": 3e-3})
+                        "patch_size": (8, 16, 16), "lr": 3e-3,
+                        "organs": ("liver", "pancreas")})    # the two the cases hold
     result = train_roth(cases, cfg, progress=False)
     assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10]) - 0.05
 
@@ -326,8 +381,8 @@ def test_batch_dice_and_cross_entropy():
     target[:, 0] = 1
     target[0, 0, :2], target[0, 3, :2] = 0, 1             # liver in the first item only
     probs = torch.softmax(logits, 1)
-    base = RothConfig()
-    assert not base.dice_over_batch and base.ce_weight == 0
+    base = RothConfig(organs=SEED_ORGANS)
+    assert not base.dice_over_batch and base.ce_weight == 0 and base.class_weights is None
     assert roth._loss(logits, target, base) == weighted_dice_loss(probs, target, (1.0,) * 8)
     batch = dataclasses.replace(base, dice_over_batch=True)
     joined = weighted_dice_loss(probs.movedim(0, 1).reshape(1, 8, -1),
@@ -370,7 +425,7 @@ def test_marginal_loss_for_organs_a_case_does_not_label():
     """A -1 channel marks an organ the subvolume's case does not draw: predicting it where the
     label map says background costs nothing (it may be that organ), unlike in a fully labelled
     case; with every organ labelled the loss is unchanged."""
-    cfg = dataclasses.replace(RothConfig(), dice_over_batch=True, ce_weight=1.0)
+    cfg = RothConfig(organs=SEED_ORGANS, dice_over_batch=True, ce_weight=1.0)
     target = torch.zeros(2, 8, 4, 4, 4)
     target[:, 0] = 1
     target[:, 3, :2], target[:, 0, :2] = 1, 0              # liver in the top half

@@ -124,7 +124,7 @@ class CVConfig(JsonConfig):
         systems: the seed papers' systems to train and test on the same folds (any of
             :data:`iunet_nb.systems.cv.SYSTEMS`: ``"zhou"``, ``"roth"``, ``"kloenne"``); fully
             automatic, no box. A system that does not cover ``structure`` (Roth: only its
-            seven organs) or cannot learn from ``data`` (Roth: ``btcv-synth:`` only) is refused.
+            organs) or cannot learn from ``data`` (Roth: ``btcv-synth:`` only) is refused.
         system_scale: ``"reduced"`` (each system's documented CPU scale) or ``"full"`` (the
             papers' settings, for GPUs).
         system_overrides: optional ``{system: {field: value}}`` changes to the systems'

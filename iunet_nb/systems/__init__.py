@@ -2,7 +2,7 @@
 
 * :mod:`.zhou` — Zhou et al. (seed 004): coarse-to-fine 2D FCNs on three views, trained from
   scratch (no ImageNet weights);
-* :mod:`.roth` — Roth et al. (seed 002): multi-organ 3D FCN (seven organs; a CPU-trained
+* :mod:`.roth` — Roth et al. (seed 002): multi-organ 3D FCN (the seed's seven organs and the kidneys; a CPU-trained
   model ships, :func:`load_bundled_roth`);
 * :mod:`.kloenne` — Kloenne et al. (seed 003): CT-specific preprocessing and augmentation,
   2D/3D nnU-Net-style U-Net and MS-D Net, stacked top-k ensemble, slice-count folds (a
@@ -41,6 +41,7 @@ from .kloenne import (
 from .roth import (
                       BTCV_TO_ROTH,
                       ROTH_ORGANS,
+                      SEED_ORGANS,
                       RothConfig,
                       RothModel,
                       RothPrediction,
@@ -74,7 +75,7 @@ __all__ = [
     "VIEWS", "ZhouConfig", "FCN2D", "ZhouModel", "ZhouTrainResult", "ZhouPrediction",
     "train_zhou", "predict_zhou", "load_zhou",
     # Roth
-    "ROTH_ORGANS", "BTCV_TO_ROTH", "RothConfig", "RothModel", "RothTrainResult",
+    "ROTH_ORGANS", "SEED_ORGANS", "BTCV_TO_ROTH", "RothConfig", "RothModel", "RothTrainResult",
     "RothPrediction", "map_labels", "weighted_dice_loss", "bspline_displacement",
     "train_roth", "predict_roth", "load_roth", "load_bundled_roth", "bundled_roth_path",
     # Kloenne

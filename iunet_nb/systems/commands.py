@@ -206,7 +206,9 @@ def add_cli(subparsers: Any) -> None:
                         "kloenne: the liver)")
     p.add_argument("--out", required=True, help="mask path (.nii.gz, .nrrd, .mha)")
     p.add_argument("--organ", default="pancreas",
-                   help="roth: organ to write, or 'all' for the label map")
+                   help="roth: organ to write (artery, vein, liver, spleen, stomach, "
+                        "gallbladder, pancreas, right_kidney, left_kidney), or 'all' for the "
+                        "label map")
     p.add_argument("--reference", default=None, help="reference mask: print metrics")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_predict)

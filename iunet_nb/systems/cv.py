@@ -6,7 +6,7 @@ fold train and test the other seed papers' systems, which are **fully automatic*
 
 * ``"zhou"`` — coarse-to-fine 2D FCNs on three views (:mod:`.zhou`); organ-agnostic (a binary
   target), evaluated in its paper on the pancreas only;
-* ``"roth"`` — the multi-organ 3D FCN (:mod:`.roth`): it learns its seven organs from full
+* ``"roth"`` — the multi-organ 3D FCN (:mod:`.roth`): it learns its organs from full
   multi-organ label maps with BTCV label values, so it needs a ``btcv-synth:`` training source;
   it covers only the structures that are one of its organs (:data:`ROTH_STRUCTURES`) and the
   fold scores the organ asked for;
@@ -26,8 +26,8 @@ reduced scale; the four kinds 2D/3D U-Net/MS-D at full scale), one model per kin
 top-k selection keeps all of them; the ensemble is the mean of their probabilities.
 
 Example:
-    >>> check_system("roth", "left_kidney", "btcv-synth:/data/btcv")   # doctest: +SKIP
-    ConfigError: the roth system does not cover 'left_kidney' ...
+    >>> check_system("roth", "esophagus", "btcv-synth:/data/btcv")     # doctest: +SKIP
+    ConfigError: the roth system does not cover 'esophagus' ...
     >>> trained = train_system("zhou", cases, "pancreas", seed=0)      # doctest: +SKIP
     >>> mask = trained.predict(ct)                                     # doctest: +SKIP
 """
@@ -81,15 +81,17 @@ SYSTEM_NAMES: dict[str, str] = {
 #: What each system segments, in words (shown in error messages and docs).
 SYSTEM_COVERAGE: dict[str, str] = {
     "zhou": "any single structure (binary target; its paper evaluates the pancreas only)",
-    "roth": "its seven organs artery, vein, liver, spleen, stomach, gallbladder, pancreas; as "
-            "structures: aorta (its artery), liver, spleen, stomach, gallbladder, pancreas",
+    "roth": "its organs artery, vein, liver, spleen, stomach, gallbladder, pancreas, right and "
+            "left kidney; as structures: aorta (its artery), liver, spleen, stomach, "
+            "gallbladder, pancreas, right_kidney, left_kidney",
     "kloenne": "any single structure (binary target; its paper: liver, kidney, kidney tumour)",
 }
 #: Structure name (as in :data:`iunet_nb.io.datasets.BTCV_LABELS`) -> the Roth organ scored.
 #: Roth's "vein" merges the IVC and the portal/splenic vein, so neither alone is covered.
 ROTH_STRUCTURES: dict[str, str] = {
     "aorta": "artery", "artery": "artery", "liver": "liver", "spleen": "spleen",
-    "stomach": "stomach", "gallbladder": "gallbladder", "pancreas": "pancreas"}
+    "stomach": "stomach", "gallbladder": "gallbladder", "pancreas": "pancreas",
+    "right_kidney": "right_kidney", "left_kidney": "left_kidney"}
 #: The papers' own results (their data, not ours): structure -> text, for reference only.
 PAPER_RESULTS: dict[str, dict[str, str]] = {
     "zhou": {"pancreas": "82.4 ± 5.7 (NIH pancreas, 82 CTs, 4-fold; coarse stage 75.7 ± 10.5)"},
@@ -128,7 +130,7 @@ def roth_organ(structure: str | int) -> str:
             label value (11 is the pancreas).
 
     Raises:
-        ConfigError: Roth's network has no output for this structure (kidneys, adrenal glands,
+        ConfigError: Roth's network has no output for this structure (adrenal glands,
             oesophagus, or the IVC / portal vein alone, which Roth merges into one "vein").
     """
     name = _structure_name(structure)
@@ -150,7 +152,7 @@ def check_system(system: str, structure: str | int, data: str | None = None) -> 
 
     Raises:
         ConfigError: an unknown system (with a "did you mean"), a structure the system does
-            not cover, or a training source Roth cannot learn its seven organs from.
+            not cover, or a training source Roth cannot learn its organs from.
     """
     if not isinstance(system, str) or system not in SYSTEMS:
         raise ConfigError(f"unknown system {system!r}{_did_you_mean(str(system), SYSTEMS)}; "
@@ -158,7 +160,7 @@ def check_system(system: str, structure: str | int, data: str | None = None) -> 
     if system == "roth":
         roth_organ(structure)
         if data is not None and not str(data).startswith("btcv-synth:"):
-            raise ConfigError(f"the roth system learns its seven organs from multi-organ label "
+            raise ConfigError(f"the roth system learns its organs from multi-organ label "
                               f"maps with BTCV label values, which the training source {data!r} "
                               "does not give; train on data='btcv-synth:<folder of BTCV label "
                               "maps>' (test_data may be any source)")
@@ -350,7 +352,7 @@ def train_system(system: str, cases: Sequence[tuple[Volume, Volume]], structure:
         system: one of :data:`SYSTEMS`.
         cases: ``(CT in HU, mask)`` pairs on the CT's own grid: a binary mask of
             ``structure`` for Zhou and Kloenne; the **full BTCV label map** for Roth (its
-            training needs all seven organs).
+            training needs all of its organs).
         structure: the structure scored (Roth: which of its organs ``predict`` returns).
         scale: ``"reduced"`` or ``"full"`` (see :func:`system_config`).
         overrides: config fields to change (see :func:`system_config`).
@@ -435,7 +437,7 @@ def validate_system_parameters(system: str, data: str, structure: str | int = "p
                           f"or 'phantom:<n>'), got {data!r}")
     if system == "roth" and data.startswith("phantom:"):
         raise ConfigError("phantom cases have only a pancreas mask, and the roth system learns "
-                          "seven organs from multi-organ label maps: use "
+                          "its organs from multi-organ label maps: use "
                           "data='btcv-synth:<folder of BTCV label maps>'")
     config = system_config(system, scale, overrides, seed)
     n = len(case_ids(data, structure, layout, limit))

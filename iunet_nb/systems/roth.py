@@ -1,9 +1,14 @@
-"""Multi-organ 3D FCN of Roth et al. (seed 002): seven abdominal organs in one network.
+"""Multi-organ 3D FCN of Roth et al. (seed 002): seven abdominal organs and the kidneys in one
+network.
 
-* **Organs** (label values of the output): 1 artery, 2 vein, 3 liver, 4 spleen, 5 stomach,
-  6 gallbladder, 7 pancreas. :data:`BTCV_TO_ROTH` maps the BTCV labels: artery = aorta (8),
-  vein = IVC (9) + portal/splenic vein (10), liver 6, spleen 1, stomach 7, gallbladder 4,
-  pancreas 11; the other BTCV structures (kidneys, adrenals, oesophagus) become background.
+* **Organs** (label values of the output, :attr:`RothConfig.organs`): the seed's seven
+  (:data:`SEED_ORGANS`) 1 artery, 2 vein, 3 liver, 4 spleen, 5 stomach, 6 gallbladder,
+  7 pancreas, then 8 right kidney, 9 left kidney (:data:`ROTH_ORGANS`; the kidneys are not the
+  seed's, issue 27 asks for them). :data:`BTCV_TO_ROTH` maps the BTCV labels: artery = aorta
+  (8), vein = IVC (9) + portal/splenic vein (10), liver 6, spleen 1, stomach 7, gallbladder 4,
+  pancreas 11, right kidney 2, left kidney 3; the other BTCV structures (adrenals,
+  oesophagus), and any organ a config leaves out, become background. A model card written
+  before the kidneys were added has no ``organs`` field and loads as the seed's seven.
 * **Network**: a 3D U-Net-like FCN with same-size 3x3x3 convolutions and concatenation skips:
   :class:`iunet_nb.model.nets.CicekUNet3D` with ``base_channels=32``, ``depth=4`` has 19.07 M
   parameters, the seed's "~19M".
@@ -64,6 +69,7 @@ from ._common import (_bundled_asset, _check_positive_int, _check_training, _che
 __all__ = [
     "BTCV_TO_ROTH",
     "ROTH_ORGANS",
+    "SEED_ORGANS",
     "RothConfig",
     "RothModel",
     "RothPrediction",
@@ -80,13 +86,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Output labels 1..7 of the network, in order.
-ROTH_ORGANS: tuple[str, ...] = ("artery", "vein", "liver", "spleen", "stomach", "gallbladder",
+#: The seed's seven organs, output labels 1..7 in this order.
+SEED_ORGANS: tuple[str, ...] = ("artery", "vein", "liver", "spleen", "stomach", "gallbladder",
                                 "pancreas")
+#: Every organ a Roth network may have (the default :attr:`RothConfig.organs`): the seed's
+#: seven, then the kidneys, which issue 27 measures on 3D-IRCADb 1.7.
+ROTH_ORGANS: tuple[str, ...] = SEED_ORGANS + ("right_kidney", "left_kidney")
 #: Roth organ -> the BTCV label values that make it up.
 BTCV_TO_ROTH: dict[str, tuple[int, ...]] = {
     "artery": (8,), "vein": (9, 10), "liver": (6,), "spleen": (1,), "stomach": (7,),
-    "gallbladder": (4,), "pancreas": (11,)}
+    "gallbladder": (4,), "pancreas": (11,), "right_kidney": (2,), "left_kidney": (3,)}
 _SYSTEM = "roth"
 #: The shipped model (``scripts/train_roth.py``) and the SHA-256 it is checked against.
 BUNDLED_ROTH = "roth_multiorgan.pt"
@@ -119,7 +128,9 @@ class RothConfig(JsonConfig):
         ce_weight: weight of a cross-entropy term added to the Dice loss (0: the seed's Dice
             alone). Cross-entropy keeps every voxel's true class in the gradient, so the
             network cannot settle on "background everywhere".
-        class_weights: ``w_l`` for background + the 7 organs (seed: all 1).
+        organs: the network's organs, output labels 1.. in this order (a subset of
+            :data:`ROTH_ORGANS` in its order; the seed's are :data:`SEED_ORGANS`).
+        class_weights: ``w_l`` for background + each organ; None: all 1 (the seed).
         bspline_max_disp: maximum B-spline control displacement in voxels (4).
         bspline_spacing: B-spline control grid spacing in voxels (24).
         rotation_deg: rotations drawn in ``-rotation_deg..+rotation_deg`` about z (20).
@@ -142,7 +153,8 @@ class RothConfig(JsonConfig):
     lr_final: float | None = None
     dice_over_batch: bool = False
     ce_weight: float = 0.0
-    class_weights: tuple[float, ...] = (1.0,) * 8
+    organs: tuple[str, ...] = ROTH_ORGANS
+    class_weights: tuple[float, ...] | None = None
     bspline_max_disp: float = 4.0
     bspline_spacing: int = 24
     rotation_deg: float = 20.0
@@ -170,9 +182,16 @@ class RothConfig(JsonConfig):
         if self.voxel_mm is not None and (len(self.voxel_mm) != 3 or min(self.voxel_mm) <= 0):
             raise ConfigError(f"RothConfig.voxel_mm must be None or three positive sizes, got "
                               f"{self.voxel_mm!r}")
-        if len(self.class_weights) != len(ROTH_ORGANS) + 1 or min(self.class_weights) < 0:
-            raise ConfigError(f"RothConfig.class_weights must be {len(ROTH_ORGANS) + 1} "
-                              f"non-negative weights (background + {list(ROTH_ORGANS)}), got "
+        organs = tuple(self.organs)
+        if (not organs or isinstance(self.organs, str) or len(set(organs)) != len(organs)
+                or not set(organs) <= set(ROTH_ORGANS)
+                or list(organs) != sorted(organs, key=ROTH_ORGANS.index)):
+            raise ConfigError(f"RothConfig.organs must be distinct organs of {list(ROTH_ORGANS)} "
+                              f"in that order, got {self.organs!r}")
+        if self.class_weights is not None and (len(self.class_weights) != len(organs) + 1
+                                               or min(self.class_weights) < 0):
+            raise ConfigError(f"RothConfig.class_weights must be None or {len(organs) + 1} "
+                              f"non-negative weights (background + {list(organs)}), got "
                               f"{self.class_weights!r}")
         if not 0 <= self.tile_overlap < 1:
             raise ConfigError(f"RothConfig.tile_overlap must be in [0, 1), got "
@@ -189,10 +208,24 @@ class RothConfig(JsonConfig):
             if getattr(self, name) < 0:
                 raise ConfigError(f"RothConfig.{name} must be >= 0, got {getattr(self, name)!r}")
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RothConfig:
+        """As :meth:`JsonConfig.from_dict`; a card without ``organs`` (written before the
+        kidneys were added, 2026-12-07) holds the seed's seven."""
+        if isinstance(data, dict) and "organs" not in data:
+            data = {**data, "organs": list(SEED_ORGANS)}
+        return super().from_dict(data)
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """``class_weights``, or all 1 when None."""
+        return tuple(self.class_weights or (1.0,) * (len(self.organs) + 1))
+
     @property
     def net_config(self) -> NetConfig:
-        """The :class:`~iunet_nb.model.nets.NetConfig` of the FCN (Cicek 3D U-Net, 8 classes)."""
-        return NetConfig(arch="cicek", in_channels=1, n_classes=len(ROTH_ORGANS) + 1,
+        """The :class:`~iunet_nb.model.nets.NetConfig` of the FCN (Cicek 3D U-Net, one class
+        per organ plus background)."""
+        return NetConfig(arch="cicek", in_channels=1, n_classes=len(self.organs) + 1,
                          base_channels=self.base_channels, depth=self.depth, norm="batch")
 
     @classmethod
@@ -215,13 +248,15 @@ class RothConfig(JsonConfig):
 
 
 # ----------------------------------------------------------------------------------- labels
-def map_labels(labels: np.ndarray, table: Mapping[str, Sequence[int]] = BTCV_TO_ROTH
-               ) -> np.ndarray:
-    """A source label map -> Roth labels (0 background, 1..7 in :data:`ROTH_ORGANS` order).
+def map_labels(labels: np.ndarray, table: Mapping[str, Sequence[int]] = BTCV_TO_ROTH,
+               organs: Sequence[str] = ROTH_ORGANS) -> np.ndarray:
+    """A source label map -> Roth labels (0 background, 1.. in ``organs`` order).
 
     Args:
         labels: integer ``(z, y, x)`` label map (e.g. BTCV).
         table: Roth organ name -> source label values; organs may be missing from the table.
+        organs: the network's organs (:attr:`RothConfig.organs`); table organs not among
+            them become background.
 
     Returns:
         uint8 ``(z, y, x)``.
@@ -242,8 +277,9 @@ def map_labels(labels: np.ndarray, table: Mapping[str, Sequence[int]] = BTCV_TO_
               + [int(v) for values in table.values() for v in values])
     lut = np.zeros(top + 1, dtype=np.uint8)
     for organ, values in table.items():
-        for v in values:
-            lut[int(v)] = ROTH_ORGANS.index(organ) + 1
+        if organ in organs:
+            for v in values:
+                lut[int(v)] = list(organs).index(organ) + 1
     return lut[labels]
 
 
@@ -303,9 +339,9 @@ def _loss(logits: Tensor, target: Tensor, cfg: RothConfig) -> Tensor:
     if cfg.dice_over_batch:
         flat_p = probs.movedim(0, 1).flatten(1)[None]
         flat = target.movedim(0, 1).flatten(1)[None]
-        loss = weighted_dice_loss(flat_p, flat, cfg.class_weights)
+        loss = weighted_dice_loss(flat_p, flat, cfg.weights)
     else:
-        loss = weighted_dice_loss(probs, target, cfg.class_weights)
+        loss = weighted_dice_loss(probs, target, cfg.weights)
     if cfg.ce_weight > 0:
         loss = loss + cfg.ce_weight * F.nll_loss(logp, target.argmax(1))
     return loss
@@ -365,6 +401,38 @@ def _sample(image: Tensor, labels: Tensor, coords: np.ndarray) -> tuple[Tensor, 
 
 
 # ----------------------------------------------------------------------------------- model
+def _organ_index(organ: str, organs: Sequence[str]) -> int:
+    """Output label of ``organ`` in a network with ``organs``.
+
+    Raises:
+        ConfigError: not a Roth organ, or not one of this network's.
+    """
+    if organ not in ROTH_ORGANS:
+        raise ConfigError(f"organ must be one of {list(ROTH_ORGANS)}, got {organ!r}")
+    if organ not in organs:
+        raise ConfigError(f"this Roth model has no {organ!r} output (its organs: "
+                          f"{list(organs)}); train one that has it, e.g. "
+                          "`python scripts/train_roth.py`")
+    return list(organs).index(organ) + 1
+
+
+def _carry_weights(model: RothModel, start: RothModel) -> list[str]:
+    """Load ``start``'s weights into ``model``; the output layer's rows go by organ name, so
+    a model with other organs starts from the shared ones (new organs keep their fresh
+    initial rows). Returns the organs that start fresh."""
+    state = dict(start.state_dict())
+    new, old = list(model.config.organs), list(start.config.organs)
+    if new != old:
+        rows = [0] + [old.index(o) + 1 for o in new if o in old]
+        mine = [0] + [new.index(o) + 1 for o in new if o in old]
+        for key in ("net.head.weight", "net.head.bias"):
+            fresh = model.state_dict()[key].clone()
+            fresh[mine] = state[key][rows]
+            state[key] = fresh
+    model.load_state_dict(state)
+    return [o for o in new if o not in old]
+
+
 class RothModel(nn.Module):
     """The FCN plus its config; :meth:`organ_probability` makes it a box detector."""
 
@@ -382,12 +450,10 @@ class RothModel(nn.Module):
                           organ: str = "pancreas") -> np.ndarray:
         """float32 ``(z, y, x)`` probability of one organ on ``image``'s grid (computed in LPS
         array order, mapped back to ``image``'s)."""
-        if organ not in ROTH_ORGANS:
-            raise ConfigError(f"organ must be one of {list(ROTH_ORGANS)}, got {organ!r}")
+        k = _organ_index(organ, self.config.organs)
         _check_volume(image, "ct")
         lps, orientation = _lps(image)
         prob = _predict_working(self, lps, _device(device))
-        k = ROTH_ORGANS.index(organ) + 1
         out = _resample(prob[k], lps.shape).numpy().clip(0, 1).astype(np.float32)
         return orientation.array_back(out)
 
@@ -476,7 +542,7 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         unlabelled: per case, the Roth organs its label map does not draw (a real CT with
             masks of some organs only, e.g. 3D-IRCADb without stomach, gallbladder and
             pancreas); their voxels count as "background or one of these" (the marginal
-            loss, see :func:`_loss`). None: every case draws all seven.
+            loss, see :func:`_loss`). None: every case draws all of ``config.organs``.
 
     Returns:
         :class:`RothTrainResult`.
@@ -486,18 +552,19 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
             ``unlabelled`` not one entry of Roth organs per case.
     """
     _check_training(_SYSTEM, config, RothConfig, cases, "(CT, label map)")
-    n_classes = len(ROTH_ORGANS) + 1
+    organs = list(config.organs)
+    n_classes = len(organs) + 1
     known = torch.ones(len(cases), n_classes)
     if unlabelled is not None:
         if len(unlabelled) != len(cases):
             raise InputError(f"unlabelled has {len(unlabelled)} entries for {len(cases)} cases")
-        for i, organs in enumerate(unlabelled):
-            wrong = sorted(set(organs) - set(ROTH_ORGANS))
-            if wrong or isinstance(organs, str):
-                raise InputError(f"unlabelled[{i}]: {organs!r} must be a list of Roth organs "
+        for i, missing in enumerate(unlabelled):
+            wrong = sorted(set(missing) - set(ROTH_ORGANS))
+            if wrong or isinstance(missing, str):
+                raise InputError(f"unlabelled[{i}]: {missing!r} must be a list of Roth organs "
                                  f"{list(ROTH_ORGANS)}")
-            for organ in organs:
-                known[i, ROTH_ORGANS.index(organ) + 1] = 0.0
+            for organ in set(missing) & set(organs):
+                known[i, organs.index(organ) + 1] = 0.0
     t0 = _now()
     dev = _device(device)
     images, labels = [], []
@@ -507,9 +574,10 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
             raise InputError(f"case {i}: the label map must be a Volume of the CT's shape "
                              f"{ct.shape}")
         ct, lab = _lps_pair(ct, lab)  # z tiles and patches in patient order
-        roth = map_labels(lab.array, label_table) if label_table is not None else lab.array
-        if roth.max() > len(ROTH_ORGANS):
-            raise InputError(f"case {i}: labels above {len(ROTH_ORGANS)}; pass label_table to "
+        roth = (map_labels(lab.array, label_table, organs) if label_table is not None
+                else lab.array)
+        if roth.max() > len(organs):
+            raise InputError(f"case {i}: labels above {len(organs)}; pass label_table to "
                              "map them to the Roth organs")
         img = _working(ct, config)
         images.append(torch.from_numpy(img))
@@ -526,7 +594,9 @@ def train_roth(cases: Sequence[tuple[Volume, Volume]], config: RothConfig = Roth
         if differ:
             raise ConfigError(f"init_from {init_from}: its {', '.join(differ)} differ from the "
                               "config's; start from a model with the same network and input")
-        model.load_state_dict(start.state_dict())
+        fresh = _carry_weights(model, start)
+        if fresh:
+            logger.info("init_from %s: output rows of %s start fresh", init_from, fresh)
     rng = np.random.default_rng(config.seed)
 
     def batch() -> tuple[Tensor, Tensor]:
@@ -563,7 +633,8 @@ def _tiles(n: int, tile: int, overlap: float) -> list[int]:
 
 @torch.no_grad()
 def _predict_working(model: RothModel, ct: Volume, dev: torch.device) -> Tensor:
-    """Softmax ``(8, D, H, W)`` on the working grid, z tiles averaged where they overlap."""
+    """Softmax ``(1 + organs, D, H, W)`` on the working grid, z tiles averaged where they
+    overlap."""
     _check_volume(ct, "ct")
     cfg = model.config
     vol = torch.from_numpy(_working(ct, cfg))
@@ -574,7 +645,7 @@ def _predict_working(model: RothModel, ct: Volume, dev: torch.device) -> Tensor:
     pad_y, pad_x = (-h) % m, (-w) % m
     x = F.pad(vol[None, None] + 1.0, (0, pad_x, 0, pad_y, 0, pad_z)) - 1.0   # air padding
     dz = x.shape[2]
-    total = torch.zeros(len(ROTH_ORGANS) + 1, dz, x.shape[3], x.shape[4])
+    total = torch.zeros(len(cfg.organs) + 1, dz, x.shape[3], x.shape[4])
     count = torch.zeros(dz)
     model = model.to(dev).eval()
     for z0 in _tiles(dz, tile, cfg.tile_overlap):
@@ -586,26 +657,25 @@ def _predict_working(model: RothModel, ct: Volume, dev: torch.device) -> Tensor:
 
 @dataclass
 class RothPrediction:
-    """Labels 0..7 (:data:`ROTH_ORGANS` order) on the CT's grid, and the time taken."""
+    """Labels 0.. (``organs`` order, 0 background) on the CT's grid, and the time taken."""
 
     labels: Volume
     elapsed_s: float
+    organs: tuple[str, ...] = ROTH_ORGANS
 
     def organ_mask(self, organ: str) -> Volume:
         """uint8 {0, 1} mask of one organ.
 
         Raises:
-            ConfigError: not one of :data:`ROTH_ORGANS`.
+            ConfigError: not one of :data:`ROTH_ORGANS`, or not one of the model's.
         """
-        if organ not in ROTH_ORGANS:
-            raise ConfigError(f"organ must be one of {list(ROTH_ORGANS)}, got {organ!r}")
-        k = ROTH_ORGANS.index(organ) + 1
+        k = _organ_index(organ, self.organs)
         return self.labels.with_array((self.labels.array == k).astype(np.uint8))
 
 
 def predict_roth(ct: Volume, model: RothModel, *,
                  device: str | torch.device | None = None) -> RothPrediction:
-    """Segment the seven organs of a CT; labels on ``ct``'s grid and geometry.
+    """Segment the model's organs on a CT; labels on ``ct``'s grid and geometry.
 
     The CT is brought to patient (LPS) array order first (exact transposes/flips), so the z
     tiles run along the patient's axis whatever the storage order; the labels are mapped back
@@ -628,6 +698,7 @@ def predict_roth(ct: Volume, model: RothModel, *,
         better = p > best
         best[better] = p[better]
         label[better] = k
-    meta = {"source": "iunet_nb.systems.roth", "organs": list(ROTH_ORGANS)}
+    organs = tuple(model.config.organs)
+    meta = {"source": "iunet_nb.systems.roth", "organs": list(organs)}
     return RothPrediction(Volume(orientation.array_back(label), ct.geometry, meta),
-                          round(_now() - t0, 3))
+                          round(_now() - t0, 3), organs)
