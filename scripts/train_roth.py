@@ -28,9 +28,11 @@ the working-grid copies. Every ``--save-every`` steps ``snapshot.pt`` (+ card) i
 ``--ship`` also ``iunet_nb/assets/roth_multiorgan.pt`` + ``.json``.
 
 The shipped ``iunet_nb/assets/roth_multiorgan.pt`` of 2026-12-07 is this command's default
-run (2000 steps, 26.6 CPU min of one thread) trained on from its own weights four times
-(3000, 2500, 5000 and 2000 steps with ``--init-from PREVIOUS/model.pt --lr 1e-3 --lr-final
-1e-5``; 14,500 steps, 195.6 CPU min in all); its card holds its real-CT figures.
+run (2000 steps, 26.6 CPU min of one thread) trained on from its own weights five times
+(3000, 2500, 5000, 2000 and 3000 steps with ``--init-from PREVIOUS/model.pt --lr 1e-3
+--lr-final 1e-5``; 17,500 steps, 232.6 CPU min in all); the first four runs had the seed's
+seven organs, the last one added the kidneys (``--init-from`` carries the shared output rows,
+the kidneys' start fresh). Its card holds its real-CT figures.
 
 Usage::
 

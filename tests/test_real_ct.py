@@ -24,7 +24,9 @@ PANCREAS_AUTO_FLOOR = 0.62    # measured 0.649
 KIDNEY_ROUND1_FLOOR = 0.80    # measured 0.865 (start 0.164)
 DILATED_FCN_FLOOR = 0.60      # the shipped dilated FCN of 2026-12-07: measured 0.630
 KLOENNE_LIVER_FLOOR = 0.90    # the shipped Kloenne U-Net, 3D-IRCADb 1.17, automatic: 0.922
-ROTH_FLOORS = {"liver": 0.85, "spleen": 0.72}  # the shipped Roth FCN, 3D-IRCADb 1.7: 0.871, 0.755
+#: the shipped Roth FCN on 3D-IRCADb 1.7: liver 0.884, spleen 0.748, left kidney 0.836 (the
+#: right kidney, 0.350, takes in the liver tumour that touches it: not pinned)
+ROTH_FLOORS = {"liver": 0.85, "spleen": 0.72, "leftkidney": 0.80}
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +83,10 @@ def test_shipped_kloenne_finds_the_real_liver_of_3d_ircadb_1_17_without_a_box(sh
     assert dice(mask.array, ref.array) >= KLOENNE_LIVER_FLOOR
 
 
-def test_shipped_roth_finds_the_real_liver_and_spleen_of_3d_ircadb_1_7_without_a_box(shared_data):
-    """Roth's multi-organ FCN, automatic on the whole CT (issue 27's goals 0.90 / 0.85 are not
-    reached; these floors keep what the shipped weights do)."""
+def test_shipped_roth_finds_the_real_organs_of_3d_ircadb_1_7_without_a_box(shared_data):
+    """Roth's multi-organ FCN, automatic on the whole CT: liver, spleen and left kidney (issue
+    27's goals 0.90 / 0.85 / 0.85 are not reached; these floors keep what the shipped weights
+    do)."""
     from iunet_nb.systems.roth import load_bundled_roth, predict_roth
 
     folder = shared_data / "ircadb" / "1.7"
@@ -91,6 +94,6 @@ def test_shipped_roth_finds_the_real_liver_and_spleen_of_3d_ircadb_1_7_without_a
     pred = predict_roth(ct, load_bundled_roth())
     for organ, floor in ROTH_FLOORS.items():
         ref = read_dicom_mask_series(folder / "MASKS_DICOM.zip", organ)
-        mask = pred.organ_mask(organ)
+        mask = pred.organ_mask({"leftkidney": "left_kidney"}.get(organ, organ))
         assert mask.geometry.is_close(ct.geometry)
         assert dice(mask.array, ref.array) >= floor, organ

@@ -16,7 +16,7 @@ from iunet_nb.io.images import read_label_map, read_mask, write_image, write_mas
 from iunet_nb.io.volume import Geometry, Volume
 from iunet_nb.systems import add_cli, zhou
 from iunet_nb.systems.kloenne import KloenneConfig, KloenneModel
-from iunet_nb.systems.roth import RothConfig, RothModel
+from iunet_nb.systems.roth import SEED_ORGANS, RothConfig, RothModel
 
 
 
@@ -87,7 +87,14 @@ def test_predict_roth_and_kloenne(tmp_path, ct_files, capsys):
     assert _run(["predict-system", "roth", str(ct_path), "--model", str(tmp_path / "roth.pt"),
                  "--out", str(tmp_path / "r.nii.gz"), "--organ", "all"]) == 0
     labels = read_label_map(tmp_path / "r.nii.gz")
-    assert labels.shape == (16, 24, 24) and int(labels.array.max()) <= 7
+    assert labels.shape == (16, 24, 24) and int(labels.array.max()) <= 9
+    # a model with the seed's seven organs has no kidneys: said before predicting, no file
+    RothModel(RothConfig(base_channels=2, depth=2, patch_size=(8, 8, 8), tile_z=8,
+                         downsample=(1.0, 2.0, 2.0), organs=SEED_ORGANS)).save(tmp_path / "r7.pt")
+    with pytest.raises(ConfigError, match="no 'left_kidney' output"):
+        _run(["predict-system", "roth", str(ct_path), "--model", str(tmp_path / "r7.pt"),
+              "--out", str(tmp_path / "lk.nii.gz"), "--organ", "left_kidney"])
+    assert not (tmp_path / "lk.nii.gz").exists()
     KloenneModel(KloenneConfig(slice_size=16, base_channels=2, depth=2)).save(
         tmp_path / "k.pt")
     assert _run(["predict-system", "kloenne", str(ct_path), "--model", str(tmp_path / "k.pt"),

@@ -188,6 +188,7 @@ def test_predict_tiles_and_restores_the_grid():
         pred7.organ_mask("left_kidney")
     with pytest.raises(ConfigError, match="no 'right_kidney' output"):
         seven.organ_probability(ct, organ="right_kidney")
+    assert seven.organ_label("pancreas") == 7 and model.organ_label("left_kidney") == 9
 
 
 def test_predict_on_a_downsampled_grid():
@@ -414,7 +415,9 @@ def test_the_bundled_model_loads_checked_and_segments():
     model = load_bundled_roth()
     card = json.loads(bundled_roth_path().with_suffix(".json").read_text())
     assert card["system"] == "roth" and card["date"] == "2026-12-07"
-    assert {"3D-IRCADb 1.7 liver", "PANCREAS_0002 pancreas"} <= set(card["real_ct"])
+    assert {"3D-IRCADb 1.7 liver", "3D-IRCADb 1.7 left kidney", "3D-IRCADb 1.7 right kidney",
+            "PANCREAS_0002 pancreas"} <= set(card["real_ct"])
+    assert model.config.organs == ROTH_ORGANS and card["iterations_total"] == 17500
     assert model.config.dice_over_batch and model.config.ce_weight == 1.0
     ct, _ = _case(0, shape=(24, 40, 40))
     pred = predict_roth(ct, model)

@@ -140,6 +140,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         model_r = load_bundled_roth(args.device) if args.model is None else \
             load_roth(args.model, args.device)
+        if args.organ != "all":
+            model_r.organ_label(args.organ)     # an organ the model lacks: say so before predicting
         pred_r = predict_roth(ct, model_r, device=args.device)
         mask = pred_r.labels if args.organ == "all" else pred_r.organ_mask(args.organ)
     else:

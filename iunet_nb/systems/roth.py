@@ -99,7 +99,7 @@ BTCV_TO_ROTH: dict[str, tuple[int, ...]] = {
 _SYSTEM = "roth"
 #: The shipped model (``scripts/train_roth.py``) and the SHA-256 it is checked against.
 BUNDLED_ROTH = "roth_multiorgan.pt"
-BUNDLED_ROTH_SHA256 = "d23031dd967c7dc9b69b8be68426898332e0a3c77b9d3b60c3ec9c9909314aea"
+BUNDLED_ROTH_SHA256 = "88cb0cbbe29451ff41210ae3d00636da13dc32f413c888a8ffc0e2f338ef36bf"
 
 
 @dataclass(frozen=True)
@@ -446,11 +446,19 @@ class RothModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def organ_label(self, organ: str) -> int:
+        """The output label of ``organ`` (1.., :attr:`RothConfig.organs` order).
+
+        Raises:
+            ConfigError: not a Roth organ, or not one of this model's.
+        """
+        return _organ_index(organ, self.config.organs)
+
     def organ_probability(self, image: Volume, device: str | torch.device | None = None, *,
                           organ: str = "pancreas") -> np.ndarray:
         """float32 ``(z, y, x)`` probability of one organ on ``image``'s grid (computed in LPS
         array order, mapped back to ``image``'s)."""
-        k = _organ_index(organ, self.config.organs)
+        k = self.organ_label(organ)
         _check_volume(image, "ct")
         lps, orientation = _lps(image)
         prob = _predict_working(self, lps, _device(device))
