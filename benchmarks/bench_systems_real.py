@@ -29,7 +29,10 @@ shipped asset (``iunet_nb/assets``: ``roth_multiorgan.pt``, ``zhou_pancreas_dete
 
 PANCREAS_0002 is a validation case: no system here is trained on it. Writes
 ``results.json`` and prints a Markdown table (system, case, structure, DSC, precision,
-recall, HD95, goal) for ``benchmarks/RESULTS.md``.
+recall, HD95, goal) for ``benchmarks/RESULTS.md``; with ``--figures`` also one PNG per row
+in ``figures/`` (three slices through the reference's centre, the prediction red, the
+reference green; ``iunet_nb.plots.plot_overview``). The figures show licensed CT (3D-IRCADb
+is CC BY-NC-ND): keep them local, do not commit them.
 """
 
 from __future__ import annotations
@@ -77,8 +80,32 @@ def _weights(system: str, given: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
+#: where ``--figures`` writes a PNG per row (None: no figures)
+FIGURES: Path | None = None
+
+
+def _figure(system: str, case: str, structure: str, ct: Volume, pred: np.ndarray,
+            ref: Volume, dice: float) -> None:
+    from iunet_nb.plots import plot_overview
+
+    name = "_".join(f"{system} {case} {structure}".replace("+", "and").replace("(", "")
+                    .replace(")", "").split()).replace(".", "-")
+    path, n = FIGURES / f"{name}.png", 1
+    while path.exists():                       # two rows of one case and structure (Zhou)
+        n += 1
+        path = FIGURES / f"{name}_{n}.png"
+    centre = np.argwhere(ref.array != 0).mean(0).round().astype(int).tolist()
+    fig = plot_overview(ct, ct.with_array(pred.astype(np.uint8)), ref, path, center=centre,
+                        title=f"{system}, {case}, {structure}: DSC {dice:.3f} "
+                              "(red: prediction, green: reference)")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def _row(system: str, case: str, structure: str, pred: np.ndarray | None, ref: Volume,
-         seconds: float | None, note: str = "", goal: float | None = None) -> dict[str, Any]:
+         seconds: float | None, note: str = "", goal: float | None = None,
+         ct: Volume | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"system": system, "case": case, "structure": structure,
                            "goal": goal, "note": note, "seconds": seconds}
     if pred is not None:
@@ -86,6 +113,8 @@ def _row(system: str, case: str, structure: str, pred: np.ndarray | None, ref: V
         row.update({k: round(float(m[k]), 4) for k in ("dice", "precision", "recall",
                                                       "hd95_mm")})
         row["met"] = None if goal is None else bool(m["dice"] >= goal)
+        if FIGURES is not None and ct is not None:
+            _figure(system, case, structure, ct, pred, ref, float(m["dice"]))
     print(" | ".join(str(row.get(k, "")) for k in ("system", "case", "structure", "dice",
                                                     "note")), flush=True)
     return row
@@ -128,11 +157,11 @@ def run_roth(path: Path | None) -> list[dict[str, Any]]:
         ref = read_mask(NIH / "label0002.nii.gz") if case == "PANCREAS_0002" else \
             read_dicom_mask_series(IRCADB / case.split()[-1] / "MASKS_DICOM.zip", organ)
         rows.append(_row("roth", case, name, pred.organ_mask(output).array, ref, seconds,
-                         path.name, GOALS[("roth", organ)]))
+                         path.name, GOALS[("roth", organ)], ct))
         if case == "3D-IRCADb 1.7" and organ == "liver":
             rows.append(_row("roth", case, WITH_TUMOUR, pred.organ_mask(organ).array,
                              _ircadb_liver_with_tumour(ref), seconds, path.name,
-                             GOALS[("roth", organ)]))
+                             GOALS[("roth", organ)], ct))
     return rows
 
 
@@ -153,9 +182,9 @@ def run_zhou(path: Path | None) -> list[dict[str, Any]]:
                  f"coarse-to-fine, {pred.iterations} iterations; the shipped fine models are "
                  f"untrained ({card['config']['fine_iterations']} step)")
     return [_row("zhou", "PANCREAS_0002", "pancreas", pred.coarse_mask.array, ref, seconds,
-                 f"coarse fusion S0 ({path.name})", goal),
+                 f"coarse fusion S0 ({path.name})", goal, ct),
             _row("zhou", "PANCREAS_0002", "pancreas", pred.mask.array, ref, seconds, fine_note,
-                 goal)]
+                 goal, ct)]
 
 
 def run_kloenne(paths: list[Path]) -> list[dict[str, Any]]:
@@ -181,7 +210,7 @@ def run_kloenne(paths: list[Path]) -> list[dict[str, Any]]:
             for structure, r in refs.items():
                 r = r if k == 1 else thick_slices(r, k, mask=True)
                 rows.append(_row("kloenne", f"3D-IRCADb {patient} {label}", structure,
-                                 pred.array, r, seconds, goal=goal))
+                                 pred.array, r, seconds, goal=goal, ct=c))
     return rows
 
 
@@ -197,7 +226,7 @@ def run_boxed(system: str, path: Path | None, iunet_dice: float | None) -> list[
     mask = segment(ct, model, make_box(ct, reference=ref), card.preprocess)
     note = "bundled model" if system == "iunet" else path.name
     return [_row(system, "PANCREAS_0002 (box from mask)", "pancreas", mask.array, ref,
-                 round(time.perf_counter() - t0, 1), note, goal)]
+                 round(time.perf_counter() - t0, 1), note, goal, ct)]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -223,6 +252,8 @@ def main() -> None:
                     help="one model or the members of a stacked ensemble")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/bench_systems_real")
+    ap.add_argument("--figures", action="store_true",
+                    help="also write a PNG per row in OUT/figures (licensed CT: keep local)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -232,6 +263,10 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(SYSTEMS))
     if unknown:
         raise SystemExit(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+    global FIGURES
+    if args.figures:
+        FIGURES = Path(args.out) / "figures"
+        FIGURES.mkdir(parents=True, exist_ok=True)
     weights = {s: _weights(s, getattr(args, s)) for s in ("roth", "zhou", "cicek", "dilated")}
     kloenne = [Path(p) for p in args.kloenne] if args.kloenne else \
         [p for p in [_weights("kloenne", None)] if p is not None]
