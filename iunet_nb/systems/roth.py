@@ -104,7 +104,8 @@ BUNDLED_ROTH_SHA256 = "88cb0cbbe29451ff41210ae3d00636da13dc32f413c888a8ffc0e2f33
 
 @dataclass(frozen=True)
 class RothConfig(JsonConfig):
-    """Settings of the multi-organ FCN (defaults: the seed's full scale, for GPUs).
+    """Settings of the multi-organ FCN (defaults: the seed's full scale, for GPUs; the organs: the
+    seed's seven and the kidneys).
 
     Args:
         version: schema version (1).
@@ -129,7 +130,8 @@ class RothConfig(JsonConfig):
             alone). Cross-entropy keeps every voxel's true class in the gradient, so the
             network cannot settle on "background everywhere".
         organs: the network's organs, output labels 1.. in this order (a subset of
-            :data:`ROTH_ORGANS` in its order; the seed's are :data:`SEED_ORGANS`).
+            :data:`ROTH_ORGANS` in its order). Default: all of them, the kidneys included
+            (issue 27); the seed's seven are :data:`SEED_ORGANS`.
         class_weights: ``w_l`` for background + each organ; None: all 1 (the seed).
         bspline_max_disp: maximum B-spline control displacement in voxels (4).
         bspline_spacing: B-spline control grid spacing in voxels (24).
