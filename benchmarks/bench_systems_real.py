@@ -7,8 +7,10 @@ Usage (from the repository root)::
         [--out runs/bench_systems_real]
 
 Each system is measured with the weights it has: a path given on the command line, else the
-shipped asset (``iunet_nb/assets``: ``roth_multiorgan.pt``, ``zhou_pancreas_detector.pt``,
-``kloenne_liver.pt``, ``cicek_pancreas.pt``, ``dilated_pancreas.pt``), else the row says
+shipped asset (``iunet_nb/assets``: ``roth_multiorgan.pt``, ``zhou_pancreas.pt`` (the
+coarse-to-fine system; ``--zhou iunet_nb/assets/zhou_pancreas_detector.pt`` measures the box
+detector, its coarse stage alone), ``kloenne_liver.pt``, ``cicek_pancreas.pt``,
+``dilated_pancreas.pt``), else the row says
 ``untrained`` and carries no number. Cases (``../shared/data``; read with the helpers of
 ``bench_real.py``):
 
@@ -57,7 +59,7 @@ from iunet_nb.model.evaluate import evaluate_case
 from iunet_nb.model.predict import make_box, segment
 
 ASSETS = Path(__file__).resolve().parents[1] / "iunet_nb" / "assets"
-DEFAULTS = {"roth": "roth_multiorgan.pt", "zhou": "zhou_pancreas_detector.pt",
+DEFAULTS = {"roth": "roth_multiorgan.pt", "zhou": "zhou_pancreas.pt",
             "kloenne": "kloenne_liver.pt", "cicek": "cicek_pancreas.pt",
             "dilated": "dilated_pancreas.pt"}
 GOALS = {("roth", "liver"): 0.90, ("roth", "spleen"): 0.85, ("roth", "rightkidney"): 0.85,

@@ -124,8 +124,8 @@ def test_train_system_kloenne_with_overrides(tmp_path, capsys, monkeypatch):
 
 def test_predict_system_without_model_uses_the_shipped_one(tmp_path, ct_files, capsys,
                                                            monkeypatch):
-    """zhou: the bundled detector; roth: the bundled multi-organ model; kloenne: the bundled
-    liver model."""
+    """zhou: the bundled coarse-to-fine system; roth: the bundled multi-organ model; kloenne:
+    the bundled liver model."""
     from iunet_nb.errors import CheckpointError
     from iunet_nb.systems import kloenne, roth
 

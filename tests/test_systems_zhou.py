@@ -351,3 +351,22 @@ def test_training_on_copies_stored_otherwise_gives_the_same_weights():
         torch.manual_seed(TINY.seed)        # the initial weights train_zhou starts from
         init = ZhouModel(TINY).state_dict()
     assert any(not torch.allclose(a[k].float(), init[k].float()) for k in a)  # it trained
+
+
+def test_the_bundled_coarse_to_fine_system_loads_checked_and_segments(tmp_path, monkeypatch):
+    """The shipped Zhou system has trained fine models (unlike the box detector, whose fine
+    stage has one step), its card states its real-CT figure, and a changed file is refused."""
+    from iunet_nb.systems.zhou import bundled_zhou_path, load_bundled_zhou
+
+    model = load_bundled_zhou()
+    card = json.loads(bundled_zhou_path().with_suffix(".json").read_text())
+    assert card["system"] == "zhou" and model.config.fine_iterations > 1000
+    assert "PANCREAS_0002 pancreas" in card["real_ct"]
+    (ct, _), = _cases(1)
+    pred = predict_zhou(ct, model)
+    assert pred.mask.shape == ct.shape and pred.mask.geometry == ct.geometry
+    other = ZhouModel(ZhouConfig(base_channels=2, depth=3))
+    other.save(tmp_path / "other.pt")
+    monkeypatch.setattr(zhou, "bundled_zhou_path", lambda: tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not the shipped Zhou pancreas system"):
+        load_bundled_zhou()

@@ -62,6 +62,8 @@ from .zhou import (
                       ZhouModel,
                       ZhouPrediction,
                       ZhouTrainResult,
+                      bundled_zhou_path,
+                      load_bundled_zhou,
                       load_zhou,
                       predict_zhou,
                       train_zhou,
@@ -73,7 +75,7 @@ __all__ = [
     "check_box", "find_box",
     # Zhou
     "VIEWS", "ZhouConfig", "FCN2D", "ZhouModel", "ZhouTrainResult", "ZhouPrediction",
-    "train_zhou", "predict_zhou", "load_zhou",
+    "train_zhou", "predict_zhou", "load_zhou", "load_bundled_zhou", "bundled_zhou_path",
     # Roth
     "ROTH_ORGANS", "SEED_ORGANS", "BTCV_TO_ROTH", "RothConfig", "RothModel", "RothTrainResult",
     "RothPrediction", "map_labels", "weighted_dice_loss", "bspline_displacement",

@@ -126,10 +126,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     ct = read_image(args.ct)
     if args.system == "zhou":
-        from ..model.checkpoint import load_bundled_detector
-        from .zhou import load_zhou, predict_zhou
+        from .zhou import load_bundled_zhou, load_zhou, predict_zhou
 
-        model_z = load_bundled_detector(args.device or "cpu") if args.model is None else \
+        model_z = load_bundled_zhou(args.device) if args.model is None else \
             load_zhou(args.model, args.device)
         pred = predict_zhou(ct, model_z, device=args.device)
         mask = pred.mask
@@ -204,7 +203,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("ct")
     p.add_argument("--model", default=None,
                    help="model.pt (with its model.json); default: the shipped model (roth: "
-                        "multi-organ, zhou: the pancreas box detector's coarse stage, "
+                        "multi-organ, zhou: the coarse-to-fine pancreas system, "
                         "kloenne: the liver)")
     p.add_argument("--out", required=True, help="mask path (.nii.gz, .nrrd, .mha)")
     p.add_argument("--organ", default="pancreas",

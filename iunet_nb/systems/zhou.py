@@ -59,9 +59,10 @@ from .._config import JsonConfig
 from ..errors import ConfigError, InputError
 from ..io.volume import Volume
 from ..model.losses import soft_dice_loss
-from ._common import (_bbox, _check_pair, _check_positive_int, _check_training, _check_version,
-                      _check_volume, _check_window, _device, _dice, _fit, _load_system, _lps,
-                      _lps_pair, _now, _resample, _save_system, _seeded, _window, _working_shape,
+from ._common import (_bbox, _bundled_asset, _check_pair, _check_positive_int,
+                      _check_training, _check_version, _check_volume, _check_window,
+                      _checked_bundled, _device, _dice, _fit, _load_system, _lps, _lps_pair,
+                      _now, _resample, _save_system, _seeded, _window, _working_shape,
                       _write_training)
 
 __all__ = [
@@ -71,6 +72,8 @@ __all__ = [
     "ZhouModel",
     "ZhouPrediction",
     "ZhouTrainResult",
+    "bundled_zhou_path",
+    "load_bundled_zhou",
     "load_zhou",
     "predict_zhou",
     "train_zhou",
@@ -82,6 +85,11 @@ logger = logging.getLogger(__name__)
 VIEWS: tuple[str, ...] = ("coronal", "sagittal", "axial")
 _AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 _SYSTEM = "zhou"
+#: The shipped coarse-to-fine pancreas system (``scripts/train_bundled_detector.py
+#: --fine-iterations``) and the SHA-256 it is checked against. The automatic-box detector
+#: (:func:`iunet_nb.model.checkpoint.load_bundled_detector`) is a separate, coarse-only model.
+BUNDLED_ZHOU = "zhou_pancreas.pt"
+BUNDLED_ZHOU_SHA256 = "68f584ccfd72a585e0a0936d906eccdb989296ece9c8b244208e37454ae42787"
 _PRED_BATCH = 16
 
 
@@ -307,6 +315,24 @@ def load_zhou(path: str | os.PathLike, device: str | torch.device | None = "cpu"
             not fit the card's configuration.
     """
     return _load_system(_SYSTEM, ZhouModel, ZhouConfig, path, device)
+
+
+def bundled_zhou_path() -> Path:
+    """Path of the shipped coarse-to-fine pancreas system (``iunet_nb/assets``; its card says
+    how it was trained and what it measures on real CT)."""
+    return _bundled_asset(BUNDLED_ZHOU)
+
+
+def load_bundled_zhou(device: str | torch.device | None = "cpu") -> ZhouModel:
+    """The shipped coarse-to-fine pancreas system, SHA-256-checked (no download).
+
+    Raises:
+        CheckpointError: the file is missing or not the one shipped.
+    """
+    path = _checked_bundled(bundled_zhou_path(), BUNDLED_ZHOU_SHA256, "Zhou pancreas system",
+                            "train one with `python scripts/train_bundled_detector.py "
+                            "--fine-iterations N --out zhou.pt` and give it with --model")
+    return load_zhou(path, device)
 
 
 # ----------------------------------------------------------------------------------- data
