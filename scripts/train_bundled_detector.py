@@ -59,6 +59,10 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=5, help="BTCV label maps held out (the last ones)")
     ap.add_argument("--test-phantoms", type=int, default=20, help="fresh phantoms for containment")
     args = ap.parse_args()
+    if args.fine_iterations > 1 and Path(args.out) == bundled_detector_path():
+        raise SystemExit("--fine-iterations trains the whole Zhou system: give it its own --out "
+                         "(e.g. runs/zhou/zhou_pancreas.pt); the default is the bundled box "
+                         "detector, which this would overwrite")
     logging.basicConfig(level=logging.INFO)
     what = ("box detector (coarse stage only)" if args.fine_iterations <= 1 else
             "coarse-to-fine system (coarse and fine stages)")
