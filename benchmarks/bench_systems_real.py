@@ -44,6 +44,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,8 @@ def _weights(system: str, given: str | None) -> Path | None:
 
 #: where ``--figures`` writes a PNG per row (None: no figures)
 FIGURES: Path | None = None
+#: figure names written by this run (two rows of one case and structure: Zhou's S0 and result)
+_FIGURE_NAMES: Counter[str] = Counter()
 
 
 def _figure(system: str, case: str, structure: str, ct: Volume, pred: np.ndarray,
@@ -92,10 +95,9 @@ def _figure(system: str, case: str, structure: str, ct: Volume, pred: np.ndarray
 
     name = "_".join(f"{system} {case} {structure}".replace("+", "and").replace("(", "")
                     .replace(")", "").split()).replace(".", "-")
-    path, n = FIGURES / f"{name}.png", 1
-    while path.exists():                       # two rows of one case and structure (Zhou)
-        n += 1
-        path = FIGURES / f"{name}_{n}.png"
+    _FIGURE_NAMES[name] += 1
+    n = _FIGURE_NAMES[name]
+    path = FIGURES / (f"{name}.png" if n == 1 else f"{name}_{n}.png")
     centre = np.argwhere(ref.array != 0).mean(0).round().astype(int).tolist()
     fig = plot_overview(ct, ct.with_array(pred.astype(np.uint8)), ref, path, center=centre,
                         title=f"{system}, {case}, {structure}: DSC {dice:.3f} "
@@ -130,6 +132,7 @@ def _untrained(system: str, cases: list[tuple[str, str]], why: str,
 
 
 def run_roth(path: Path | None) -> list[dict[str, Any]]:
+    from iunet_nb.systems.cv import roth_organ
     from iunet_nb.systems.roth import load_roth, predict_roth
 
     plan = [("3D-IRCADb 1.7", "liver"), ("3D-IRCADb 1.7", "spleen"),
@@ -142,7 +145,7 @@ def run_roth(path: Path | None) -> list[dict[str, Any]]:
     cts: dict[str, tuple[Volume, Any, float]] = {}
     for case, organ in plan:
         name = _NAMES.get(organ, organ)
-        output = {"rightkidney": "right_kidney", "leftkidney": "left_kidney"}.get(organ, organ)
+        output = roth_organ(organ)          # 3D-IRCADb folder name -> Roth output
         if output not in model.config.organs:
             ref = read_dicom_mask_series(IRCADB / "1.7" / "MASKS_DICOM.zip", organ)
             rows.append(_row("roth", case, name, None, ref, None,

@@ -58,6 +58,7 @@ from iunet_nb.io import datasets
 from iunet_nb.io.volume import Volume
 from iunet_nb.model.train import parse_phases
 from iunet_nb.systems._common import TrainingRun
+from iunet_nb.systems.cv import roth_organ
 from iunet_nb.systems.roth import RothConfig, train_roth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,9 +87,8 @@ def ircadb_case(folder: Path) -> tuple[Volume, Volume, tuple[str, ...]]:
         if name in have:
             mask = read_dicom_mask_series(folder / "MASKS_DICOM.zip", name).array != 0
             labels[mask] = value
-    drawn = {"spleen": "spleen", "rightkidney": "right_kidney", "leftkidney": "left_kidney"}
     unlabelled = ("stomach", "gallbladder", "pancreas") + tuple(
-        organ for name, organ in drawn.items() if name not in have)
+        roth_organ(name) for name in ("spleen", "rightkidney", "leftkidney") if name not in have)
     return ct, Volume(labels, ct.geometry, {"source": f"3D-IRCADb {folder.name} masks"}), \
         unlabelled
 

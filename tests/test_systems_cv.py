@@ -188,6 +188,7 @@ def test_coverage_of_each_system():
     assert roth_organ("aorta") == "artery" and roth_organ(11) == "pancreas"
     assert roth_organ("Pancreas") == "pancreas" and roth_organ("6") == "liver"
     assert roth_organ(3) == "left_kidney" and roth_organ("right kidney") == "right_kidney"
+    assert roth_organ("rightkidney") == "right_kidney"          # the 3D-IRCADb folder name
     for system in ("zhou", "kloenne"):  # binary systems: any structure, any source
         check_system(system, "left_kidney", "/data/ircadb")
     check_system("roth", "spleen", "btcv-synth:/d")

@@ -114,12 +114,14 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
 
 
 def _structure_name(structure: str | int) -> str:
-    from ..io.datasets import BTCV_LABELS
+    """A BTCV label value or any spelling the data readers accept (``"Right Kidney"``, the
+    3D-IRCADb folder name ``"rightkidney"`` ...) -> the canonical structure name."""
+    from ..io.datasets import BTCV_LABELS, _canonical
 
     if isinstance(structure, (int, np.integer)) or str(structure).isdigit():
         by_value = {v: k for k, v in BTCV_LABELS.items()}
         return by_value.get(int(structure), str(structure))
-    return str(structure).strip().lower().replace(" ", "_").replace("-", "_")
+    return _canonical(str(structure))
 
 
 def roth_organ(structure: str | int) -> str:
